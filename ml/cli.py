@@ -1,0 +1,296 @@
+"""`mlops`: one CLI for the chain. `serving` and `elk` add their commands through the
+`mlops.cli` entry point group, so `ml` never imports them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import optuna
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ml.config import Settings
+
+app = typer.Typer(help="Tabular data to a tuned, registered, served and monitored model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+console = Console()
+err_console = Console(stderr=True)
+
+USAGE_ERROR = 2
+
+DataOpt = Annotated[str | None, typer.Option("--data", help="CSV/Parquet path, SQL URL or 'demo'")]
+TargetOpt = Annotated[str | None, typer.Option("--target", help="target column")]
+TableOpt = Annotated[str | None, typer.Option("--table", help="table name for a SQL URL")]
+ModelOpt = Annotated[str | None, typer.Option("--model-name", help="registered model name")]
+TrialsOpt = Annotated[int | None, typer.Option("--trials", min=1, help="Optuna trials")]
+TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="tuning budget, seconds")]
+JobsOpt = Annotated[int | None, typer.Option("--n-jobs", min=1, help="parallel trials")]
+
+
+def fail(message: str) -> NoReturn:
+    """One clear line on stderr and exit code 2: the user's input was at fault."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(USAGE_ERROR)
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        problems.append(f"{where}: {error['msg']}")
+    return "settings: " + "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/YAML with the CLI's options on top; bad settings exit 2."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        fail(_describe_validation(exc))
+    except FileNotFoundError as exc:
+        fail(str(exc))
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into one message and exit 2, never a traceback."""
+    from ml.data import DataError
+    from ml.registry import RegistryError
+
+    try:
+        yield
+    except (DataError, RegistryError) as exc:
+        fail(str(exc))
+
+
+def _quiet_libraries() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# --- commands ----------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings, secrets masked."""
+    settings = load_settings()
+    table = Table("setting", "value", title="Effective settings")
+    for name, value in settings.masked().items():
+        table.add_row(name, value)
+    console.print(table)
+
+
+@app.command()
+def data(
+    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
+    report: Annotated[Path | None, typer.Option(help="where to write the JSON report")] = None,
+) -> None:
+    """Load and validate the data; print and save the validation report."""
+    from ml.pipeline import load_data
+
+    settings = load_settings(data=data_source, target=target, data_table=table)
+    with user_errors():
+        dataset = load_data(settings)
+    _print_report(dataset.report)
+    destination = report or settings.var_dir / "reports" / "validation_report.json"
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    destination.write_text(dataset.report.model_dump_json(indent=2))
+    console.print(f"report written to {destination}")
+
+
+@app.command()
+def train(
+    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
+    model_name: ModelOpt = None, trials: TrialsOpt = None, timeout: TimeoutOpt = None,
+    n_jobs: JobsOpt = None,
+) -> None:
+    """Tune, refit the best, register it as challenger, run the promotion gate."""
+    settings = load_settings(data=data_source, target=target, data_table=table,
+                             model_name=model_name, trials=trials, timeout_s=timeout,
+                             n_jobs=n_jobs)
+    _train(settings)
+
+
+@app.command()
+def pipeline(
+    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
+    model_name: ModelOpt = None, trials: TrialsOpt = None, timeout: TimeoutOpt = None,
+    n_jobs: JobsOpt = None,
+) -> None:
+    """Everything: validate the data, tune, register, gate; report the champion."""
+    settings = load_settings(data=data_source, target=target, data_table=table,
+                             model_name=model_name, trials=trials, timeout_s=timeout,
+                             n_jobs=n_jobs)
+    _train(settings, show_report=True)
+
+
+def _train(settings: Settings, show_report: bool = False) -> None:
+    from ml.pipeline import load_data, run_pipeline
+
+    _quiet_libraries()
+    with user_errors():
+        dataset = load_data(settings)
+    if show_report:
+        _print_report(dataset.report)
+    with _trial_progress(settings) as callback:
+        result = run_pipeline(settings, callbacks=[callback], dataset=dataset)
+    _print_summary(result, settings)
+    _run_hooks("after_train", settings, result)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Option("--version", help="model version to make champion")],
+    model_name: ModelOpt = None,
+    reason: Annotated[str, typer.Option(help="recorded on the version")] = "manual override",
+) -> None:
+    """Make VERSION the champion by hand (recorded as a manual decision)."""
+    from mlflow.tracking import MlflowClient
+
+    from ml.pipeline import configure_tracking
+    from ml.registry import promote as promote_version
+
+    settings = load_settings(model_name=model_name)
+    _quiet_libraries()
+    configure_tracking(settings)
+    with user_errors():
+        promote_version(MlflowClient(), settings.model_name, version, reason)
+    console.print(f"[green]{settings.model_name} version {version} is now champion[/]")
+    _run_hooks("after_promote", settings, version)
+
+
+@app.command()
+def predict(
+    input_path: Annotated[Path, typer.Option("--input", help="CSV or Parquet of feature rows")],
+    output: Annotated[Path | None, typer.Option(help="write predictions CSV here")] = None,
+    model_name: ModelOpt = None,
+) -> None:
+    """Score a file with the champion, in this process."""
+    from ml.data import load_frame
+    from ml.pipeline import configure_tracking
+    from ml.predict import load_champion
+
+    settings = load_settings(model_name=model_name)
+    _quiet_libraries()
+    configure_tracking(settings)
+    with user_errors():
+        frame = load_frame(str(input_path))
+        champion = load_champion(settings.model_name)
+        predictions = champion.predict_frame(frame)
+    if output:
+        predictions.to_csv(output, index=False)
+        console.print(f"{len(predictions)} predictions written to {output} "
+                      f"(model version {champion.version})")
+    else:
+        sys.stdout.write(predictions.to_csv(index=False))
+
+
+# --- output helpers ------------------------------------------------------------------------
+
+
+def _print_report(report: Any) -> None:
+    table = Table("check", "result", title=f"Data: {report.source}")
+    table.add_row("rows x columns", f"{report.rows} x {report.columns}")
+    table.add_row("target", report.target)
+    table.add_row("classes", json.dumps(report.classes))
+    kinds: dict[str, int] = {}
+    for kind in report.feature_types.values():
+        kinds[kind] = kinds.get(kind, 0) + 1
+    table.add_row("feature types", json.dumps(kinds))
+    table.add_row("dropped columns", json.dumps(report.dropped_columns) or "-")
+    table.add_row("columns with nulls", str(len(report.null_counts)))
+    table.add_row("duplicate rows", str(report.duplicate_rows))
+    table.add_row("fingerprint (sha256)", report.fingerprint)
+    console.print(table)
+
+
+@contextmanager
+def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
+    """A rich progress bar plus one line per finished trial."""
+    with Progress(TextColumn("[bold]tuning[/]"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("{task.description}"),
+                  console=console, transient=True) as progress:
+        task = progress.add_task("", total=settings.trials)
+
+        def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            family = trial.params.get("family", "?")
+            if trial.state == optuna.trial.TrialState.COMPLETE:
+                outcome = f"{settings.tuning_metric}={trial.value:.4f}"
+            else:
+                outcome = trial.state.name.lower()
+            try:
+                best = f"best {study.best_value:.4f}"
+            except ValueError:
+                best = "no complete trial yet"
+            progress.console.print(f"trial {trial.number:3d}  {family:<14} {outcome:<22} {best}",
+                                   highlight=False)
+            progress.update(task, advance=1, description=best)
+
+        yield on_trial
+
+
+def _print_summary(result: Any, settings: Settings) -> None:
+    decision = result.decision
+    table = Table("", "", title="Training summary", show_header=False)
+    table.add_row("study", f"{result.tuning.study_name} ({result.tuning.complete} complete, "
+                           f"{result.tuning.pruned} pruned)")
+    table.add_row("best params", json.dumps(result.tuning.best_params, default=str))
+    table.add_row("registered", f"{settings.model_name} version {result.trained.version}")
+    table.add_row("gate", ("[green]promoted[/]" if decision.promoted else "[yellow]kept[/]")
+                  + f": {decision.reason}")
+    champion = decision.challenger_version if decision.promoted else decision.champion_version
+    table.add_row("champion", f"{settings.model_name} version {champion}")
+    for name, value in result.trained.holdout.items():
+        table.add_row(f"holdout {name}", f"{value:.4f}")
+    table.add_row("MLflow run", result.run_url)
+    console.print(table)
+    if settings.uses_local_tracking:
+        console.print(f"Open the MLflow UI: [bold]mlflow ui --backend-store-uri "
+                      f"{settings.mlflow_tracking_uri} --port 5000[/] (or `make mlflow-ui`)",
+                      highlight=False)
+
+
+# --- plugins -------------------------------------------------------------------------------
+
+
+def _plugins() -> list[Any]:
+    """Modules registered under the `mlops.cli` entry point group."""
+    return [entry.load() for entry in entry_points(group="mlops.cli")]
+
+
+def _run_hooks(event: str, *args: Any) -> None:
+    """Let plugins react (e.g. serving redeploys after a promotion); never fatal."""
+    for plugin in _plugins():
+        hook = getattr(plugin, event, None)
+        if hook is not None:
+            try:
+                hook(*args)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                err_console.print(f"[yellow]warning:[/] {event} hook of {plugin.__name__}: {exc}")
+
+
+def _register_plugins() -> None:
+    for plugin in _plugins():
+        plugin.register(app)
+
+
+_register_plugins()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()

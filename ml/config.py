@@ -1,0 +1,203 @@
+"""One typed settings object for the whole chain.
+
+Values come from, in order of precedence: keyword arguments, environment variables
+(`MLOPS_*`, plus the conventional un-prefixed `MLFLOW_TRACKING_URI`, `ELASTICSEARCH_URL`,
+`SMTP_*`), then an optional YAML file named by `MLOPS_CONFIG`, then the embedded defaults.
+Nothing else in the project reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ModelFamily = Literal["logreg", "random_forest", "hist_gb"]
+Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
+ALL_FAMILIES: tuple[str, ...] = ("logreg", "random_forest", "hist_gb")
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
+
+
+def _env(*names: str) -> AliasChoices:
+    """Accept both the prefixed name and conventional un-prefixed ones."""
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every knob of the chain; see `mlops config show` for the effective values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_", extra="ignore", populate_by_name=True, validate_default=True
+    )
+
+    # --- where state lives -------------------------------------------------------------
+    var_dir: Path = Path("var")
+
+    # --- data --------------------------------------------------------------------------
+    data: str = Field("demo", description="CSV/Parquet path, SQLAlchemy URL, or 'demo'")
+    data_table: str | None = Field(None, description="table name when `data` is a SQL URL")
+    target: str | None = Field(None, description="target column ('target' for the demo)")
+    test_size: float = Field(0.2, gt=0.0, lt=0.9)
+    seed: int = 42
+
+    # --- tracking and registry ---------------------------------------------------------
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias=_env("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI")
+    )
+    experiment_name: str = "mlops-chain"
+    model_name: str = "mlops-classifier"
+
+    # --- tuning ------------------------------------------------------------------------
+    families: Annotated[list[ModelFamily], NoDecode] = Field(default_factory=lambda: list(ALL_FAMILIES))
+    trials: int = Field(20, ge=1)
+    timeout_s: float | None = Field(600.0, gt=0)
+    n_jobs: int = Field(1, ge=1)
+    cv_folds: int = Field(3, ge=2, le=10)
+    tuning_metric: Metric = "roc_auc"
+    optuna_storage: str | None = Field(None, description="RDB URL; default beside MLflow")
+    study_name: str | None = Field(None, description="default: <model_name>-<data sha[:12]>")
+
+    # --- promotion gate ----------------------------------------------------------------
+    promotion_metric: Metric = "roc_auc"
+    promotion_margin: float = Field(0.0, ge=0.0)
+
+    # --- serving -----------------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    serve_config: Path = Path("serving/serve_config.yaml")
+    admin_token: SecretStr | None = None
+    max_batch_rows: int = Field(10_000, ge=1)
+
+    # --- telemetry ---------------------------------------------------------------------
+    log_dir: Path | None = None
+    elasticsearch_url: str | None = Field(
+        None, validation_alias=_env("ELASTICSEARCH_URL", "MLOPS_ELASTICSEARCH_URL")
+    )
+    elasticsearch_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("ELASTICSEARCH_API_KEY", "MLOPS_ELASTICSEARCH_API_KEY")
+    )
+    elasticsearch_username: str | None = Field(
+        None, validation_alias=_env("ELASTICSEARCH_USERNAME", "MLOPS_ELASTICSEARCH_USERNAME")
+    )
+    elasticsearch_password: SecretStr | None = Field(
+        None, validation_alias=_env("ELASTICSEARCH_PASSWORD", "MLOPS_ELASTICSEARCH_PASSWORD")
+    )
+    kibana_url: str | None = Field(None, validation_alias=_env("KIBANA_URL", "MLOPS_KIBANA_URL"))
+    monitor_interval_s: float = Field(10.0, gt=0)
+    drift_threshold_psi: float = Field(0.2, gt=0)
+
+    # --- notifications -----------------------------------------------------------------
+    smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))
+    smtp_port: int = Field(587, validation_alias=_env("SMTP_PORT", "MLOPS_SMTP_PORT"))
+    smtp_starttls: bool = Field(True, validation_alias=_env("SMTP_STARTTLS", "MLOPS_SMTP_STARTTLS"))
+    smtp_user: str | None = Field(None, validation_alias=_env("SMTP_USER", "MLOPS_SMTP_USER"))
+    smtp_password: SecretStr | None = Field(
+        None, validation_alias=_env("SMTP_PASSWORD", "MLOPS_SMTP_PASSWORD")
+    )
+    smtp_from: str = Field(
+        "mlops@localhost", validation_alias=_env("SMTP_FROM", "MLOPS_SMTP_FROM")
+    )
+    smtp_to: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("SMTP_TO", "MLOPS_SMTP_TO")
+    )
+    desktop_notifications: bool = True
+
+    @field_validator("families", "smtp_to", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Let `MLOPS_FAMILIES=logreg,hist_gb` work as well as a JSON list."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _derive_defaults(self) -> "Settings":
+        """Fill defaults that depend on `var_dir`, so one setting moves all local state."""
+        self.var_dir = self.var_dir.resolve()
+        if self.mlflow_tracking_uri is None:
+            self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
+        if self.optuna_storage is None:
+            self.optuna_storage = self._default_optuna_storage()
+        if self.log_dir is None:
+            self.log_dir = self.var_dir / "log"
+        if not self.families:
+            raise ValueError("families: name at least one model family")
+        return self
+
+    def _default_optuna_storage(self) -> str:
+        """Share the MLflow database when it is a real DB server, else a local SQLite file."""
+        uri = self.mlflow_tracking_uri or ""
+        if uri.startswith(("postgresql", "mysql")):
+            return uri
+        return f"sqlite:///{self.var_dir / 'optuna.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where a local (SQLite) tracking store keeps artifacts."""
+        return self.var_dir / "mlartifacts"
+
+    @property
+    def uses_local_tracking(self) -> bool:
+        return str(self.mlflow_tracking_uri).startswith(("sqlite:", "file:"))
+
+    def masked(self) -> dict[str, str]:
+        """The effective settings as strings, secrets replaced by asterisks."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                shown[name] = "********"
+            elif value is None:
+                shown[name] = "-"
+            else:
+                shown[name] = _mask_url_password(str(value))
+        return shown
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get("MLOPS_CONFIG")
+        if yaml_path:
+            if not Path(yaml_path).is_file():
+                raise FileNotFoundError(f"MLOPS_CONFIG: no such settings file: {yaml_path}")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+
+def _mask_url_password(text: str) -> str:
+    """Hide the password part of `scheme://user:password@host` URLs."""
+    if "://" not in text or "@" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" not in credentials:
+        return text
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:********@{host}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings(...)`)."""
+    return Settings()

@@ -1,0 +1,356 @@
+"""Load a tabular dataset, validate it, fingerprint it and split it.
+
+Every failure a user can cause raises `DataError` with one sentence naming the file or the
+column at fault; the CLI turns it into exit code 2 before anything is registered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+from sklearn.datasets import load_breast_cancer
+from sklearn.model_selection import train_test_split
+
+FeatureType = Literal["numeric", "categorical", "boolean"]
+DEMO_SOURCE = "demo"
+DEMO_TARGET = "target"
+SQL_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
+TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
+FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+
+
+class DataError(ValueError):
+    """A problem with the user's data: the message names the file or column at fault."""
+
+
+class ValidationReport(BaseModel):
+    """What validation found; logged as `validation_report.json` with every training run."""
+
+    source: str
+    rows: int
+    columns: int
+    target: str
+    classes: dict[str, int]
+    feature_types: dict[str, FeatureType]
+    dropped_columns: dict[str, str]
+    null_counts: dict[str, int]
+    duplicate_rows: int
+    min_rows_per_class: int
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A validated dataset: raw features, the target and what we learned about them."""
+
+    frame: pd.DataFrame
+    target: str
+    report: ValidationReport
+
+    @property
+    def feature_types(self) -> dict[str, FeatureType]:
+        return self.report.feature_types
+
+    @property
+    def X(self) -> pd.DataFrame:  # pylint: disable=invalid-name
+        return self.frame[list(self.feature_types)]
+
+    @property
+    def y(self) -> pd.Series:
+        return self.frame[self.target]
+
+
+@dataclass(frozen=True)
+class Split:
+    """A stratified train/holdout split; the holdout is what the promotion gate scores on."""
+
+    X_train: pd.DataFrame  # pylint: disable=invalid-name
+    X_holdout: pd.DataFrame  # pylint: disable=invalid-name
+    y_train: pd.Series
+    y_holdout: pd.Series
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def load_frame(source: str, table: str | None = None) -> pd.DataFrame:
+    """Read the raw table from a CSV/Parquet file, a SQL table, or the bundled demo."""
+    if source == DEMO_SOURCE:
+        return _load_demo()
+    if source.startswith(SQL_SCHEMES):
+        return _load_sql(source, table)
+    return _load_file(Path(source))
+
+
+def _load_demo() -> pd.DataFrame:
+    """scikit-learn's breast cancer set: ships with scikit-learn, so no download."""
+    bunch = load_breast_cancer(as_frame=True)
+    frame = bunch.frame.copy()
+    # String labels exercise the label mapping end to end, as real data would.
+    names = dict(enumerate(bunch.target_names))
+    frame[DEMO_TARGET] = frame[DEMO_TARGET].map(names)
+    return frame
+
+
+def _load_file(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".parquet", ".pq"}:
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep=None, engine="python")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read as {_kind(suffix)}: {_first_line(exc)}") from exc
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot be read as {_kind(suffix)}: {_first_line(exc)}") from exc
+    if frame.empty:
+        raise DataError(f"{path}: has a header but no rows")
+    return frame
+
+
+def _load_sql(url: str, table: str | None) -> pd.DataFrame:
+    import sqlalchemy as sa  # only SQL sources pay for the import
+
+    if not table:
+        raise DataError(f"{_safe_url(url)}: a SQL source needs a table (--table / MLOPS_DATA_TABLE)")
+    try:
+        engine = sa.create_engine(url)
+        with engine.connect() as connection:
+            frame = pd.read_sql_table(table, connection)
+    except ValueError as exc:  # pandas: table not found
+        raise DataError(f"{_safe_url(url)}: no table named {table!r}") from exc
+    except sa.exc.SQLAlchemyError as exc:
+        raise DataError(f"{_safe_url(url)}: cannot read table {table!r}: {_first_line(exc)}") from exc
+    if frame.empty:
+        raise DataError(f"{_safe_url(url)}: table {table!r} has no rows")
+    return frame
+
+
+# --- validation ---------------------------------------------------------------------------
+
+
+def load_dataset(
+    source: str, target: str | None, *, table: str | None = None, cv_folds: int = 3,
+    test_size: float = 0.2,
+) -> Dataset:
+    """Load and validate: the single entry point the pipeline and the CLI use."""
+    frame = load_frame(source, table)
+    target = target or (DEMO_TARGET if source == DEMO_SOURCE else None)
+    return validate(frame, target, source=_safe_url(source), cv_folds=cv_folds, test_size=test_size)
+
+
+def validate(
+    frame: pd.DataFrame, target: str | None, *, source: str, cv_folds: int = 3,
+    test_size: float = 0.2,
+) -> Dataset:
+    """Check the frame can train a classifier; infer feature types; count what is odd."""
+    if target is None:
+        raise DataError(f"{source}: name the target column (--target / MLOPS_TARGET)")
+    if target not in frame.columns:
+        raise DataError(
+            f"{source}: target column {target!r} not found; columns are {list(frame.columns)}"
+        )
+    frame = frame.copy()
+    frame.columns = [str(column) for column in frame.columns]
+    frame = frame[frame[target].notna()].reset_index(drop=True)
+    frame[target] = _normalise_target(frame[target])
+
+    classes = frame[target].value_counts()
+    if len(classes) < 2:
+        found = list(map(str, classes.index)) or "no non-null values"
+        raise DataError(f"{source}: target column {target!r} needs at least two classes, found {found}")
+    needed = min_rows_per_class(cv_folds, test_size)
+    too_small = {str(label): int(count) for label, count in classes.items() if count < needed}
+    if too_small:
+        raise DataError(
+            f"{source}: target column {target!r}: classes {too_small} have fewer than {needed} rows, "
+            f"too few to split into a holdout and {cv_folds} CV folds"
+        )
+
+    features = [column for column in frame.columns if column != target]
+    all_null = [column for column in features if frame[column].isna().all()]
+    if all_null:
+        raise DataError(f"{source}: columns {all_null} are entirely empty; drop them or fill them")
+
+    feature_types, dropped = infer_feature_types(frame[features])
+    if not feature_types:
+        raise DataError(f"{source}: no usable feature columns besides the target {target!r}")
+    frame = coerce_features(frame, feature_types)
+
+    report = ValidationReport(
+        source=source,
+        rows=len(frame),
+        columns=len(frame.columns),
+        target=target,
+        classes={str(label): int(count) for label, count in classes.items()},
+        feature_types=feature_types,
+        dropped_columns=dropped,
+        null_counts={c: int(n) for c, n in frame.isna().sum().items() if n},
+        duplicate_rows=int(frame.duplicated().sum()),
+        min_rows_per_class=needed,
+        fingerprint=fingerprint(frame[[*feature_types, target]]),
+    )
+    return Dataset(frame=frame[[*feature_types, target]], target=target, report=report)
+
+
+def min_rows_per_class(cv_folds: int, test_size: float) -> int:
+    """Fewest rows a class needs for one holdout row and `cv_folds` rows in training."""
+    return max(math.ceil(1 / test_size), math.ceil(cv_folds / (1 - test_size)) + 1)
+
+
+def _normalise_target(target: pd.Series) -> pd.Series:
+    """Booleans and TRUE/FALSE strings become bools; other labels keep their own type.
+
+    Classifiers encode labels internally and keep them in `classes_`, so the label mapping
+    travels inside the model and predictions come back as the original labels.
+    """
+    as_bool = _as_boolean(target)
+    if as_bool is not None:
+        return as_bool.astype(bool)
+    if target.dtype.kind in "iu":
+        return target
+    if target.dtype.kind == "f" and (target == target.round()).all():
+        return target.astype("int64")
+    return target.astype(str)
+
+
+def infer_feature_types(
+    features: pd.DataFrame,
+) -> tuple[dict[str, FeatureType], dict[str, str]]:
+    """Map each column to numeric/categorical/boolean; drop identifier-like text columns."""
+    types: dict[str, FeatureType] = {}
+    dropped: dict[str, str] = {}
+    for column in features.columns:
+        values = features[column]
+        if _as_boolean(values) is not None:
+            types[column] = "boolean"
+        elif pd.api.types.is_numeric_dtype(values):
+            types[column] = "numeric"
+        elif _is_identifier(values):
+            dropped[column] = "identifier-like: a distinct text value on every row"
+        else:
+            types[column] = "categorical"
+    return types, dropped
+
+
+def _is_identifier(values: pd.Series) -> bool:
+    non_null = values.dropna()
+    return len(non_null) > 50 and non_null.nunique() == len(non_null)
+
+
+def _as_boolean(values: pd.Series) -> pd.Series | None:
+    """The column as 1.0/0.0/NaN if every non-null value reads as a boolean, else None."""
+    if values.dtype == bool:
+        return values.astype(float)
+    non_null = values.dropna()
+    if non_null.empty:
+        return None
+    if pd.api.types.is_numeric_dtype(values):
+        return None  # 0/1 integers stay numeric: an ordinary, well-scaled feature
+    words = non_null.astype(str).str.strip().str.lower()
+    if not words.isin(TRUE_WORDS | FALSE_WORDS).all():
+        return None
+    mapped = values.astype(str).str.strip().str.lower().map(
+        lambda word: 1.0 if word in TRUE_WORDS else 0.0 if word in FALSE_WORDS else np.nan
+    )
+    return mapped.where(values.notna(), np.nan).astype(float)
+
+
+def coerce_features(frame: pd.DataFrame, feature_types: dict[str, FeatureType]) -> pd.DataFrame:
+    """Give each feature the dtype training saw; serving calls this on request rows too.
+
+    Raises `DataError` naming the column when a value cannot take its type.
+    """
+    coerced = frame.copy()
+    for column, kind in feature_types.items():
+        if column not in coerced.columns:
+            raise DataError(f"missing feature column {column!r}")
+        values = coerced[column]
+        if kind == "numeric":
+            converted = pd.to_numeric(values, errors="coerce")
+            bad = converted.isna() & values.notna()
+            if bad.any():
+                raise DataError(
+                    f"column {column!r} must be numeric, got {values[bad].iloc[0]!r}"
+                )
+            coerced[column] = converted.astype(float)
+        elif kind == "boolean":
+            as_bool = _as_boolean(values)
+            if as_bool is None:
+                bad_value = values.dropna().iloc[0] if values.notna().any() else None
+                if bad_value is None:
+                    as_bool = pd.Series(np.nan, index=values.index, dtype=float)
+                else:
+                    raise DataError(f"column {column!r} must be true/false, got {bad_value!r}")
+            coerced[column] = as_bool
+        else:
+            # NaN (not None) marks missing text: SimpleImputer and OneHotEncoder expect it.
+            coerced[column] = values.map(lambda value: np.nan if pd.isna(value) else str(value))
+            coerced[column] = coerced[column].astype(object)
+    return coerced
+
+
+# --- fingerprint and split ---------------------------------------------------------------
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """sha256 of the canonical data: independent of row and column order."""
+    canonical = frame[sorted(frame.columns)]
+    row_hashes = np.sort(pd.util.hash_pandas_object(canonical, index=False).to_numpy())
+    digest = hashlib.sha256()
+    digest.update(json.dumps([(c, str(canonical[c].dtype)) for c in canonical.columns]).encode())
+    digest.update(row_hashes.tobytes())
+    return digest.hexdigest()
+
+
+def split(dataset: Dataset, test_size: float, seed: int) -> Split:
+    """Stratified split with a fixed seed, so the gate always scores the same holdout."""
+    X_train, X_holdout, y_train, y_holdout = train_test_split(  # pylint: disable=invalid-name
+        dataset.X, dataset.y, test_size=test_size, random_state=seed, stratify=dataset.y
+    )
+    return Split(X_train, X_holdout, y_train, y_holdout)
+
+
+# --- small helpers -------------------------------------------------------------------------
+
+
+def _kind(suffix: str) -> str:
+    return "Parquet" if suffix in {".parquet", ".pq"} else "CSV"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _safe_url(source: str) -> str:
+    """A source string fit for logs: SQL URL passwords masked."""
+    if source.startswith(SQL_SCHEMES) and "@" in source:
+        from sqlalchemy.engine import make_url
+
+        return make_url(source).render_as_string(hide_password=True)
+    return source
+
+
+def describe(report: ValidationReport) -> dict[str, Any]:
+    """A short, JSON-ready summary of a report for tags and tables."""
+    return {
+        "rows": report.rows,
+        "features": len(report.feature_types),
+        "classes": report.classes,
+        "duplicates": report.duplicate_rows,
+        "fingerprint": report.fingerprint[:12],
+    }

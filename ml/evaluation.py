@@ -1,0 +1,96 @@
+"""Holdout metrics and plots; one `score` function so tuning, training and the gate agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are artifacts, never windows
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn import metrics as skm  # noqa: E402
+from sklearn.preprocessing import label_binarize  # noqa: E402
+
+from ml.config import LOWER_IS_BETTER  # noqa: E402
+
+ALL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+
+
+def score(metric: str, model: Any, X: pd.DataFrame, y: pd.Series) -> float:  # noqa: N803
+    """One metric of a fitted classifier on (X, y)."""
+    return holdout_metrics(model, X, y, only=(metric,))[metric]
+
+
+def holdout_metrics(
+    model: Any, X: pd.DataFrame, y: pd.Series, only: tuple[str, ...] = ALL_METRICS  # noqa: N803
+) -> dict[str, float]:
+    """Accuracy, precision, recall, F1, ROC AUC and log loss (macro-averaged when multiclass)."""
+    classes = list(model.classes_)
+    needs_proba = {"roc_auc", "log_loss"} & set(only)
+    proba = model.predict_proba(X) if needs_proba else None
+    predicted = model.predict(X) if set(only) - {"roc_auc", "log_loss"} else None
+    binary = len(classes) == 2
+    average = "binary" if binary else "macro"
+    pos_label = classes[1] if binary else 1
+    results: dict[str, float] = {}
+    for metric in only:
+        if metric == "accuracy":
+            results[metric] = skm.accuracy_score(y, predicted)
+        elif metric in {"precision", "recall", "f1"}:
+            scorer = {"precision": skm.precision_score, "recall": skm.recall_score,
+                      "f1": skm.f1_score}[metric]
+            results[metric] = scorer(y, predicted, average=average, pos_label=pos_label,
+                                     zero_division=0)
+        elif metric == "roc_auc":
+            results[metric] = _roc_auc(y, proba, classes)
+        elif metric == "log_loss":
+            results[metric] = skm.log_loss(y, proba, labels=classes)
+        else:
+            raise ValueError(f"unknown metric {metric!r}; known: {', '.join(ALL_METRICS)}")
+    return {name: float(value) for name, value in results.items()}
+
+
+def _roc_auc(y: pd.Series, proba: Any, classes: list[Any]) -> float:
+    if len(classes) == 2:
+        return float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
+    return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
+
+
+def is_better(metric: str, candidate: float, incumbent: float, margin: float = 0.0) -> bool:
+    """True when `candidate` beats `incumbent` by more than `margin` in the metric's direction."""
+    if metric in LOWER_IS_BETTER:
+        return candidate < incumbent - margin
+    return candidate > incumbent + margin
+
+
+def direction(metric: str) -> str:
+    """Optuna's study direction for a metric."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+def confusion_matrix_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # noqa: N803
+    display = skm.ConfusionMatrixDisplay.from_estimator(model, X, y, colorbar=False)
+    display.ax_.set_title("Holdout confusion matrix")
+    return display.figure_
+
+
+def roc_curve_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # noqa: N803
+    """ROC per class (one-vs-rest), which is the plain ROC curve when binary."""
+    classes = list(model.classes_)
+    proba = model.predict_proba(X)
+    figure = Figure(figsize=(5, 4))
+    axes = figure.subplots()
+    targets = [classes[1]] if len(classes) == 2 else classes
+    truth = label_binarize(y, classes=classes) if len(classes) > 2 else None
+    for index, label in enumerate(targets):
+        column = 1 if len(classes) == 2 else index
+        positives = (np.asarray(y) == label) if truth is None else truth[:, index]
+        skm.RocCurveDisplay.from_predictions(
+            positives, proba[:, column], name=str(label), ax=axes
+        )
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    axes.set_title("Holdout ROC")
+    return figure

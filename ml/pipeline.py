@@ -1,0 +1,147 @@
+"""The training chain end to end: data -> tuning -> refit/register -> promotion gate.
+
+Each stage is timed and announced on the `ml.stages` logger (stage, status, duration), so
+telemetry can subscribe with a logging handler without `ml` importing it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from ml.config import Settings
+from ml.data import Dataset, Split, ValidationReport, load_dataset, split
+from ml.registry import GateDecision, run_gate
+from ml.training import TrainedModel, fit_best, log_and_register
+from ml.tuning import TrialCallback, TrialTracker, TuningResult, study_figures, tune
+
+stage_log = logging.getLogger("ml.stages")
+
+
+@dataclass
+class PipelineResult:
+    report: ValidationReport
+    tuning: TuningResult
+    trained: TrainedModel
+    decision: GateDecision
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def run_url(self) -> str:
+        """A link into the MLflow UI when tracking is a server, else the run id."""
+        if self.tracking_uri.startswith("http"):
+            base = self.tracking_uri.rstrip("/")
+            return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"run {self.run_id} (experiment {self.experiment_id})"
+
+
+@contextmanager
+def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Time a stage and announce its start and outcome."""
+    started = time.perf_counter()
+    stage_log.info("stage %s started", name, extra={"mlops_stage": name, "mlops_status": "started"})
+    status = "failure"
+    try:
+        yield
+        status = "success"
+    finally:
+        timings[name] = time.perf_counter() - started
+        stage_log.info("stage %s %s in %.1fs", name, status, timings[name],
+                       extra={"mlops_stage": name, "mlops_status": status,
+                              "mlops_duration_s": timings[name]})
+
+
+def configure_tracking(settings: Settings) -> str:
+    """Point MLflow at the configured store; create the experiment; return its id."""
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(settings.experiment_name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        # A local store keeps artifacts under var/ rather than ./mlruns in whatever cwd.
+        location = settings.artifact_root.as_uri() if settings.uses_local_tracking else None
+        experiment_id = client.create_experiment(settings.experiment_name, location)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def load_data(settings: Settings) -> Dataset:
+    return load_dataset(settings.data, settings.target, table=settings.data_table,
+                        cv_folds=settings.cv_folds, test_size=settings.test_size)
+
+
+def default_study_name(settings: Settings, dataset: Dataset) -> str:
+    """One study per model, data and search space, so re-runs and workers share it."""
+    if settings.study_name:
+        return settings.study_name
+    families = "+".join(sorted(settings.families))
+    return f"{settings.model_name}-{dataset.report.fingerprint[:12]}-{families}"
+
+
+def log_dataset(dataset: Dataset, settings: Settings) -> None:
+    """Dataset input, validation report and fingerprint on the active run."""
+    report = dataset.report
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+        warnings.simplefilter("ignore", UserWarning)
+        source = mlflow.data.from_pandas(dataset.frame, source=report.source,
+                                         targets=dataset.target,
+                                         name=Path(report.source).stem or "dataset",
+                                         digest=report.fingerprint[:32])
+    mlflow.log_input(source, context="training")
+    mlflow.log_dict(json.loads(report.model_dump_json()), "validation_report.json")
+    mlflow.set_tags({"data.fingerprint": report.fingerprint, "data.source": report.source,
+                     "data.rows": str(report.rows), "mlops.kind": "study"})
+    mlflow.log_params({"data": settings.data, "target": dataset.target,
+                       "trials": settings.trials, "cv_folds": settings.cv_folds,
+                       "families": ",".join(settings.families),
+                       "tuning_metric": settings.tuning_metric, "seed": settings.seed})
+
+
+def run_pipeline(settings: Settings, callbacks: list[TrialCallback] | None = None,
+                 dataset: Dataset | None = None) -> PipelineResult:
+    """Everything `mlops pipeline` does; raises DataError before anything is logged."""
+    timings: dict[str, float] = {}
+    with stage("data", timings):
+        dataset = dataset or load_data(settings)
+        holdout_split: Split = split(dataset, settings.test_size, settings.seed)
+    experiment_id = configure_tracking(settings)
+    client = MlflowClient()
+    study_name = default_study_name(settings, dataset)
+    with mlflow.start_run(run_name=f"study-{study_name}") as parent:
+        log_dataset(dataset, settings)
+        with stage("tune", timings):
+            tracker = TrialTracker(client, experiment_id, parent.info.run_id,
+                                   settings.tuning_metric)
+            tuning = tune(holdout_split, dataset.feature_types, settings, study_name, tracker,
+                          callbacks)
+        mlflow.log_params({f"best_{key}": value for key, value in tuning.best_params.items()})
+        mlflow.log_metrics({f"best_cv_{settings.tuning_metric}": tuning.best_value,
+                            "trials_complete": tuning.complete, "trials_pruned": tuning.pruned})
+        for file_name, figure in study_figures(study_name, settings).items():
+            mlflow.log_figure(figure, f"plots/{file_name}")
+        with stage("train", timings):
+            model = fit_best(tuning.best_params, dataset, holdout_split, settings.seed)
+            trained = log_and_register(model, tuning.best_params, dataset, holdout_split, settings)
+        with stage("gate", timings):
+            decision = run_gate(client, settings.model_name, trained.version, holdout_split,
+                                settings.promotion_metric, settings.promotion_margin)
+        mlflow.set_tags({"gate.decision": "promoted" if decision.promoted else "rejected",
+                         "model.version": trained.version})
+        mlflow.log_metrics({f"stage_{name}_s": seconds for name, seconds in timings.items()})
+    return PipelineResult(dataset.report, tuning, trained, decision, parent.info.run_id,
+                          experiment_id, str(settings.mlflow_tracking_uri), timings)

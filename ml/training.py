@@ -1,0 +1,89 @@
+"""Refit the best trial on the training split, score it on the holdout, log and register it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
+from mlflow.tracking import MlflowClient
+from sklearn.pipeline import Pipeline
+
+from ml.config import Settings
+from ml.data import Dataset, Split
+from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
+from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
+
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    model: Pipeline
+    version: str
+    model_uri: str
+    holdout: dict[str, float]
+
+
+def fit_best(params: dict[str, Any], dataset: Dataset, split: Split, seed: int) -> Pipeline:
+    """The chosen configuration refit on the whole training split."""
+    model = build_pipeline(params, dataset.feature_types, seed)
+    return model.fit(split.X_train, split.y_train)
+
+
+def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) -> dict[str, Any]:
+    """What serving needs beyond the signature; stored in the MLmodel file with the model."""
+    return {
+        "target": dataset.target,
+        "feature_types": dataset.feature_types,
+        "classes": [_plain(label) for label in model.classes_],
+        "family": params["family"],
+        "data_fingerprint": dataset.report.fingerprint,
+    }
+
+
+def log_and_register(
+    model: Pipeline,
+    params: dict[str, Any],
+    dataset: Dataset,
+    split: Split,
+    settings: Settings,
+) -> TrainedModel:
+    """Log metrics, plots and the model into the active run; register it as `challenger`."""
+    holdout = holdout_metrics(model, split.X_holdout, split.y_holdout)
+    mlflow.log_metrics({f"holdout_{name}": value for name, value in holdout.items()})
+    mlflow.log_figure(confusion_matrix_figure(model, split.X_holdout, split.y_holdout),
+                      "plots/confusion_matrix.png")
+    mlflow.log_figure(roc_curve_figure(model, split.X_holdout, split.y_holdout),
+                      "plots/roc_curve.png")
+
+    example = split.X_train.head(3)
+    signature = infer_signature(split.X_train, pd.Series(model.predict(split.X_train.head(20))))
+    info = mlflow.sklearn.log_model(
+        model,
+        name=MODEL_ARTIFACT,
+        signature=signature,
+        input_example=example,
+        registered_model_name=settings.model_name,
+        serialization_format="skops",
+        skops_trusted_types=SKOPS_TRUSTED_TYPES[params["family"]],
+        metadata=model_metadata(dataset, model, params),
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+    client.set_model_version_tag(settings.model_name, version, "data.fingerprint",
+                                 dataset.report.fingerprint)
+    for name, value in holdout.items():
+        client.set_model_version_tag(settings.model_name, version, f"holdout.{name}",
+                                     f"{value:.6f}")
+    return TrainedModel(model=model, version=version,
+                        model_uri=f"models:/{settings.model_name}/{version}", holdout=holdout)
+
+
+def _plain(label: Any) -> Any:
+    """numpy scalars to Python ones, so metadata serialises to YAML/JSON."""
+    return label.item() if hasattr(label, "item") else label

@@ -1,0 +1,203 @@
+"""Optuna search over several model families; every trial is a nested MLflow run.
+
+Trials log through `MlflowClient` with an explicit parent run id rather than the fluent API:
+it is thread-safe for `--n-jobs` > 1 and costs three tracking calls per trial.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from sklearn.model_selection import StratifiedKFold
+
+from ml.config import Settings
+from ml.data import FeatureType, Split
+from ml.evaluation import direction, score
+from ml.features import build_pipeline
+
+TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    study_name: str
+    best_params: dict[str, Any]
+    best_value: float
+    complete: int
+    pruned: int
+    failed: int
+
+
+def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
+    """A conditional search space: each family has its own hyperparameters."""
+    family = trial.suggest_categorical("family", families)
+    params: dict[str, Any] = {"family": family}
+    if family == "logreg":
+        params["C"] = trial.suggest_float("C", 1e-3, 1e2, log=True)
+    elif family == "random_forest":
+        params["n_estimators"] = trial.suggest_int("n_estimators", 50, 300, step=25)
+        params["max_depth"] = trial.suggest_int("max_depth", 2, 20)
+        params["min_samples_leaf"] = trial.suggest_int("min_samples_leaf", 1, 10)
+        params["max_features"] = trial.suggest_categorical("max_features", ["sqrt", "log2"])
+    elif family == "hist_gb":
+        params["learning_rate"] = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
+        params["max_iter"] = trial.suggest_int("max_iter", 50, 300, step=25)
+        params["max_leaf_nodes"] = trial.suggest_int("max_leaf_nodes", 7, 63)
+        params["l2_regularization"] = trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True)
+    else:
+        raise ValueError(f"families: unknown model family {family!r}")
+    return params
+
+
+def create_study(settings: Settings, study_name: str) -> optuna.Study:
+    """Seeded TPE + median pruner in RDB storage, so other processes can join the study."""
+    with warnings.catch_warnings():  # multivariate/group TPE is "experimental" since 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, group=True)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=settings.optuna_storage,
+        load_if_exists=True,
+        direction=direction(settings.tuning_metric),
+        sampler=sampler,
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+    )
+
+
+class Objective:
+    """Cross-validates one trial, reporting each fold so the pruner can stop it early."""
+
+    def __init__(
+        self,
+        split: Split,
+        feature_types: dict[str, FeatureType],
+        settings: Settings,
+        tracking: "TrialTracker | None",
+    ) -> None:
+        self.X = split.X_train  # pylint: disable=invalid-name
+        self.y = split.y_train
+        self.feature_types = feature_types
+        self.settings = settings
+        self.tracking = tracking
+        folds = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+        self.folds = list(folds.split(self.X, self.y))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = suggest_params(trial, list(self.settings.families))
+        started = time.perf_counter()
+        fold_scores: list[float] = []
+        state = "FAILED"
+        try:
+            for step, (train_idx, valid_idx) in enumerate(self.folds):
+                model = build_pipeline(params, self.feature_types, self.settings.seed)
+                model.fit(self.X.iloc[train_idx], self.y.iloc[train_idx])
+                fold_scores.append(score(self.settings.tuning_metric, model,
+                                         self.X.iloc[valid_idx], self.y.iloc[valid_idx]))
+                trial.report(float(np.mean(fold_scores)), step)
+                if trial.should_prune():
+                    state = "PRUNED"
+                    raise optuna.TrialPruned(f"pruned after fold {step + 1}")
+            state = "COMPLETE"
+            return float(np.mean(fold_scores))
+        finally:
+            trial.set_user_attr("duration_s", time.perf_counter() - started)
+            if self.tracking is not None:
+                self.tracking.log_trial(trial, params, fold_scores, state,
+                                        time.perf_counter() - started)
+
+
+class TrialTracker:
+    """Logs each trial as a child run of the study's parent run."""
+
+    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
+                 metric: str) -> None:
+        self.client = client
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.metric = metric
+
+    def log_trial(self, trial: optuna.Trial, params: dict[str, Any], fold_scores: list[float],
+                  state: str, duration_s: float) -> None:
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number:03d}-{params['family']}",
+            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "optuna.trial": str(trial.number),
+                  "optuna.state": state, "optuna.study": trial.study.study_name},
+        )
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"cv_{self.metric}", value, now, step)
+                   for step, value in enumerate(fold_scores)]
+        if state == "COMPLETE":
+            metrics.append(Metric(f"cv_{self.metric}_mean", float(np.mean(fold_scores)), now, 0))
+        metrics.append(Metric("duration_s", duration_s, now, 0))
+        self.client.log_batch(
+            run.info.run_id,
+            metrics=metrics,
+            params=[Param(key, str(value)) for key, value in params.items()],
+            tags=[RunTag("mlops.kind", "trial")],
+        )
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+        self.client.set_terminated(run.info.run_id, status=status)
+
+
+def tune(
+    split: Split,
+    feature_types: dict[str, FeatureType],
+    settings: Settings,
+    study_name: str,
+    tracker: TrialTracker | None,
+    callbacks: list[TrialCallback] | None = None,
+) -> TuningResult:
+    """Run `settings.trials` trials (or until the timeout) and return the best."""
+    study = create_study(settings, study_name)
+    objective = Objective(split, feature_types, settings, tracker)
+    study.optimize(
+        objective,
+        n_trials=settings.trials,
+        timeout=settings.timeout_s,
+        n_jobs=settings.n_jobs,
+        callbacks=callbacks or [],
+        catch=(ValueError, ArithmeticError),  # one bad configuration must not end the study
+    )
+    states = [trial.state for trial in study.trials]
+    complete = states.count(optuna.trial.TrialState.COMPLETE)
+    if complete == 0:
+        raise RuntimeError(f"study {study_name!r}: no trial completed; see the trial runs")
+    best = study.best_trial
+    return TuningResult(
+        study_name=study_name,
+        best_params={"family": best.params["family"], **{
+            k: v for k, v in best.params.items() if k != "family"}},
+        best_value=float(best.value),
+        complete=complete,
+        pruned=states.count(optuna.trial.TrialState.PRUNED),
+        failed=states.count(optuna.trial.TrialState.FAIL),
+    )
+
+
+def study_figures(study_name: str, settings: Settings) -> dict[str, Any]:
+    """Optimization history and parameter importance as matplotlib figures (no plotly)."""
+    study = optuna.load_study(study_name=study_name, storage=settings.optuna_storage)
+    figures: dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # "few trials per regime" notes
+        figures["optimization_history.png"] = (
+            optuna.visualization.matplotlib.plot_optimization_history(study).figure
+        )
+        try:
+            figures["param_importances.png"] = (
+                optuna.visualization.matplotlib.plot_param_importances(study).figure
+            )
+        except (ValueError, RuntimeError, ZeroDivisionError):
+            pass  # fewer than two comparable complete trials: nothing to rank yet
+    return figures

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything `make` needs on a fresh machine, idempotently:
+# Debian packages from scripts/system-packages.txt, then the pinned Python environment.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+CACHE_DIR=${CACHE_DIR:-$HOME/.cache/mlops}
+UV_VERSION=0.9.30
+
+missing_system_packages() {
+  local package
+  awk '!/^[[:space:]]*(#|$)/ {print $1}' scripts/system-packages.txt | while read -r package; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+      || echo "$package"
+  done
+}
+
+install_system_packages() {
+  local missing
+  missing=$(missing_system_packages)
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bootstrap: missing Debian packages: $missing (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "bootstrap: installing Debian packages: $missing"
+  apt-get update -qq
+  # shellcheck disable=SC2086  # word splitting of the package list is intended
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+install_python_env() {
+  mkdir -p "$CACHE_DIR"
+  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --cache-dir "$CACHE_DIR/pip" "uv==$UV_VERSION"
+  # uv installs the exact lock in seconds; the project itself goes in editable, without deps.
+  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv" \
+    -r requirements.lock
+  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv" \
+    --no-deps -e .
+}
+
+install_system_packages
+install_python_env
+echo "bootstrap: ready ($("$VENV/bin/python" --version), $(wc -l < requirements.lock) lock lines)"
