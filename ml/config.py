@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     kibana_url: str | None = Field(None, validation_alias=_env("KIBANA_URL", "MLOPS_KIBANA_URL"))
     monitor_interval_s: float = Field(10.0, gt=0)
     drift_threshold_psi: float = Field(0.2, gt=0)
+    log_max_bytes: int = Field(50 * 1024 * 1024, ge=4096, description="NDJSON rotation size")
+    log_backups: int = Field(5, ge=1, description="rotated NDJSON files kept per dataset")
+    telemetry_queue_size: int = Field(10_000, ge=1, description="events buffered before drops")
+    ray_metrics_url: str | None = Field(None, description="Ray's Prometheus endpoint to scrape")
+    monitor_processes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ray", "serve", "mlops", "mlflow"],
+        description="command-line words marking our serving/training processes",
+    )
+    drift_window: int = Field(1000, ge=10, description="recent predictions compared for drift")
 
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))
@@ -113,7 +122,7 @@ class Settings(BaseSettings):
     )
     desktop_notifications: bool = True
 
-    @field_validator("families", "smtp_to", mode="before")
+    @field_validator("families", "smtp_to", "monitor_processes", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """Let `MLOPS_FAMILIES=logreg,hist_gb` work as well as a JSON list."""

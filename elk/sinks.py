@@ -1,0 +1,445 @@
+"""Where telemetry goes: NDJSON files for Filebeat, or Elasticsearch bulk with a disk spool.
+
+`build_emitter(settings, service_name)` is what producers use: `Emitter.emit(event)` only puts
+the event on a bounded in-memory queue (a full queue drops and counts, it never waits), and one
+background thread hands batches to the sink. The Elasticsearch sink writes `create` operations
+with `_id = event.id`, spools whatever Elasticsearch did not acknowledge to disk while it is
+unreachable and replays the spool when it answers again: a replayed document that had in fact
+arrived is answered 409 and counted as a duplicate, so nothing is lost and nothing is doubled.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from elastic_transport import TransportError
+from elasticsearch import ApiError, Elasticsearch
+from elasticsearch.helpers import streaming_bulk
+
+from elk.events import dataset_of, event_id, index_for
+from ml.config import Settings
+
+log = logging.getLogger(__name__)
+
+NDJSON_SUFFIX = ".ndjson"
+# Per-document statuses worth retrying later: the cluster was busy or not fully up.
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+CONFLICT = 409
+
+
+class Sink(Protocol):
+    """What the emitter's thread calls; none of these may raise for a delivery problem."""
+
+    def write(self, events: list[dict[str, Any]]) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def dumps(event: dict[str, Any]) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# --- NDJSON files ------------------------------------------------------------------------------
+
+
+class NdjsonSink:
+    """One append-only file per dataset (`<log_dir>/mlops-<dataset>.ndjson`), rotated by size.
+
+    Several processes (serving replicas, the host collector) may write the same file: each batch
+    is one `write()` on an `O_APPEND` descriptor under an exclusive `flock`, so lines never
+    interleave, and rotation happens under the same lock.
+    """
+
+    def __init__(self, log_dir: Path, max_bytes: int = 50 * 1024 * 1024, backups: int = 5):
+        self.log_dir = Path(log_dir)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.written = 0
+        self.failed = 0
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, dataset: str) -> Path:
+        return self.log_dir / f"{index_for(dataset)}{NDJSON_SUFFIX}"
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        by_dataset: dict[str, list[str]] = defaultdict(list)
+        for event in events:
+            by_dataset[dataset_of(event)].append(dumps(event))
+        for dataset, lines in by_dataset.items():
+            try:
+                self._append(self.path_for(dataset), ("\n".join(lines) + "\n").encode())
+                self.written += len(lines)
+            except OSError as exc:
+                self.failed += len(lines)
+                log.error("telemetry: cannot write %s: %s", self.path_for(dataset), exc)
+
+    def _append(self, path: Path, payload: bytes) -> None:
+        while True:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                if not _same_file(fd, path):  # rotated by another process meanwhile
+                    continue
+                os.write(fd, payload)
+                if os.fstat(fd).st_size >= self.max_bytes:
+                    self._rotate(path)
+                return
+            finally:
+                os.close(fd)
+
+    def _rotate(self, path: Path) -> None:
+        """`x.ndjson` -> `x.ndjson.1` -> ... -> `x.ndjson.<backups>` (the oldest is removed)."""
+        oldest = path.with_name(f"{path.name}.{self.backups}")
+        oldest.unlink(missing_ok=True)
+        for number in range(self.backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{number}")
+            if older.exists():
+                older.rename(path.with_name(f"{path.name}.{number + 1}"))
+        path.rename(path.with_name(f"{path.name}.1"))
+
+    def tick(self) -> None:
+        """Nothing to do between batches."""
+
+    def close(self) -> None:
+        """Every batch is written through; nothing is buffered."""
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        on_disk = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+# --- Elasticsearch bulk ------------------------------------------------------------------------
+
+
+def build_client(settings: Settings, request_timeout_s: float = 10.0) -> Elasticsearch:
+    """A client for `settings.elasticsearch_url`; it does not retry itself, the spool does."""
+    if not settings.elasticsearch_url:
+        raise ValueError("elasticsearch_url: not set (ELASTICSEARCH_URL)")
+    options: dict[str, Any] = {
+        "request_timeout": request_timeout_s,
+        "max_retries": 0,
+        "retry_on_timeout": False,
+    }
+    if settings.elasticsearch_api_key is not None:
+        options["api_key"] = settings.elasticsearch_api_key.get_secret_value()
+    elif settings.elasticsearch_username:
+        password = settings.elasticsearch_password
+        options["basic_auth"] = (
+            settings.elasticsearch_username,
+            password.get_secret_value() if password else "",
+        )
+    return Elasticsearch(settings.elasticsearch_url, **options)
+
+
+@dataclass
+class BulkOutcome:
+    """What one bulk pass did; `unsent` must be tried again later."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    unsent: list[dict[str, Any]] = field(default_factory=list)
+
+
+def bulk_actions(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """`create` operations with deterministic ids (required by data streams, safe on indices)."""
+    for event in events:
+        yield {
+            "_op_type": "create",
+            "_index": index_for(dataset_of(event)),
+            "_id": event_id(event),
+            "_source": event,
+        }
+
+
+def ship(
+    client: Elasticsearch, events: list[dict[str, Any]], chunk_size: int = 1000
+) -> BulkOutcome:
+    """Bulk-create `events`; whatever was not acknowledged (connection lost, 5xx) is `unsent`."""
+    outcome = BulkOutcome()
+    settled: set[str] = set()
+    try:
+        results = streaming_bulk(
+            client,
+            bulk_actions(events),
+            chunk_size=chunk_size,
+            max_retries=2,
+            initial_backoff=0.5,
+            raise_on_error=False,
+            raise_on_exception=True,
+            yield_ok=True,
+        )
+        for ok, item in results:
+            info = item.get("create", {})
+            status = int(info.get("status", 0))
+            if ok:
+                outcome.delivered += 1
+            elif status == CONFLICT:
+                outcome.duplicates += 1
+            elif status in RETRYABLE_STATUSES:
+                continue  # left unsettled: it goes back to the spool
+            else:
+                outcome.rejected += 1
+                log.error(
+                    "telemetry: Elasticsearch rejected %s: %s", info.get("_id"), info.get("error")
+                )
+            settled.add(str(info.get("_id")))
+    except (TransportError, ApiError) as exc:
+        log.warning("telemetry: Elasticsearch unreachable (%s); spooling", type(exc).__name__)
+    outcome.unsent = [event for event in events if event_id(event) not in settled]
+    return outcome
+
+
+class ElasticsearchSink:
+    """Bulk into Elasticsearch; spool to `spool_dir` while it is down; replay when it is back.
+
+    The spool is NDJSON files, one per writing process, each held under an exclusive `flock`
+    while its owner appends, so a replaying process never takes a file that is still growing.
+    """
+
+    def __init__(self, client: Elasticsearch, spool_dir: Path, service_name: str = "mlops",
+                 retry_after_s: float = 5.0, chunk_size: int = 1000):  # fmt: skip
+        self.client = client
+        self.spool_dir = Path(spool_dir)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.retry_after_s = retry_after_s
+        self.chunk_size = chunk_size
+        self.delivered = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.spooled = 0
+        self._prefix = f"{service_name}-{os.getpid()}-"
+        self._spool_fd: int | None = None
+        self._retry_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        """True while the last attempt failed and the retry interval has not passed."""
+        return time.monotonic() < self._retry_at
+
+    def write(self, events: list[dict[str, Any]]) -> None:
+        if self.down:
+            self._spool(events)
+            return
+        if self._spool_fd is not None or self._spool_files():
+            self.replay()
+        if self.down:
+            self._spool(events)
+            return
+        unsent = self._ship(events)
+        if unsent:
+            self._spool(unsent)
+
+    def tick(self) -> None:
+        """Called when the queue is idle: replay the spool once Elasticsearch may be back."""
+        if not self.down and (self._spool_fd is not None or self._spool_files()):
+            self.replay()
+
+    def close(self) -> None:
+        """Last replay attempt; what is still spooled stays on disk for the next process."""
+        self._retry_at = 0.0
+        self.tick()
+        self._release_spool()
+
+    def replay(self) -> None:
+        """Ship every spool file nobody is writing; stop at the first failure."""
+        self._release_spool()
+        for path in self._spool_files():
+            if not self._replay_file(path):
+                return
+
+    def _ship(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        outcome = ship(self.client, events, self.chunk_size)
+        self.delivered += outcome.delivered
+        self.duplicates += outcome.duplicates
+        self.rejected += outcome.rejected
+        if outcome.unsent:
+            self._retry_at = time.monotonic() + self.retry_after_s
+        return outcome.unsent
+
+    def _spool_files(self) -> list[Path]:
+        return sorted(self.spool_dir.glob(f"*{NDJSON_SUFFIX}"), key=_mtime)
+
+    def _spool(self, events: list[dict[str, Any]]) -> None:
+        if not events:
+            return
+        if self._spool_fd is None:
+            path = self.spool_dir / f"{self._prefix}{time.time_ns()}{NDJSON_SUFFIX}"
+            self._spool_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fcntl.flock(self._spool_fd, fcntl.LOCK_EX)
+        payload = "".join(dumps(event) + "\n" for event in events).encode()
+        os.write(self._spool_fd, payload)
+        self.spooled += len(events)
+
+    def _release_spool(self) -> None:
+        if self._spool_fd is not None:
+            os.close(self._spool_fd)
+            self._spool_fd = None
+
+    def _replay_file(self, path: Path) -> bool:
+        """True when the file was fully settled (and removed)."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return True  # another process replayed it
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True  # its writer is alive and still appending
+            if not _same_file(fd, path):
+                return True
+            events = list(_read_events(fd, path))
+            unsent = self._ship(events) if events else []
+            if not unsent:
+                path.unlink(missing_ok=True)
+                return True
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, "".join(dumps(event) + "\n" for event in unsent).encode())
+            return False
+        finally:
+            os.close(fd)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _read_events(fd: int, path: Path) -> Iterator[dict[str, Any]]:
+    with os.fdopen(os.dup(fd), "r", encoding="utf-8") as handle:
+        handle.seek(0)
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                log.error("telemetry: %s line %d is not JSON (torn write?); skipped", path, number)
+
+
+# --- the emitter -------------------------------------------------------------------------------
+
+
+class Emitter:
+    """Non-blocking hand-off from producers to a sink running on one background thread."""
+
+    def __init__(self, sink: Sink, service_name: str, queue_size: int = 10_000,
+                 batch_size: int = 500, flush_interval_s: float = 1.0):  # fmt: skip
+        self.sink = sink
+        self.service_name = service_name
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.dropped = 0
+        self.emitted = 0
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
+        self._drop_lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"telemetry-{service_name}",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Queue `event` for the sink; never blocks: a full queue (or a closed emitter) drops."""
+        if "service" not in event:
+            event["service"] = {"name": self.service_name}
+        if self._closed:
+            self._count_drop()
+            return
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self._count_drop()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued event reached the sink (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._queue.unfinished_tasks
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        """Deliver what is queued, stop the thread, close the sink."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    def _count_drop(self) -> None:
+        with self._drop_lock:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._queue.get(timeout=self.flush_interval_s)
+            except queue.Empty:
+                self._safely(self.sink.tick)
+                continue
+            batch, stopping = self._collect(first)
+            if batch:
+                self._safely(self.sink.write, batch)
+                self.emitted += len(batch)
+            for _ in range(len(batch) + (1 if stopping else 0)):
+                self._queue.task_done()
+        self._safely(self.sink.close)
+
+    def _collect(self, first: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool]:
+        """Up to `batch_size` queued events; True once the close sentinel was taken."""
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < self.batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    @staticmethod
+    def _safely(call: Any, *args: Any) -> None:
+        """The telemetry thread must survive anything a sink does."""
+        try:
+            call(*args)
+        except Exception:  # pylint: disable=broad-exception-caught
+            log.exception("telemetry: sink failed")
+
+
+def build_sink(settings: Settings, service_name: str) -> Sink:
+    """Elasticsearch bulk when `elasticsearch_url` is set, else NDJSON files under `log_dir`."""
+    log_dir = Path(settings.log_dir or settings.var_dir / "log")
+    if settings.elasticsearch_url:
+        return ElasticsearchSink(build_client(settings), log_dir / "spool", service_name)
+    return NdjsonSink(log_dir, settings.log_max_bytes, settings.log_backups)
+
+
+def build_emitter(settings: Settings, service_name: str) -> Emitter:
+    """The emitter producers use; see the module docstring."""
+    return Emitter(build_sink(settings, service_name), service_name,
+                   queue_size=settings.telemetry_queue_size)  # fmt: skip
