@@ -121,6 +121,9 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("SMTP_TO", "MLOPS_SMTP_TO")
     )
     desktop_notifications: bool = True
+    dbus_session_bus_address: str | None = Field(
+        None, validation_alias=_env("DBUS_SESSION_BUS_ADDRESS"), description="desktop bus"
+    )
 
     @field_validator("families", "smtp_to", "monitor_processes", mode="before")
     @classmethod
