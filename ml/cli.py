@@ -200,6 +200,24 @@ def predict(
         sys.stdout.write(predictions.to_csv(index=False))
 
 
+@app.command()
+def notify(
+    status: Annotated[str, typer.Option(help="success or failure (also: unstable, aborted)")],
+    title: Annotated[str, typer.Option(help="subject line / notification title")],
+    body: Annotated[str, typer.Option(help="message text")] = "",
+) -> None:
+    """Email (SMTP_*) and desktop notification; exit 0 even when delivery fails."""
+    from ml.notify import STATUSES
+    from ml.notify import notify as send_notifications
+
+    if status.lower() not in STATUSES:
+        fail(f"--status: expected one of {', '.join(STATUSES)}, got {status!r}")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    delivered = send_notifications(load_settings(), status.lower(), title, body)
+    console.print(", ".join(f"{channel}: {'sent' if ok else 'not sent'}"
+                            for channel, ok in delivered.items()))
+
+
 # --- output helpers ------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 SMTP_TIMEOUT_S = 20.0
 NOTIFY_SEND_TIMEOUT_S = 10.0
 APP_NAME = "mlops"
+STATUSES: tuple[str, ...] = ("success", "failure", "unstable", "aborted")
 
 
 def send_email(settings: Settings, subject: str, body: str) -> bool:
