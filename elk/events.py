@@ -107,8 +107,13 @@ def prediction_event(
     route: str,
     status: str = "success",
     error: str | None = None,
+    features: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One served prediction (one row). `label` is stored as a keyword string."""
+    """One served prediction (one row). `label` is stored as a keyword string.
+
+    `features` (the row's inputs) are kept in `_source` only (not indexed) so `mlops monitor
+    drift` can compare recent inputs with the training reference profile.
+    """
     event = base_event(DATASET_PREDICTION, kind="event")
     event["event"]["outcome"] = "success" if status == "success" else "failure"
     event["event"]["duration"] = int(latency_ms * 1_000_000)  # ECS: nanoseconds
@@ -125,7 +130,20 @@ def prediction_event(
     }
     if error:
         event["error"] = {"message": error}
+    if features is not None:
+        event["mlops"]["prediction"]["features"] = {
+            str(key): _plain(value) for key, value in features.items()
+        }
     return event
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python ones; NaN to None (JSON has no NaN)."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def serve_metrics_event(
