@@ -7,6 +7,7 @@ False, it never raises, so a broken mail server cannot fail a pipeline or a drif
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import smtplib
 import ssl
@@ -80,7 +81,7 @@ def notify_desktop(settings: Settings, title: str, body: str) -> bool:
     if not settings.dbus_session_bus_address:
         log.info("no D-Bus session bus (headless): %s: %s", title, body)
         return False
-    return _notify_linux(title, body)
+    return _notify_linux(title, body, settings.dbus_session_bus_address)
 
 
 def _notify_with_plyer(title: str, body: str) -> bool:
@@ -95,7 +96,7 @@ def _notify_with_plyer(title: str, body: str) -> bool:
     return True
 
 
-def _notify_linux(title: str, body: str) -> bool:
+def _notify_linux(title: str, body: str, bus_address: str) -> bool:
     """plyer's D-Bus backend when dbus-python is there, else notify-send (return code checked).
 
     Never plyer's `instance()`: it takes the Flatpak portal path whenever /app exists, and its
@@ -104,7 +105,7 @@ def _notify_linux(title: str, body: str) -> bool:
     try:
         import dbus  # noqa: F401  # pylint: disable=import-error,unused-import
     except ImportError:
-        return _notify_send(title, body)
+        return _notify_send(title, body, bus_address)
     from plyer.platforms.linux.notification import NotifyDbus
 
     try:
@@ -115,15 +116,22 @@ def _notify_linux(title: str, body: str) -> bool:
     return True
 
 
-def _notify_send(title: str, body: str) -> bool:
+def _notify_send(title: str, body: str, bus_address: str) -> bool:
     executable = shutil.which("notify-send")
     if executable is None:
         log.info("notify-send not installed (Debian: libnotify-bin): %s: %s", title, body)
         return False
     command = [executable, "--app-name", APP_NAME, title, body]
+    # the child gets the parent's environment with the configured bus, not just the bus
+    child_env = {**os.environ, "DBUS_SESSION_BUS_ADDRESS": bus_address}
     try:
         done = subprocess.run(  # nosec B603  # fixed executable, no shell
-            command, capture_output=True, text=True, timeout=NOTIFY_SEND_TIMEOUT_S, check=False
+            command,
+            capture_output=True,
+            text=True,
+            timeout=NOTIFY_SEND_TIMEOUT_S,
+            check=False,
+            env=child_env,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("notify-send failed: %s", exc)

@@ -12,6 +12,8 @@ from ml.config import Settings
 pytest_plugins = [
     "tests.fixtures.mlflow_server",
     "tests.fixtures.trained_model",
+    "tests.fixtures.smtp",
+    "tests.fixtures.desktop",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
