@@ -358,7 +358,8 @@ def stage_event(*, stage: str, status: str, duration_s: float | None = None) -> 
 
 def drift_event(*, model_name: str, model_version: str, feature: str, feature_type: str,
                 psi: float, ks_pvalue: float | None, window_start: str, window_end: str,
-                window_size: int, threshold: float) -> dict[str, Any]:  # fmt: skip
+                window_size: int, threshold: float,
+                drifted: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """Drift of one feature: recent inputs against the training reference profile."""
     event = base_event(DATASET_DRIFT, kind="metric")
     drift: dict[str, Any] = {
@@ -366,7 +367,7 @@ def drift_event(*, model_name: str, model_version: str, feature: str, feature_ty
         "feature_type": feature_type,
         "psi": float(psi),
         "threshold": float(threshold),
-        "drifted": bool(psi >= threshold),
+        "drifted": bool(psi >= threshold) if drifted is None else drifted,
         "window": {"start": window_start, "end": window_end, "size": window_size},
         "reference": {"model_version": str(model_version)},
     }

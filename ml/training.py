@@ -13,6 +13,7 @@ from sklearn.pipeline import Pipeline
 
 from ml.config import Settings
 from ml.data import Dataset, Split
+from ml.drift import build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
 
@@ -55,6 +56,8 @@ def log_and_register(
     """Log metrics, plots and the model into the active run; register it as `challenger`."""
     holdout = holdout_metrics(model, split.X_holdout, split.y_holdout)
     mlflow.log_metrics({f"holdout_{name}": value for name, value in holdout.items()})
+    # The drift check compares serving inputs with the data this version was trained on.
+    mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), "reference_profile.json")
     mlflow.log_figure(confusion_matrix_figure(model, split.X_holdout, split.y_holdout),
                       "plots/confusion_matrix.png")
     mlflow.log_figure(roc_curve_figure(model, split.X_holdout, split.y_holdout),
