@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     serve_config: Path = Path("serving/serve_config.yaml")
     admin_token: SecretStr | None = None
     max_batch_rows: int = Field(10_000, ge=1)
+    serve_haproxy: bool = Field(True, description="Ray Serve HAProxy mode when haproxy exists")
+    serve_num_cpus: int = Field(2, ge=1, description="CPUs of the local Ray cluster")
+    ray_dashboard_port: int = 8265
 
     # --- telemetry ---------------------------------------------------------------------
     log_dir: Path | None = None
