@@ -72,3 +72,34 @@ mlflow-ui: setup ## The MLflow UI on the local store, http://127.0.0.1:5000
 clean: ## Remove generated state (var/, reports/, caches); keeps the download cache
 	rm -rf $(VAR_DIR) $(REPORTS_DIR) .pytest_cache .mypy_cache .coverage coverage.xml htmlcov
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+# --- containers and Minikube -----------------------------------------------------------------
+# IMAGE and TAG: the serving image `docker-build` tags and the minikube overlay deploys
+# (`make manifests` writes them into k8s/overlays/minikube/image.yaml). Override from the
+# environment or the command line, e.g. `make docker-push IMAGE=registry.example.com/team/mlops-serving`.
+IMAGE ?= mlops-serving
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DOCKER ?= docker
+export IMAGE TAG
+
+.PHONY: docker-build docker-push manifests deploy-minikube
+docker-build: ## Build the serving image IMAGE:TAG (TAG: the project version; also git-<sha>)
+	$(DOCKER) build --pull -t $(IMAGE):$(TAG) -t $(IMAGE):git-$(GIT_SHA) \
+		--label org.opencontainers.image.version=$(TAG) \
+		--label org.opencontainers.image.revision=$(GIT_SHA) .
+
+docker-push: ## Push IMAGE:TAG and :git-<sha> (login from REGISTRY_USER/REGISTRY_PASSWORD if set)
+	@registry=$${IMAGE%%/*}; case "$$registry" in *.*|*:*|localhost) ;; *) registry= ;; esac; \
+	if [ -n "$${REGISTRY_USER:-}" ]; then \
+		printf '%s' "$${REGISTRY_PASSWORD:?REGISTRY_PASSWORD is not set}" \
+			| $(DOCKER) login --username "$$REGISTRY_USER" --password-stdin $$registry; \
+	fi
+	$(DOCKER) push $(IMAGE):$(TAG)
+	$(DOCKER) push $(IMAGE):git-$(GIT_SHA)
+
+manifests: setup ## Regenerate the generated k8s/ files (serveConfigV2, filebeat.yml, IMAGE:TAG)
+	$(BIN)/python scripts/render_k8s.py --image $(IMAGE):$(TAG)
+
+deploy-minikube: manifests ## Minikube + KubeRay + the whole stack, smoke-tested (DRY_RUN=1 prints)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy_minikube.sh
