@@ -1,0 +1,233 @@
+"""`mlops monitor ...`: collectors, Elasticsearch/Kibana setup, NDJSON shipping, drift checks.
+
+Registered through the `mlops.cli` entry point group; the `after_train` and `after_promote`
+hooks turn a finished training run or a manual promotion into training events.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ml.config import Settings
+
+monitor_app = typer.Typer(
+    help="Observability: host/container/Ray metrics, Elasticsearch + Kibana, drift alerts.",
+    no_args_is_help=True,
+)
+console = Console()
+err_console = Console(stderr=True)
+USAGE_ERROR = 2
+UNAVAILABLE = 1
+
+
+def register(app: typer.Typer) -> None:
+    """Add `mlops monitor` and subscribe to pipeline stage events."""
+    from elk.collectors.training import attach_stage_events
+
+    app.add_typer(monitor_app, name="monitor")
+    attach_stage_events()
+
+
+def after_train(settings: Settings, result: Any) -> None:
+    """Stages, trials, the study and the promotion decision of the run that just finished."""
+    from elk.collectors.training import attach_stage_events, pipeline_events
+    from elk.sinks import build_emitter
+
+    emitter = build_emitter(settings, "mlops-training")
+    try:
+        for event in pipeline_events(settings, result, attach_stage_events().drain()):
+            emitter.emit(event)
+    finally:
+        emitter.close()
+
+
+def after_promote(settings: Settings, version: str) -> None:
+    """A manual promotion is a promotion decision too."""
+    from elk import events
+    from elk.sinks import build_emitter
+
+    emitter = build_emitter(settings, "mlops-training")
+    try:
+        emitter.emit(events.promotion_event(
+            model_name=settings.model_name, challenger_version=version, champion_version=None,
+            promoted=True, metric="manual", challenger_score=None, champion_score=None,
+            reason="manual promotion",
+        ))  # fmt: skip
+    finally:
+        emitter.close()
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings(**overrides: Any) -> Settings:
+    from ml.cli import load_settings
+
+    return load_settings(**overrides)
+
+
+def _require_elasticsearch(settings: Settings) -> None:
+    if not settings.elasticsearch_url:
+        raise _fail("ELASTICSEARCH_URL is not set (elasticsearch_url)")
+
+
+@monitor_app.command("run")
+def run(
+    interval: Annotated[float | None, typer.Option(help="seconds between samples")] = None,
+    iterations: Annotated[int, typer.Option(min=0, help="samples to take; 0 = until stopped")] = 0,
+    ray_metrics_url: Annotated[
+        str | None, typer.Option(help="Ray's Prometheus endpoint, e.g. http://127.0.0.1:8080")
+    ] = None,
+) -> None:
+    """Sample host, container and Ray Serve metrics into the configured sink until stopped."""
+    from elk.collectors.containers import DockerCollector
+    from elk.collectors.host import HostCollector
+    from elk.collectors.ray_serve import RayServeCollector
+    from elk.sinks import build_emitter
+
+    settings = _settings(monitor_interval_s=interval, ray_metrics_url=ray_metrics_url)
+    collectors: list[Any] = [HostCollector(settings.monitor_processes), DockerCollector()]
+    if settings.ray_metrics_url:
+        collectors.append(RayServeCollector(settings.ray_metrics_url))
+    sink = "Elasticsearch" if settings.elasticsearch_url else str(settings.log_dir)
+    console.print(f"monitor: {', '.join(c.name for c in collectors)} every "
+                  f"{settings.monitor_interval_s:g}s -> {sink}", highlight=False)  # fmt: skip
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    emitter = build_emitter(settings, "mlops-monitor")
+    taken = 0
+    try:
+        while not stop.is_set():
+            started = time.monotonic()
+            for collector in collectors:
+                for event in collector.collect():
+                    emitter.emit(event)
+            taken += 1
+            if iterations and taken >= iterations:
+                break
+            stop.wait(max(0.0, settings.monitor_interval_s - (time.monotonic() - started)))
+    finally:
+        emitter.close()
+    console.print(f"monitor: {taken} samples, {emitter.emitted} events, {emitter.dropped} dropped")
+
+
+@monitor_app.command("setup")
+def setup(
+    kibana: Annotated[bool, typer.Option(help="also import the Kibana saved objects")] = True,
+) -> None:
+    """Install the Elasticsearch templates; import the Kibana dashboards when KIBANA_URL is set."""
+    import httpx
+    from elastic_transport import TransportError
+    from elasticsearch import ApiError
+
+    from elk.sinks import build_client
+    from elk.stack import KibanaImportError, import_saved_objects, install_templates
+
+    settings = _settings()
+    _require_elasticsearch(settings)
+    try:
+        report = install_templates(build_client(settings, request_timeout_s=30))
+    except (TransportError, ApiError) as exc:
+        raise _fail(f"Elasticsearch at {settings.elasticsearch_url}: {exc}", UNAVAILABLE) from exc
+    for line in report.lines():
+        console.print(line, highlight=False)
+    if not kibana:
+        return
+    if not settings.kibana_url:
+        console.print("Kibana: KIBANA_URL not set; dashboards not imported")
+        return
+    auth = None
+    if settings.elasticsearch_username and settings.elasticsearch_password:
+        auth = (settings.elasticsearch_username,
+                settings.elasticsearch_password.get_secret_value())  # fmt: skip
+    api_key = settings.elasticsearch_api_key
+    try:
+        count = import_saved_objects(
+            settings.kibana_url, auth=auth, api_key=api_key.get_secret_value() if api_key else None
+        )
+    except (httpx.HTTPError, KibanaImportError) as exc:
+        raise _fail(f"Kibana at {settings.kibana_url}: {exc}", UNAVAILABLE) from exc
+    console.print(f"Kibana: {count} saved objects imported")
+
+
+@monitor_app.command("ship")
+def ship_files(
+    log_dir: Annotated[
+        Path | None, typer.Option(help="NDJSON directory (default: log_dir)")
+    ] = None,
+    follow: Annotated[bool, typer.Option(help="keep shipping every interval")] = False,
+) -> None:
+    """Bulk-ship the NDJSON telemetry files to Elasticsearch, remembering offsets."""
+    from elk.shipper import Shipper
+    from elk.sinks import build_client
+
+    settings = _settings()
+    _require_elasticsearch(settings)
+    directory = Path(log_dir or settings.log_dir or "")
+    if not directory.is_dir():
+        raise _fail(f"--log-dir: no such directory: {directory}")
+    shipper = Shipper(build_client(settings, request_timeout_s=30), directory)
+    while True:
+        report = shipper.ship_once()
+        console.print(f"ship: {report.files} files, {report.delivered} delivered, "
+                      f"{report.duplicates} already there, {report.rejected} rejected, "
+                      f"{report.unparsable} unparsable lines")  # fmt: skip
+        if not follow:
+            break
+        time.sleep(settings.monitor_interval_s)
+    if not report.complete:
+        raise _fail("Elasticsearch became unreachable; run again to resume", UNAVAILABLE)
+
+
+@monitor_app.command("drift")
+def drift(
+    version: Annotated[str | None, typer.Option(help="model version (default: champion)")] = None,
+    input_path: Annotated[
+        Path | None, typer.Option("--input", help="CSV/Parquet of inputs instead of recent ones")
+    ] = None,
+    window: Annotated[int | None, typer.Option(min=10, help="recent predictions to use")] = None,
+    model_name: Annotated[str | None, typer.Option(help="registered model name")] = None,
+    fail_on_drift: Annotated[bool, typer.Option(help="exit 1 when a feature drifted")] = False,
+) -> None:
+    """Compare recent inputs with the training profile; emit drift events; email on drift."""
+    from elk.drift_check import DriftInputError, check_drift
+    from ml.cli import user_errors
+    from ml.drift import DriftError
+
+    settings = _settings(model_name=model_name, drift_window=window)
+    try:
+        with user_errors():
+            report = check_drift(settings, version=version, input_path=input_path)
+    except (DriftInputError, DriftError) as exc:
+        raise _fail(str(exc)) from exc
+    table = Table("feature", "type", "PSI", "KS p", "drifted",
+                  title=f"Drift of {report.model_name} v{report.model_version} "
+                        f"({report.rows} rows)")  # fmt: skip
+    for item in sorted(report.drifts, key=lambda d: d.psi, reverse=True):
+        table.add_row(item.feature, item.feature_type, f"{item.psi:.3f}",
+                      "-" if item.ks_pvalue is None else f"{item.ks_pvalue:.3g}",
+                      "[red]yes[/]" if item.drifted(report.threshold) else "")  # fmt: skip
+    console.print(table)
+    if report.drifted:
+        mailed = "alert emailed" if report.emailed else "no email sent (SMTP not configured?)"
+        console.print(f"[red]{len(report.drifted)} feature(s) drifted[/]; {mailed}")
+        if fail_on_drift:
+            raise typer.Exit(1)
+    else:
+        console.print("[green]no drift[/] above PSI", report.threshold)
