@@ -88,6 +88,15 @@ require_tools() {
   die "missing: ${missing[*]} (see docs/deploy.md, Prerequisites)" 2
 }
 
+# The overlay must deploy the image this run builds (`make manifests` writes image.yaml).
+check_overlay_image() {
+  local file="$OVERLAY/image.yaml" content
+  content=$(<"$file")
+  if [[ "$content" != *$'\n'"  newName: $IMAGE"$'\n'* || "$content" != *"  newTag: \"$TAG\""* ]]; then
+    die "$file deploys another image than $IMAGE:$TAG: run \`make manifests IMAGE=$IMAGE TAG=$TAG\` first (make deploy-minikube does)" 2
+  fi
+}
+
 start_minikube() {
   if minikube -p "$MINIKUBE_PROFILE" status >/dev/null 2>&1; then
     say "Minikube profile $MINIKUBE_PROFILE is running"
@@ -187,6 +196,7 @@ EOF
 
 main() {
   require_tools
+  check_overlay_image
   start_minikube
   install_kuberay
   build_image
