@@ -41,7 +41,7 @@ JobsOpt = Annotated[int | None, typer.Option("--n-jobs", min=1, help="parallel t
 
 def fail(message: str) -> NoReturn:
     """One clear line on stderr and exit code 2: the user's input was at fault."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(USAGE_ERROR)
 
 
@@ -49,7 +49,9 @@ def _describe_validation(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "settings"
-        problems.append(f"{where}: {error['msg']}")
+        secret = any(word in where for word in ("password", "token", "key"))
+        got = "" if secret or "input" not in error else f" (got {error['input']!r})"
+        problems.append(f"{where}: {error['msg']}{got}")
     return "settings: " + "; ".join(problems)
 
 

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     model_name: str = "mlops-classifier"
 
     # --- tuning ------------------------------------------------------------------------
-    families: Annotated[list[ModelFamily], NoDecode] = Field(default_factory=lambda: list(ALL_FAMILIES))
+    families: Annotated[list[ModelFamily], NoDecode] = Field(
+        default_factory=lambda: list(ALL_FAMILIES)
+    )
     trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(600.0, gt=0)
     n_jobs: int = Field(1, ge=1)
@@ -117,9 +119,7 @@ class Settings(BaseSettings):
     smtp_password: SecretStr | None = Field(
         None, validation_alias=_env("SMTP_PASSWORD", "MLOPS_SMTP_PASSWORD")
     )
-    smtp_from: str = Field(
-        "mlops@localhost", validation_alias=_env("SMTP_FROM", "MLOPS_SMTP_FROM")
-    )
+    smtp_from: str = Field("mlops@localhost", validation_alias=_env("SMTP_FROM", "MLOPS_SMTP_FROM"))
     smtp_to: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("SMTP_TO", "MLOPS_SMTP_TO")
     )

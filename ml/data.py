@@ -126,7 +126,9 @@ def _load_sql(url: str, table: str | None) -> pd.DataFrame:
     import sqlalchemy as sa  # only SQL sources pay for the import
 
     if not table:
-        raise DataError(f"{_safe_url(url)}: a SQL source needs a table (--table / MLOPS_DATA_TABLE)")
+        raise DataError(
+            f"{_safe_url(url)}: a SQL source needs a table (--table / MLOPS_DATA_TABLE)"
+        )
     try:
         engine = sa.create_engine(url)
         with engine.connect() as connection:
@@ -134,7 +136,9 @@ def _load_sql(url: str, table: str | None) -> pd.DataFrame:
     except ValueError as exc:  # pandas: table not found
         raise DataError(f"{_safe_url(url)}: no table named {table!r}") from exc
     except sa.exc.SQLAlchemyError as exc:
-        raise DataError(f"{_safe_url(url)}: cannot read table {table!r}: {_first_line(exc)}") from exc
+        raise DataError(
+            f"{_safe_url(url)}: cannot read table {table!r}: {_first_line(exc)}"
+        ) from exc
     if frame.empty:
         raise DataError(f"{_safe_url(url)}: table {table!r} has no rows")
     return frame
@@ -144,7 +148,11 @@ def _load_sql(url: str, table: str | None) -> pd.DataFrame:
 
 
 def load_dataset(
-    source: str, target: str | None, *, table: str | None = None, cv_folds: int = 3,
+    source: str,
+    target: str | None,
+    *,
+    table: str | None = None,
+    cv_folds: int = 3,
     test_size: float = 0.2,
 ) -> Dataset:
     """Load and validate: the single entry point the pipeline and the CLI use."""
@@ -154,7 +162,11 @@ def load_dataset(
 
 
 def validate(
-    frame: pd.DataFrame, target: str | None, *, source: str, cv_folds: int = 3,
+    frame: pd.DataFrame,
+    target: str | None,
+    *,
+    source: str,
+    cv_folds: int = 3,
     test_size: float = 0.2,
 ) -> Dataset:
     """Check the frame can train a classifier; infer feature types; count what is odd."""
@@ -172,7 +184,9 @@ def validate(
     classes = frame[target].value_counts()
     if len(classes) < 2:
         found = list(map(str, classes.index)) or "no non-null values"
-        raise DataError(f"{source}: target column {target!r} needs at least two classes, found {found}")
+        raise DataError(
+            f"{source}: target column {target!r} needs at least two classes, found {found}"
+        )
     needed = min_rows_per_class(cv_folds, test_size)
     too_small = {str(label): int(count) for label, count in classes.items() if count < needed}
     if too_small:
@@ -264,8 +278,11 @@ def _as_boolean(values: pd.Series) -> pd.Series | None:
     words = non_null.astype(str).str.strip().str.lower()
     if not words.isin(TRUE_WORDS | FALSE_WORDS).all():
         return None
-    mapped = values.astype(str).str.strip().str.lower().map(
-        lambda word: 1.0 if word in TRUE_WORDS else 0.0 if word in FALSE_WORDS else np.nan
+    mapped = (
+        values.astype(str)
+        .str.strip()
+        .str.lower()
+        .map(lambda word: 1.0 if word in TRUE_WORDS else 0.0 if word in FALSE_WORDS else np.nan)
     )
     return mapped.where(values.notna(), np.nan).astype(float)
 
@@ -284,9 +301,7 @@ def coerce_features(frame: pd.DataFrame, feature_types: dict[str, FeatureType]) 
             converted = pd.to_numeric(values, errors="coerce")
             bad = converted.isna() & values.notna()
             if bad.any():
-                raise DataError(
-                    f"column {column!r} must be numeric, got {values[bad].iloc[0]!r}"
-                )
+                raise DataError(f"column {column!r} must be numeric, got {values[bad].iloc[0]!r}")
             coerced[column] = converted.astype(float)
         elif kind == "boolean":
             as_bool = _as_boolean(values)

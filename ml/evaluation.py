@@ -40,10 +40,14 @@ def holdout_metrics(
         if metric == "accuracy":
             results[metric] = skm.accuracy_score(y, predicted)
         elif metric in {"precision", "recall", "f1"}:
-            scorer = {"precision": skm.precision_score, "recall": skm.recall_score,
-                      "f1": skm.f1_score}[metric]
-            results[metric] = scorer(y, predicted, average=average, pos_label=pos_label,
-                                     zero_division=0)
+            scorer = {
+                "precision": skm.precision_score,
+                "recall": skm.recall_score,
+                "f1": skm.f1_score,
+            }[metric]
+            results[metric] = scorer(
+                y, predicted, average=average, pos_label=pos_label, zero_division=0
+            )
         elif metric == "roc_auc":
             results[metric] = _roc_auc(y, proba, classes)
         elif metric == "log_loss":
@@ -88,9 +92,7 @@ def roc_curve_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # no
     for index, label in enumerate(targets):
         column = 1 if len(classes) == 2 else index
         positives = (np.asarray(y) == label) if truth is None else truth[:, index]
-        skm.RocCurveDisplay.from_predictions(
-            positives, proba[:, column], name=str(label), ax=axes
-        )
+        skm.RocCurveDisplay.from_predictions(positives, proba[:, column], name=str(label), ax=axes)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set_title("Holdout ROC")
     return figure

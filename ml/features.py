@@ -35,19 +35,31 @@ def build_preprocessor(feature_types: dict[str, FeatureType]) -> ColumnTransform
     transformers: list[tuple[str, Any, list[str]]] = []
     if numeric:
         transformers.append(
-            ("numeric", Pipeline([
-                ("impute", SimpleImputer(strategy="median")),
-                ("scale", StandardScaler()),
-            ]), numeric)
+            (
+                "numeric",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="median")),
+                        ("scale", StandardScaler()),
+                    ]
+                ),
+                numeric,
+            )
         )
     if boolean:  # already 1.0/0.0 from ml.data.coerce_features: impute only
         transformers.append(("boolean", SimpleImputer(strategy="most_frequent"), boolean))
     if categorical:
         transformers.append(
-            ("categorical", Pipeline([
-                ("impute", SimpleImputer(strategy="most_frequent")),
-                ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-            ]), categorical)
+            (
+                "categorical",
+                Pipeline(
+                    [
+                        ("impute", SimpleImputer(strategy="most_frequent")),
+                        ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
+                    ]
+                ),
+                categorical,
+            )
         )
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
@@ -83,7 +95,9 @@ def build_pipeline(
     params: dict[str, Any], feature_types: dict[str, FeatureType], seed: int
 ) -> Pipeline:
     """Preprocessing plus the classifier: what is tuned, registered and served."""
-    return Pipeline([
-        ("preprocess", build_preprocessor(feature_types)),
-        ("model", build_classifier(params, seed)),
-    ])
+    return Pipeline(
+        [
+            ("preprocess", build_preprocessor(feature_types)),
+            ("model", build_classifier(params, seed)),
+        ]
+    )

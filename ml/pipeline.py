@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
+from matplotlib import pyplot as plt
 from mlflow.tracking import MlflowClient
 
 from ml.config import Settings
@@ -58,9 +59,13 @@ def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
         status = "success"
     finally:
         timings[name] = time.perf_counter() - started
-        stage_log.info("stage %s %s in %.1fs", name, status, timings[name],
-                       extra={"mlops_stage": name, "mlops_status": status,
-                              "mlops_duration_s": timings[name]})
+        stage_log.info(
+            "stage %s %s in %.1fs",
+            name,
+            status,
+            timings[name],
+            extra={"mlops_stage": name, "mlops_status": status, "mlops_duration_s": timings[name]},
+        )
 
 
 def configure_tracking(settings: Settings) -> str:
@@ -81,8 +86,13 @@ def configure_tracking(settings: Settings) -> str:
 
 
 def load_data(settings: Settings) -> Dataset:
-    return load_dataset(settings.data, settings.target, table=settings.data_table,
-                        cv_folds=settings.cv_folds, test_size=settings.test_size)
+    return load_dataset(
+        settings.data,
+        settings.target,
+        table=settings.data_table,
+        cv_folds=settings.cv_folds,
+        test_size=settings.test_size,
+    )
 
 
 def default_study_name(settings: Settings, dataset: Dataset) -> str:
@@ -98,22 +108,39 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     report = dataset.report
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
         warnings.simplefilter("ignore", UserWarning)
-        source = mlflow.data.from_pandas(dataset.frame, source=report.source,
-                                         targets=dataset.target,
-                                         name=Path(report.source).stem or "dataset",
-                                         digest=report.fingerprint[:32])
+        source = mlflow.data.from_pandas(
+            dataset.frame,
+            source=report.source,
+            targets=dataset.target,
+            name=Path(report.source).stem or "dataset",
+            digest=report.fingerprint[:32],
+        )
     mlflow.log_input(source, context="training")
     mlflow.log_dict(json.loads(report.model_dump_json()), "validation_report.json")
-    mlflow.set_tags({"data.fingerprint": report.fingerprint, "data.source": report.source,
-                     "data.rows": str(report.rows), "mlops.kind": "study"})
-    mlflow.log_params({"data": settings.data, "target": dataset.target,
-                       "trials": settings.trials, "cv_folds": settings.cv_folds,
-                       "families": ",".join(settings.families),
-                       "tuning_metric": settings.tuning_metric, "seed": settings.seed})
+    mlflow.set_tags(
+        {
+            "data.fingerprint": report.fingerprint,
+            "data.source": report.source,
+            "data.rows": str(report.rows),
+            "mlops.kind": "study",
+        }
+    )
+    mlflow.log_params(
+        {
+            "data": settings.data,
+            "target": dataset.target,
+            "trials": settings.trials,
+            "cv_folds": settings.cv_folds,
+            "families": ",".join(settings.families),
+            "tuning_metric": settings.tuning_metric,
+            "seed": settings.seed,
+        }
+    )
 
 
-def run_pipeline(settings: Settings, callbacks: list[TrialCallback] | None = None,
-                 dataset: Dataset | None = None) -> PipelineResult:
+def run_pipeline(
+    settings: Settings, callbacks: list[TrialCallback] | None = None, dataset: Dataset | None = None
+) -> PipelineResult:
     """Everything `mlops pipeline` does; raises DataError before anything is logged."""
     timings: dict[str, float] = {}
     with stage("data", timings):
@@ -125,23 +152,49 @@ def run_pipeline(settings: Settings, callbacks: list[TrialCallback] | None = Non
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:
         log_dataset(dataset, settings)
         with stage("tune", timings):
-            tracker = TrialTracker(client, experiment_id, parent.info.run_id,
-                                   settings.tuning_metric)
-            tuning = tune(holdout_split, dataset.feature_types, settings, study_name, tracker,
-                          callbacks)
+            tracker = TrialTracker(
+                client, experiment_id, parent.info.run_id, settings.tuning_metric
+            )
+            tuning = tune(
+                holdout_split, dataset.feature_types, settings, study_name, tracker, callbacks
+            )
         mlflow.log_params({f"best_{key}": value for key, value in tuning.best_params.items()})
-        mlflow.log_metrics({f"best_cv_{settings.tuning_metric}": tuning.best_value,
-                            "trials_complete": tuning.complete, "trials_pruned": tuning.pruned})
+        mlflow.log_metrics(
+            {
+                f"best_cv_{settings.tuning_metric}": tuning.best_value,
+                "trials_complete": tuning.complete,
+                "trials_pruned": tuning.pruned,
+            }
+        )
         for file_name, figure in study_figures(study_name, settings).items():
             mlflow.log_figure(figure, f"plots/{file_name}")
+            plt.close(figure)
         with stage("train", timings):
             model = fit_best(tuning.best_params, dataset, holdout_split, settings.seed)
             trained = log_and_register(model, tuning.best_params, dataset, holdout_split, settings)
         with stage("gate", timings):
-            decision = run_gate(client, settings.model_name, trained.version, holdout_split,
-                                settings.promotion_metric, settings.promotion_margin)
-        mlflow.set_tags({"gate.decision": "promoted" if decision.promoted else "rejected",
-                         "model.version": trained.version})
+            decision = run_gate(
+                client,
+                settings.model_name,
+                trained.version,
+                holdout_split,
+                settings.promotion_metric,
+                settings.promotion_margin,
+            )
+        mlflow.set_tags(
+            {
+                "gate.decision": "promoted" if decision.promoted else "rejected",
+                "model.version": trained.version,
+            }
+        )
         mlflow.log_metrics({f"stage_{name}_s": seconds for name, seconds in timings.items()})
-    return PipelineResult(dataset.report, tuning, trained, decision, parent.info.run_id,
-                          experiment_id, str(settings.mlflow_tracking_uri), timings)
+    return PipelineResult(
+        dataset.report,
+        tuning,
+        trained,
+        decision,
+        parent.info.run_id,
+        experiment_id,
+        str(settings.mlflow_tracking_uri),
+        timings,
+    )

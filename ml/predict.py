@@ -61,8 +61,9 @@ def resolve_version(name: str, alias: str = CHAMPION) -> str:
     try:
         return str(MlflowClient().get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        raise RegistryError(f"model {name!r} has no {alias!r} version: train one first "
-                            f"(`mlops pipeline`)") from exc
+        raise RegistryError(
+            f"model {name!r} has no {alias!r} version: train one first " f"(`mlops pipeline`)"
+        ) from exc
 
 
 def load_version(name: str, version: str) -> LoadedModel:
@@ -78,11 +79,16 @@ def load_version(name: str, version: str) -> LoadedModel:
     metadata = info.metadata or {}
     signature_columns = info.signature.inputs.input_names() if info.signature else []
     feature_types = metadata.get("feature_types") or dict.fromkeys(signature_columns, "numeric")
-    return LoadedModel(name=name, version=str(version), run_id=info.run_id or "", model=model,
-                       feature_types=feature_types,
-                       classes=list(metadata.get("classes") or list(model.classes_)),
-                       input_example=_input_example(info, local_path),
-                       loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    return LoadedModel(
+        name=name,
+        version=str(version),
+        run_id=info.run_id or "",
+        model=model,
+        feature_types=feature_types,
+        classes=list(metadata.get("classes") or list(model.classes_)),
+        input_example=_input_example(info, local_path),
+        loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def load_champion(name: str) -> LoadedModel:

@@ -33,8 +33,10 @@ class GateDecision:
     champion_score: float | None
 
     def as_tags(self) -> dict[str, str]:
-        return {f"gate.{key}": "-" if value is None else str(value)
-                for key, value in asdict(self).items()}
+        return {
+            f"gate.{key}": "-" if value is None else str(value)
+            for key, value in asdict(self).items()
+        }
 
 
 def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
@@ -55,47 +57,81 @@ def run_gate(
     client: MlflowClient, name: str, challenger: str, split: Split, metric: str, margin: float
 ) -> GateDecision:
     """Score challenger and champion on one holdout; promote only on a clear win."""
-    challenger_score = score(metric, load_version(name, challenger), split.X_holdout,
-                             split.y_holdout)
+    challenger_score = score(
+        metric, load_version(name, challenger), split.X_holdout, split.y_holdout
+    )
     incumbent = champion_version(client, name)
     if incumbent is None:
-        decision = GateDecision(True, "no champion yet", metric, challenger, challenger_score,
-                                None, None)
+        decision = GateDecision(
+            True, "no champion yet", metric, challenger, challenger_score, None, None
+        )
     elif incumbent.version == challenger:
-        decision = GateDecision(False, "already champion", metric, challenger, challenger_score,
-                                incumbent.version, challenger_score)
+        decision = GateDecision(
+            False,
+            "already champion",
+            metric,
+            challenger,
+            challenger_score,
+            incumbent.version,
+            challenger_score,
+        )
     else:
         decision = _compare(name, metric, margin, challenger, challenger_score, incumbent, split)
     _record(client, name, decision)
     return decision
 
 
-def _compare(name: str, metric: str, margin: float, challenger: str, challenger_score: float,
-             incumbent: ModelVersion, split: Split) -> GateDecision:
+def _compare(
+    name: str,
+    metric: str,
+    margin: float,
+    challenger: str,
+    challenger_score: float,
+    incumbent: ModelVersion,
+    split: Split,
+) -> GateDecision:
     try:
         champion_model = load_version(name, incumbent.version)
         champion_score = score(metric, champion_model, split.X_holdout, split.y_holdout)
     except (MlflowException, ValueError, KeyError) as exc:
         # A champion trained on other columns cannot score today's data: it must yield.
-        return GateDecision(True, f"champion cannot score this holdout: {exc}", metric,
-                            challenger, challenger_score, incumbent.version, None)
+        return GateDecision(
+            True,
+            f"champion cannot score this holdout: {exc}",
+            metric,
+            challenger,
+            challenger_score,
+            incumbent.version,
+            None,
+        )
     wins = is_better(metric, challenger_score, champion_score, margin)
     verb = "beats" if wins else "does not beat"
-    reason = (f"challenger {metric}={challenger_score:.4f} {verb} champion "
-              f"{champion_score:.4f} by more than margin {margin}")
-    return GateDecision(wins, reason, metric, challenger, challenger_score, incumbent.version,
-                        champion_score)
+    reason = (
+        f"challenger {metric}={challenger_score:.4f} {verb} champion "
+        f"{champion_score:.4f} by more than margin {margin}"
+    )
+    return GateDecision(
+        wins, reason, metric, challenger, challenger_score, incumbent.version, champion_score
+    )
 
 
 def _record(client: MlflowClient, name: str, decision: GateDecision) -> None:
     for key, value in decision.as_tags().items():
         client.set_model_version_tag(name, decision.challenger_version, key, value)
-    client.set_model_version_tag(name, decision.challenger_version, "gate.decision",
-                                 "promoted" if decision.promoted else "rejected")
+    client.set_model_version_tag(
+        name,
+        decision.challenger_version,
+        "gate.decision",
+        "promoted" if decision.promoted else "rejected",
+    )
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, decision.challenger_version)
-    log.info("gate: version %s %s (%s)", decision.challenger_version,
-             "promoted" if decision.promoted else "rejected", decision.reason)
+    log.info(
+        "gate: version %s %s (%s)",
+        decision.challenger_version,
+        "promoted" if decision.promoted else "rejected",
+        decision.reason,
+    )
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str = "manual") -> None:
@@ -103,7 +139,7 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
     try:
         client.get_model_version(name, version)
     except MlflowException as exc:
-        known = [mv.version for mv in client.search_model_versions(f"name='{name}'")]
+        known = [str(mv.version) for mv in client.search_model_versions(f"name='{name}'")]
         if not known:
             raise RegistryError(f"model {name!r} is not registered") from exc
         raise RegistryError(
@@ -113,5 +149,6 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "gate.decision", "promoted")
     client.set_model_version_tag(name, version, "gate.reason", reason)
-    client.set_model_version_tag(name, version, "gate.champion_version",
-                                 previous.version if previous else "-")
+    client.set_model_version_tag(
+        name, version, "gate.champion_version", previous.version if previous else "-"
+    )

@@ -100,8 +100,14 @@ class Objective:
             for step, (train_idx, valid_idx) in enumerate(self.folds):
                 model = build_pipeline(params, self.feature_types, self.settings.seed)
                 model.fit(self.X.iloc[train_idx], self.y.iloc[train_idx])
-                fold_scores.append(score(self.settings.tuning_metric, model,
-                                         self.X.iloc[valid_idx], self.y.iloc[valid_idx]))
+                fold_scores.append(
+                    score(
+                        self.settings.tuning_metric,
+                        model,
+                        self.X.iloc[valid_idx],
+                        self.y.iloc[valid_idx],
+                    )
+                )
                 trial.report(float(np.mean(fold_scores)), step)
                 if trial.should_prune():
                     state = "PRUNED"
@@ -111,31 +117,44 @@ class Objective:
         finally:
             trial.set_user_attr("duration_s", time.perf_counter() - started)
             if self.tracking is not None:
-                self.tracking.log_trial(trial, params, fold_scores, state,
-                                        time.perf_counter() - started)
+                self.tracking.log_trial(
+                    trial, params, fold_scores, state, time.perf_counter() - started
+                )
 
 
 class TrialTracker:
     """Logs each trial as a child run of the study's parent run."""
 
-    def __init__(self, client: MlflowClient, experiment_id: str, parent_run_id: str,
-                 metric: str) -> None:
+    def __init__(
+        self, client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str
+    ) -> None:
         self.client = client
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.metric = metric
 
-    def log_trial(self, trial: optuna.Trial, params: dict[str, Any], fold_scores: list[float],
-                  state: str, duration_s: float) -> None:
+    def log_trial(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, Any],
+        fold_scores: list[float],
+        state: str,
+        duration_s: float,
+    ) -> None:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number:03d}-{params['family']}",
-            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, "optuna.trial": str(trial.number),
-                  "optuna.state": state, "optuna.study": trial.study.study_name},
+            tags={
+                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
+                "optuna.trial": str(trial.number),
+                "optuna.state": state,
+                "optuna.study": trial.study.study_name,
+            },
         )
         now = int(time.time() * 1000)
-        metrics = [Metric(f"cv_{self.metric}", value, now, step)
-                   for step, value in enumerate(fold_scores)]
+        metrics = [
+            Metric(f"cv_{self.metric}", value, now, step) for step, value in enumerate(fold_scores)
+        ]
         if state == "COMPLETE":
             metrics.append(Metric(f"cv_{self.metric}_mean", float(np.mean(fold_scores)), now, 0))
         metrics.append(Metric("duration_s", duration_s, now, 0))
@@ -175,8 +194,10 @@ def tune(
     best = study.best_trial
     return TuningResult(
         study_name=study_name,
-        best_params={"family": best.params["family"], **{
-            k: v for k, v in best.params.items() if k != "family"}},
+        best_params={
+            "family": best.params["family"],
+            **{k: v for k, v in best.params.items() if k != "family"},
+        },
         best_value=float(best.value),
         complete=complete,
         pruned=states.count(optuna.trial.TrialState.PRUNED),

@@ -1,0 +1,134 @@
+"""The `mlops` CLI: clear errors with exit code 2 and nothing registered; masking; predict."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from typer.testing import CliRunner
+
+from ml.cli import app
+from tests.unit.test_data import mixed_frame
+
+pytestmark = pytest.mark.integration
+runner = CliRunner()
+
+
+def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {
+        "MLOPS_VAR_DIR": str(tmp_path / "var"),
+        "MLOPS_TRIALS": "2",
+        "MLOPS_FAMILIES": "logreg",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db",
+    }
+    env.update(extra)
+    return env
+
+
+def registered_models(tmp_path: Path) -> list[str]:
+    db = tmp_path / "m.db"
+    if not db.exists():
+        return []
+    return [model.name for model in MlflowClient(f"sqlite:///{db}").search_registered_models()]
+
+
+def write(tmp_path: Path, name: str, content: str) -> str:
+    path = tmp_path / name
+    path.write_text(content)
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing file": (lambda p: str(p / "nope.csv"), "y", "no such file"),
+    "empty file": (lambda p: write(p, "empty.csv", ""), "y", "is empty"),
+    "unreadable csv": (lambda p: write(p, "bin.parquet", "not parquet"), "y", "cannot be read"),
+    "missing target": (lambda p: write(p, "t.csv", "a,b\n1,2\n"), "y", "'y' not found"),
+    "single class": (lambda p: write(p, "one.csv", "a,y\n" + "1,x\n" * 20), "y", "two classes"),
+    "class too small": (
+        lambda p: write(p, "small.csv", "a,y\n" + "1,x\n" * 20 + "2,z\n"),
+        "y",
+        "fewer than",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_exits_2_with_one_message_and_registers_nothing(
+    tmp_path: Path, case: str
+) -> None:
+    make_path, target, message = BAD_INPUTS[case]
+    result = runner.invoke(
+        app, ["pipeline", "--data", make_path(tmp_path), "--target", target], env=cli_env(tmp_path)
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert registered_models(tmp_path) == []
+
+
+def test_unknown_model_family_in_settings_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["pipeline"], env=cli_env(tmp_path, MLOPS_FAMILIES="xgboost"))
+    assert result.exit_code == 2
+    assert "families" in result.output and "xgboost" in result.output
+    assert registered_models(tmp_path) == []
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    env = cli_env(
+        tmp_path,
+        SMTP_PASSWORD="hunter2-secret",
+        MLFLOW_TRACKING_URI="postgresql://mlflow:pg-secret@db/mlflow",
+    )
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert result.exit_code == 0
+    assert "hunter2-secret" not in result.output and "pg-secret" not in result.output
+    assert "********" in result.output
+
+
+def test_console_script_trains_predicts_and_refuses_unknown_version(tmp_path: Path) -> None:
+    """The installed `mlops` entry point, as a user runs it, on a mixed CSV."""
+    csv = tmp_path / "churn.csv"
+    frame = mixed_frame(200)
+    frame.to_csv(csv, index=False)
+    mlops = str(Path(sys.executable).with_name("mlops"))
+    env = {**os.environ, **cli_env(tmp_path)}
+    trained = subprocess.run(
+        [mlops, "pipeline", "--data", str(csv), "--target", "churned"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "Training summary" in trained.stdout
+
+    rows = tmp_path / "rows.csv"
+    frame.drop(columns="churned").head(5).to_csv(rows, index=False)
+    predicted = subprocess.run(
+        [mlops, "predict", "--input", str(rows)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
+    table = pd.read_csv(pd.io.common.StringIO(predicted.stdout))
+    assert len(table) == 5 and set(table["prediction"]) <= {True, False}
+
+    refused = subprocess.run(
+        [mlops, "promote", "--version", "99"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "no version 99" in refused.stderr and "Traceback" not in refused.stderr

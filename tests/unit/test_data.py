@@ -1,0 +1,145 @@
+"""ml.data: loading, validation errors that name the culprit, types, fingerprint, split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from ml.data import (
+    DataError,
+    coerce_features,
+    fingerprint,
+    load_dataset,
+    min_rows_per_class,
+    split,
+)
+
+
+def mixed_frame(rows: int = 240, seed: int = 0) -> pd.DataFrame:
+    """Numeric, categorical and boolean columns with gaps and a TRUE/FALSE string target."""
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "age": rng.integers(18, 80, rows).astype(float),
+            "plan": rng.choice(["basic", "pro", "team"], rows),
+            "member": rng.choice(["TRUE", "FALSE"], rows),
+            "spend": rng.normal(50, 10, rows),
+            "churned": rng.choice(["TRUE", "FALSE"], rows),
+        }
+    )
+    frame.loc[::9, "age"] = np.nan
+    frame.loc[::11, "plan"] = None
+    return frame
+
+
+def test_demo_loads_with_string_labels() -> None:
+    dataset = load_dataset("demo", None)
+    assert dataset.target == "target"
+    assert set(dataset.report.classes) == {"benign", "malignant"}
+    assert set(dataset.feature_types.values()) == {"numeric"}
+    assert len(dataset.report.fingerprint) == 64
+
+
+def test_mixed_csv_types_and_boolean_target(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.csv"
+    mixed_frame().to_csv(path, index=False)
+    dataset = load_dataset(str(path), "churned")
+    assert dataset.feature_types == {
+        "age": "numeric",
+        "plan": "categorical",
+        "member": "boolean",
+        "spend": "numeric",
+    }
+    assert dataset.y.dtype == bool
+    assert dataset.report.null_counts["age"] > 0
+    assert set(dataset.X["member"].dropna()) == {0.0, 1.0}
+
+
+def test_parquet_and_sql_sources_load_the_same_data(tmp_path: Path) -> None:
+    frame = mixed_frame()
+    frame.to_parquet(tmp_path / "d.parquet")
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    frame.to_sql("customers", sa.create_engine(url), index=False)
+    from_parquet = load_dataset(str(tmp_path / "d.parquet"), "churned")
+    from_sql = load_dataset(url, "churned", table="customers")
+    assert from_parquet.report.fingerprint == from_sql.report.fingerprint
+
+
+@pytest.mark.parametrize(
+    ("write", "target", "message"),
+    [
+        (None, "y", "no such file"),
+        ("", "y", "the file is empty"),
+        ("a,b\n", "b", "header but no rows"),
+        ("\x00\xff\xfe garbage \x00", "y", "cannot be read"),
+        ("a,b\n1,x\n2,y\n", "missing", "target column 'missing' not found"),
+        ("a,b\n" + "1,x\n" * 30, "b", "at least two classes"),
+        ("a,b\n" + "1,x\n" * 30 + "2,y\n", "b", "fewer than"),
+        ("a,b,c\n" + "1,,x\n2,,y\n" * 20, "c", "entirely empty"),
+    ],
+)
+def test_bad_input_names_the_file_or_column(
+    tmp_path: Path, write: str | None, target: str, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    if write is not None:
+        path.write_bytes(write.encode("latin-1"))
+    with pytest.raises(DataError, match=message) as error:
+        load_dataset(str(path), target)
+    assert str(path) in str(error.value)
+
+
+def test_sql_source_needs_a_table_and_names_a_missing_one(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    sa.create_engine(url).connect().close()
+    with pytest.raises(DataError, match="needs a table"):
+        load_dataset(url, "y")
+    with pytest.raises(DataError, match="no table named 'nope'"):
+        load_dataset(url, "y", table="nope")
+
+
+def test_identifier_columns_are_dropped_and_reported() -> None:
+    frame = mixed_frame()
+    frame["customer_id"] = [f"c-{i:05d}" for i in range(len(frame))]
+    from ml.data import validate
+
+    dataset = validate(frame, "churned", source="frame")
+    assert "customer_id" in dataset.report.dropped_columns
+    assert "customer_id" not in dataset.X.columns
+
+
+def test_fingerprint_ignores_row_and_column_order_but_not_values() -> None:
+    frame = mixed_frame()
+    shuffled = frame.sample(frac=1, random_state=1)[list(reversed(frame.columns))]
+    assert fingerprint(frame) == fingerprint(shuffled)
+    changed = frame.copy()
+    changed.loc[0, "spend"] += 1
+    assert fingerprint(frame) != fingerprint(changed)
+
+
+def test_split_is_stratified_and_repeatable() -> None:
+    dataset = load_dataset("demo", None)
+    first, second = split(dataset, 0.2, 7), split(dataset, 0.2, 7)
+    assert first.X_holdout.index.equals(second.X_holdout.index)
+    share = dataset.y.value_counts(normalize=True)
+    holdout_share = first.y_holdout.value_counts(normalize=True)
+    assert (share - holdout_share).abs().max() < 0.02
+
+
+def test_min_rows_per_class_allows_holdout_and_folds() -> None:
+    assert min_rows_per_class(3, 0.2) == 5
+    assert min_rows_per_class(5, 0.2) == 8
+
+
+def test_coerce_features_names_the_bad_column() -> None:
+    types = {"age": "numeric", "member": "boolean", "plan": "categorical"}
+    good = coerce_features(pd.DataFrame({"age": ["3"], "member": [True], "plan": [1]}), types)
+    assert good.loc[0, "age"] == 3.0 and good.loc[0, "member"] == 1.0 and good.loc[0, "plan"] == "1"
+    with pytest.raises(DataError, match="column 'age' must be numeric"):
+        coerce_features(pd.DataFrame({"age": ["old"], "member": [True], "plan": ["a"]}), types)
+    with pytest.raises(DataError, match="column 'member' must be true/false"):
+        coerce_features(pd.DataFrame({"age": [1], "member": ["maybe"], "plan": ["a"]}), types)
