@@ -56,15 +56,15 @@ test-unit: setup ## Fast tests, no servers
 test-integration: setup ## Tests that start real servers
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
-lint: setup ## flake8 and black --check
-	$(BIN)/flake8 ml serving elk tests benchmarks
-	$(BIN)/black --check ml serving elk tests benchmarks
+lint: setup ## flake8, black --check, pylint, hadolint (all run; reports/ for SonarQube)
+	@$(MAKE) -k lint-style lint-black lint-pylint lint-hadolint
 
 format: setup ## Rewrite the code with black
 	$(BIN)/black ml serving elk tests benchmarks
 
-typecheck: setup ## mypy over ml, serving, elk
-	$(BIN)/mypy
+typecheck: setup ## mypy over ml, serving, elk; report in reports/mypy.txt
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/mypy --no-pretty --show-column-numbers --show-error-codes | tee $(REPORTS_DIR)/mypy.txt
 
 mlflow-ui: setup ## The MLflow UI on the local store, http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(VAR_DIR)/mlflow.db" --port 5000
@@ -103,3 +103,86 @@ manifests: setup ## Regenerate the generated k8s/ files (serveConfigV2, filebeat
 
 deploy-minikube: manifests ## Minikube + KubeRay + the whole stack, smoke-tested (DRY_RUN=1 prints)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy_minikube.sh
+
+# --- code quality, SonarQube, CI (jenkins/pipelines/quality.Jenkinsfile runs these) ----------
+# Each tool writes its report under REPORTS_DIR in the format sonar-project.properties imports.
+PY_CODE := ml serving elk tests benchmarks
+PY_PACKAGES := ml serving elk
+# Every Dockerfile in the tree (the serving image, jenkins/Dockerfile, any later one).
+DOCKERFILES = $(shell find . \( -path ./.venv -o -path ./var -o -path ./.git \) -prune -o \
+	\( -name Dockerfile -o -name '*.Dockerfile' -o -name 'Dockerfile.*' \) -print \
+	| sed 's|^\./||' | sort)
+# Accepted pip-audit advisories: one ID per line with its reason (jenkins/pip-audit-accepted.txt).
+PIP_AUDIT_IGNORES = $(shell awk '!/^[[:space:]]*(\#|$$)/ {print "--ignore-vuln", $$1}' \
+	jenkins/pip-audit-accepted.txt)
+SONAR_HOST_URL ?= http://127.0.0.1:9000
+# The local JRE runs the scanner engine (no JRE download); JAVA_HOME wins over PATH.
+SONAR_JAVA ?= $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,$(shell command -v java))
+# `make watch` re-runs this on every change of a tracked file.
+WATCH_CMD ?= $(MAKE) ci
+WATCH_ROOT ?= $(CURDIR)
+WATCH_ARGS ?=
+NOTIFY_STATUS ?= success
+NOTIFY_TITLE ?= $(or $(JOB_NAME),mlops) #$(or $(BUILD_NUMBER),local)
+NOTIFY_BODY ?= $(or $(BUILD_URL),$(CURDIR))
+
+.PHONY: lint-style lint-black lint-pylint lint-hadolint security security-bandit \
+	security-audit quality test-coverage ci sonar watch notify
+lint-style: setup ## flake8 (pycodestyle, pyflakes) -> reports/flake8.txt
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/flake8 --output-file=$(REPORTS_DIR)/flake8.txt --tee $(PY_CODE)
+
+lint-black: setup ## black --check -> reports/black.diff (what `make format` would change)
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/black --check --diff $(PY_CODE) > $(REPORTS_DIR)/black.diff
+
+lint-pylint: setup ## pylint (fails under 9.0) -> reports/pylint.txt (parseable)
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/pylint --output-format=parseable $(PY_PACKAGES) | tee $(REPORTS_DIR)/pylint.txt
+
+lint-hadolint: setup ## hadolint on every Dockerfile -> reports/hadolint.sarif
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/hadolint --failure-threshold warning $(DOCKERFILES)
+	$(BIN)/hadolint --no-fail -f sarif $(DOCKERFILES) > $(REPORTS_DIR)/hadolint.sarif
+
+security: setup ## bandit (no medium/high finding) and pip-audit of requirements.lock
+	@$(MAKE) -k security-bandit security-audit
+
+security-bandit: setup ## bandit -> reports/bandit.json; fails on medium or high severity
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/bandit -q -c pyproject.toml -r $(PY_PACKAGES) -f json -o $(REPORTS_DIR)/bandit.json \
+		--exit-zero
+	$(BIN)/bandit -q -c pyproject.toml -r $(PY_PACKAGES) --severity-level medium
+
+security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \
+		--progress-spinner off --format json --output $(REPORTS_DIR)/pip-audit.json \
+		$(PIP_AUDIT_IGNORES)
+
+quality: setup ## Every check (lint, typecheck, security); all run, any failure fails
+	@$(MAKE) -k lint typecheck security
+
+test-coverage: setup ## Unit + contract tests with coverage -> reports/coverage.xml, junit.xml
+	@mkdir -p $(REPORTS_DIR)
+	$(BIN)/pytest tests/unit tests/contracts --cov --cov-report=xml:$(REPORTS_DIR)/coverage.xml \
+		--cov-report=term --junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS)
+
+ci: setup ## What the quality pipeline runs, minus SonarQube: every check and every test
+	@$(MAKE) -k quality test
+
+sonar: setup ## SonarQube analysis + quality gate wait (SONAR_HOST_URL, SONAR_TOKEN)
+	@test -n "$${SONAR_TOKEN:-$${SONAR_AUTH_TOKEN:-}}" \
+		|| { echo "sonar: set SONAR_TOKEN (Jenkins: withSonarQubeEnv sets SONAR_AUTH_TOKEN)" >&2; \
+		exit 2; }
+	@test -x "$(SONAR_JAVA)" || { echo "sonar: no java found (JAVA_HOME or PATH)" >&2; exit 2; }
+	SONAR_TOKEN="$${SONAR_TOKEN:-$$SONAR_AUTH_TOKEN}" $(BIN)/pysonar \
+		--sonar-host-url "$(SONAR_HOST_URL)" --skip-jre-provisioning \
+		--sonar-scanner-java-exe-path "$(SONAR_JAVA)" --sonar-qualitygate-wait \
+		--sonar-qualitygate-timeout 600
+
+watch: setup ## Re-run WATCH_CMD (default `make ci`) whenever a tracked file changes
+	$(BIN)/python jenkins/watch.py --root "$(WATCH_ROOT)" --command "$(WATCH_CMD)" $(WATCH_ARGS)
+
+notify: setup ## Email + desktop notification (NOTIFY_STATUS, NOTIFY_TITLE, NOTIFY_BODY)
+	$(BIN)/mlops notify --status "$(NOTIFY_STATUS)" --title "$(NOTIFY_TITLE)" --body "$(NOTIFY_BODY)"
