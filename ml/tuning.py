@@ -6,15 +6,17 @@ it is thread-safe for `--n-jobs` > 1 and costs three tracking calls per trial.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.model_selection import StratifiedKFold
@@ -24,6 +26,7 @@ from ml.data import FeatureType, Split
 from ml.evaluation import direction, score
 from ml.features import build_pipeline
 
+log = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 
@@ -123,7 +126,11 @@ class Objective:
 
 
 class TrialTracker:
-    """Logs each trial as a child run of the study's parent run."""
+    """Logs each trial as a child run of the study's parent run, off the trial's critical path.
+
+    A single background worker makes the three tracking calls per trial (create, log_batch,
+    terminate), so CPU-bound trials never wait on the tracking store; `close()` drains it.
+    """
 
     def __init__(
         self, client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str
@@ -132,6 +139,8 @@ class TrialTracker:
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.metric = metric
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-tracking")
+        self._pending: list[Future[None]] = []
 
     def log_trial(
         self,
@@ -141,31 +150,67 @@ class TrialTracker:
         state: str,
         duration_s: float,
     ) -> None:
+        record = TrialRecord(
+            trial.number,
+            trial.study.study_name,
+            dict(params),
+            list(fold_scores),
+            state,
+            duration_s,
+            int(time.time() * 1000),
+        )
+        self._pending.append(self._worker.submit(self._write, record))
+
+    def close(self) -> None:
+        """Wait for every trial run to be written; report (not raise) tracking failures."""
+        self._worker.shutdown(wait=True)
+        failures = [future.exception() for future in self._pending if future.exception()]
+        self._pending.clear()
+        if failures:
+            log.warning(
+                "%d trial runs could not be logged to MLflow; first error: %s",
+                len(failures),
+                failures[0],
+            )
+
+    def _write(self, record: "TrialRecord") -> None:
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial.number:03d}-{params['family']}",
+            run_name=f"trial-{record.number:03d}-{record.params['family']}",
             tags={
                 MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                "optuna.trial": str(trial.number),
-                "optuna.state": state,
-                "optuna.study": trial.study.study_name,
+                "optuna.trial": str(record.number),
+                "optuna.state": record.state,
+                "optuna.study": record.study_name,
+                "mlops.kind": "trial",
             },
         )
-        now = int(time.time() * 1000)
+        stamp = record.finished_ms
         metrics = [
-            Metric(f"cv_{self.metric}", value, now, step) for step, value in enumerate(fold_scores)
+            Metric(f"cv_{self.metric}", value, stamp, step)
+            for step, value in enumerate(record.fold_scores)
         ]
-        if state == "COMPLETE":
-            metrics.append(Metric(f"cv_{self.metric}_mean", float(np.mean(fold_scores)), now, 0))
-        metrics.append(Metric("duration_s", duration_s, now, 0))
-        self.client.log_batch(
-            run.info.run_id,
-            metrics=metrics,
-            params=[Param(key, str(value)) for key, value in params.items()],
-            tags=[RunTag("mlops.kind", "trial")],
-        )
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
-        self.client.set_terminated(run.info.run_id, status=status)
+        if record.state == "COMPLETE":
+            mean = float(np.mean(record.fold_scores))
+            metrics.append(Metric(f"cv_{self.metric}_mean", mean, stamp, 0))
+        metrics.append(Metric("duration_s", record.duration_s, stamp, 0))
+        params = [Param(key, str(value)) for key, value in record.params.items()]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(record.state, "FAILED")
+        self.client.set_terminated(run.info.run_id, status=status, end_time=stamp)
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What one finished trial hands to the tracking worker."""
+
+    number: int
+    study_name: str
+    params: dict[str, Any]
+    fold_scores: list[float]
+    state: str
+    duration_s: float
+    finished_ms: int
 
 
 def tune(
@@ -179,14 +224,18 @@ def tune(
     """Run `settings.trials` trials (or until the timeout) and return the best."""
     study = create_study(settings, study_name)
     objective = Objective(split, feature_types, settings, tracker)
-    study.optimize(
-        objective,
-        n_trials=settings.trials,
-        timeout=settings.timeout_s,
-        n_jobs=settings.n_jobs,
-        callbacks=callbacks or [],
-        catch=(ValueError, ArithmeticError),  # one bad configuration must not end the study
-    )
+    try:
+        study.optimize(
+            objective,
+            n_trials=settings.trials,
+            timeout=settings.timeout_s,
+            n_jobs=settings.n_jobs,
+            callbacks=callbacks or [],
+            catch=(ValueError, ArithmeticError),  # one bad configuration must not end the study
+        )
+    finally:
+        if tracker is not None:
+            tracker.close()
     states = [trial.state for trial in study.trials]
     complete = states.count(optuna.trial.TrialState.COMPLETE)
     if complete == 0:

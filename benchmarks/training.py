@@ -1,0 +1,244 @@
+"""Optuna (TPE + median pruning, 2 jobs) vs scikit-learn's RandomizedSearchCV, same model
+space, same folds, same wall-clock budget; plus the cost of MLflow tracking per study.
+
+    .venv/bin/python benchmarks/training.py            # make bench-training
+    .venv/bin/python benchmarks/training.py --quick    # a smoke run (seconds)
+
+Prints, per dataset: best CV score of each searcher, when each reached it, when Optuna reached
+RandomizedSearchCV's best, and the ratio. Then tracking on/off for one fixed study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pandas as pd
+from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import loguniform, randint
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import RandomizedSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+from ml.config import Settings
+from ml.data import Dataset, load_dataset, split, validate
+from ml.features import build_preprocessor
+from ml.tuning import TrialTracker, tune
+
+console = Console()
+
+
+@dataclass
+class SearchTrace:
+    """Best-so-far score over elapsed seconds."""
+
+    name: str
+    points: list[tuple[float, float]]  # (elapsed_s, best_so_far)
+    evaluated: int
+
+    @property
+    def best(self) -> float:
+        return self.points[-1][1] if self.points else float("nan")
+
+    def time_to_reach(self, score: float) -> float | None:
+        for elapsed, best in self.points:
+            if best >= score - 1e-12:
+                return elapsed
+        return None
+
+
+def random_search_space(seed: int) -> list[dict]:
+    """The space ml.tuning.suggest_params searches, as RandomizedSearchCV sub-spaces."""
+    return [
+        {
+            "model": [LogisticRegression(max_iter=2000, random_state=seed)],
+            "model__C": loguniform(1e-3, 1e2),
+        },
+        {
+            "model": [RandomForestClassifier(n_jobs=1, random_state=seed)],
+            "model__n_estimators": list(range(50, 301, 25)),
+            "model__max_depth": randint(2, 21),
+            "model__min_samples_leaf": randint(1, 11),
+            "model__max_features": ["sqrt", "log2"],
+        },
+        {
+            "model": [HistGradientBoostingClassifier(early_stopping=False, random_state=seed)],
+            "model__learning_rate": loguniform(0.01, 0.3),
+            "model__max_iter": list(range(50, 301, 25)),
+            "model__max_leaf_nodes": randint(7, 64),
+            "model__l2_regularization": loguniform(1e-6, 1.0),
+        },
+    ]
+
+
+def run_random_search(dataset: Dataset, settings: Settings, budget_s: float) -> SearchTrace:
+    """Batches of 2 candidates (one per core) until the budget is spent."""
+    data_split = split(dataset, settings.test_size, settings.seed)
+    folds = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    estimator = Pipeline(
+        [("preprocess", build_preprocessor(dataset.feature_types)), ("model", LogisticRegression())]
+    )
+    started, best, points, evaluated, batch = time.perf_counter(), -np.inf, [], 0, 0
+    while time.perf_counter() - started < budget_s:
+        search = RandomizedSearchCV(
+            estimator,
+            random_search_space(settings.seed),
+            n_iter=2,
+            scoring="roc_auc",
+            cv=folds,
+            n_jobs=settings.n_jobs,
+            random_state=settings.seed + batch,
+            refit=False,
+        )
+        search.fit(data_split.X_train, data_split.y_train)
+        batch += 1
+        evaluated += 2
+        best = max(best, float(np.nanmax(search.cv_results_["mean_test_score"])))
+        points.append((time.perf_counter() - started, best))
+    return SearchTrace("RandomizedSearchCV", points, evaluated)
+
+
+def run_optuna(dataset: Dataset, settings: Settings, budget_s: float, study: str) -> SearchTrace:
+    """Our ml.tuning.tune with tracking on, recording best-so-far as trials finish."""
+    data_split = split(dataset, settings.test_size, settings.seed)
+    started, points = time.perf_counter(), []
+
+    def record(current: optuna.Study, _trial: optuna.trial.FrozenTrial) -> None:
+        try:
+            points.append((time.perf_counter() - started, float(current.best_value)))
+        except ValueError:
+            pass  # no complete trial yet
+
+    tracker = _tracker(settings)
+    tuned = settings.model_copy(update={"trials": 100_000, "timeout_s": budget_s})
+    result = tune(data_split, dataset.feature_types, tuned, study, tracker, [record])
+    return SearchTrace(
+        f"Optuna TPE+pruning ({result.pruned} pruned)",
+        points,
+        result.complete + result.pruned + result.failed,
+    )
+
+
+def _tracker(settings: Settings) -> TrialTracker:
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("bench") or client.get_experiment(
+        client.create_experiment("bench", settings.artifact_root.as_uri())
+    )
+    parent = client.create_run(experiment.experiment_id, run_name="bench-parent")
+    return TrialTracker(client, experiment.experiment_id, parent.info.run_id, "roc_auc")
+
+
+def compare(name: str, dataset: Dataset, settings: Settings, budget_s: float) -> list[str]:
+    console.print(f"[bold]{name}[/]: {dataset.report.rows} rows, budget {budget_s:.0f}s each")
+    random_trace = run_random_search(dataset, settings, budget_s)
+    optuna_trace = run_optuna(dataset, settings, budget_s, f"bench-{name}")
+    target = random_trace.best
+    t_random = random_trace.time_to_reach(target)
+    t_optuna = optuna_trace.time_to_reach(target)
+    ratio = f"{t_optuna / t_random:.2f}" if t_optuna is not None and t_random else "not reached"
+    table = Table(
+        "searcher",
+        "evaluated",
+        "best CV roc_auc",
+        "time to own best (s)",
+        "time to RSCV best (s)",
+        title=f"{name}: same space, folds, budget, 2 jobs",
+    )
+    for trace in (random_trace, optuna_trace):
+        own = trace.time_to_reach(trace.best)
+        reach = trace.time_to_reach(target)
+        table.add_row(
+            trace.name,
+            str(trace.evaluated),
+            f"{trace.best:.5f}",
+            f"{own:.1f}" if own is not None else "-",
+            f"{reach:.1f}" if reach is not None else "not reached",
+        )
+    console.print(table)
+    console.print(
+        f"Optuna time to RandomizedSearchCV's best / RandomizedSearchCV's time: "
+        f"[bold]{ratio}[/] (target <= 0.5)\n"
+    )
+    return [name, f"{random_trace.best:.5f}", f"{optuna_trace.best:.5f}", ratio]
+
+
+def tracking_overhead(dataset: Dataset, settings: Settings, trials: int, repeats: int) -> None:
+    """The same seeded sequential study with and without MLflow trial runs, alternated."""
+    data_split = split(dataset, settings.test_size, settings.seed)
+    fixed = settings.model_copy(update={"trials": trials, "timeout_s": None, "n_jobs": 1})
+    seconds: dict[str, list[float]] = {"off": [], "on": []}
+    for repeat in range(repeats):
+        for mode in ("off", "on"):
+            study = f"overhead-{mode}-{repeat}"
+            tracker = _tracker(settings) if mode == "on" else None
+            started = time.perf_counter()
+            tune(data_split, dataset.feature_types, fixed, study, tracker)
+            seconds[mode].append(time.perf_counter() - started)
+    off, on = statistics.median(seconds["off"]), statistics.median(seconds["on"])
+    table = Table(
+        "tracking",
+        "median tuning time (s)",
+        "runs",
+        title=f"MLflow tracking cost: {trials} trials, sequential, local SQLite store",
+    )
+    table.add_row("off", f"{off:.2f}", ", ".join(f"{s:.2f}" for s in seconds["off"]))
+    table.add_row("on", f"{on:.2f}", ", ".join(f"{s:.2f}" for s in seconds["on"]))
+    console.print(table)
+    console.print(
+        f"tracking overhead: [bold]{(on - off) / off:+.1%}[/] of tuning time "
+        f"({(on - off) / trials * 1000:.0f} ms per trial; target <= 5%)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per searcher (demo)")
+    parser.add_argument(
+        "--large-budget", type=float, default=180.0, help="seconds per searcher (50,000 rows)"
+    )
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--overhead-trials", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.budget, args.large_budget, args.rows = 4.0, 4.0, 2_000
+        args.overhead_trials, args.repeats = 3, 1
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(var_dir=Path(tmp), n_jobs=2, seed=42)
+        demo = load_dataset("demo", None)
+        features, labels = make_classification(
+            n_samples=args.rows, n_features=20, n_informative=8, class_sep=0.8, random_state=0
+        )
+        frame = pd.DataFrame(features, columns=[f"x{i}" for i in range(20)])
+        frame["y"] = labels
+        large = validate(frame, "y", source=f"make_classification({args.rows})")
+        rows = [
+            compare("demo", demo, settings, args.budget),
+            compare(f"synthetic-{args.rows}", large, settings, args.large_budget),
+        ]
+        summary = Table(
+            "dataset", "RSCV best", "Optuna best", "time ratio (<= 0.5)", title="Summary"
+        )
+        for row in rows:
+            summary.add_row(*row)
+        console.print(summary)
+        tracking_overhead(demo, settings, args.overhead_trials, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
