@@ -29,6 +29,10 @@ ALL_FAMILIES: tuple[str, ...] = ("logreg", "random_forest", "hist_gb")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
 
 
+def _all_families() -> list[ModelFamily]:
+    return ["logreg", "random_forest", "hist_gb"]
+
+
 def _env(*names: str) -> AliasChoices:
     """Accept both the prefixed name and conventional un-prefixed ones."""
     return AliasChoices(*names)
@@ -52,22 +56,20 @@ class Settings(BaseSettings):
     seed: int = 42
 
     # --- tracking and registry ---------------------------------------------------------
-    mlflow_tracking_uri: str | None = Field(
-        None, validation_alias=_env("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI")
+    mlflow_tracking_uri: str = Field(
+        "", validation_alias=_env("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI")
     )
     experiment_name: str = "mlops-chain"
     model_name: str = "mlops-classifier"
 
     # --- tuning ------------------------------------------------------------------------
-    families: Annotated[list[ModelFamily], NoDecode] = Field(
-        default_factory=lambda: list(ALL_FAMILIES)
-    )
+    families: Annotated[list[ModelFamily], NoDecode] = Field(default_factory=_all_families)
     trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(600.0, gt=0)
     n_jobs: int = Field(1, ge=1)
     cv_folds: int = Field(3, ge=2, le=10)
     tuning_metric: Metric = "roc_auc"
-    optuna_storage: str | None = Field(None, description="RDB URL; default beside MLflow")
+    optuna_storage: str = Field("", description="RDB URL; default beside MLflow")
     study_name: str | None = Field(None, description="default: <model_name>-<data sha[:12]>")
 
     # --- promotion gate ----------------------------------------------------------------
@@ -143,9 +145,9 @@ class Settings(BaseSettings):
     def _derive_defaults(self) -> "Settings":
         """Fill defaults that depend on `var_dir`, so one setting moves all local state."""
         self.var_dir = self.var_dir.resolve()
-        if self.mlflow_tracking_uri is None:
+        if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
-        if self.optuna_storage is None:
+        if not self.optuna_storage:
             self.optuna_storage = self._default_optuna_storage()
         if self.log_dir is None:
             self.log_dir = self.var_dir / "log"
@@ -155,7 +157,7 @@ class Settings(BaseSettings):
 
     def _default_optuna_storage(self) -> str:
         """Share the MLflow database when it is a real DB server, else a local SQLite file."""
-        uri = self.mlflow_tracking_uri or ""
+        uri = self.mlflow_tracking_uri
         if uri.startswith(("postgresql", "mysql")):
             return uri
         return f"sqlite:///{self.var_dir / 'optuna.db'}"

@@ -191,7 +191,8 @@ def validate(
     too_small = {str(label): int(count) for label, count in classes.items() if count < needed}
     if too_small:
         raise DataError(
-            f"{source}: target column {target!r}: classes {too_small} have fewer than {needed} rows, "
+            f"{source}: target column {target!r}: classes {too_small} have fewer than "
+            f"{needed} rows, "
             f"too few to split into a holdout and {cv_folds} CV folds"
         )
 

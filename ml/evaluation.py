@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 
@@ -70,7 +70,7 @@ def is_better(metric: str, candidate: float, incumbent: float, margin: float = 0
     return candidate > incumbent + margin
 
 
-def direction(metric: str) -> str:
+def direction(metric: str) -> Literal["minimize", "maximize"]:
     """Optuna's study direction for a metric."""
     return "minimize" if metric in LOWER_IS_BETTER else "maximize"
 

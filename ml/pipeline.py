@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 from matplotlib import pyplot as plt
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
 from ml.config import Settings
@@ -108,7 +109,7 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     report = dataset.report
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
         warnings.simplefilter("ignore", UserWarning)
-        source = mlflow.data.from_pandas(
+        source = from_pandas(
             dataset.frame,
             source=report.source,
             targets=dataset.target,

@@ -143,7 +143,8 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
         if not known:
             raise RegistryError(f"model {name!r} is not registered") from exc
         raise RegistryError(
-            f"model {name!r} has no version {version}; versions: {', '.join(sorted(known, key=int))}"
+            f"model {name!r} has no version {version}; "
+            f"versions: {', '.join(sorted(known, key=int))}"
         ) from exc
     previous = champion_version(client, name)
     client.set_registered_model_alias(name, CHAMPION, version)

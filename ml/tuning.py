@@ -247,7 +247,7 @@ def tune(
             "family": best.params["family"],
             **{k: v for k, v in best.params.items() if k != "family"},
         },
-        best_value=float(best.value),
+        best_value=float(study.best_value),
         complete=complete,
         pruned=states.count(optuna.trial.TrialState.PRUNED),
         failed=states.count(optuna.trial.TrialState.FAIL),
