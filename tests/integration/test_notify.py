@@ -4,6 +4,7 @@ Xvfb for desktop notifications."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,18 @@ def test_cli_notify_delivers_both_and_a_dead_smtp_never_fails(
     assert smtp_server.messages[0]["Subject"] == "[FAILURE] mlops/deploy #9"
     assert dead.returncode == 0, dead.stderr
     assert "email: not sent" in dead.stdout
+
+
+def test_flatpak_marker_does_not_divert_the_notification(
+    desktop: Desktop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Containers often have /app, which makes plyer pick the Flatpak portal (not running
+    here, as in a container): the notification must still reach the real daemon."""
+    real_isdir = os.path.isdir
+    monkeypatch.setattr(os.path, "isdir", lambda path: path == "/app" or real_isdir(path))
+    settings = Settings(dbus_session_bus_address=desktop.bus_address)
+
+    assert notify_desktop(settings, "inside a container", "no portal here")
+
+    desktop.dunstctl("close-all")
+    assert "inside a container" in desktop.dunstctl("history")
