@@ -1,0 +1,303 @@
+"""Render `serving/serve_config.yaml` for one model version and deploy it to a Ray cluster.
+
+`mlops serve` uses this with a detached local cluster (`ray start --head`, sized for this
+machine) so the command returns with serving left running; tests use it with an in-process
+`ray.init`. Either way the deployed config is the committed file with three things filled in:
+the resolved `models:/<name>/<version>`, the tracking URI replicas must use, and host/port.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from ml.config import Settings
+
+SERVE_NAMESPACE = "serve"
+APP_NAME = "model"
+DEPLOYMENT_NAME = "ModelServer"
+HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
+HAPROXY_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+
+
+class ServeError(RuntimeError):
+    """Serving could not be started, updated or reached; the message says what to do."""
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ServeError(f"{path}: no such Serve config")
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ServeError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(config, dict) or not config.get("applications"):
+        raise ServeError(f"{path}: expected a Serve config with `applications`")
+    return config
+
+
+def model_deployment(config: dict[str, Any]) -> dict[str, Any]:
+    """The ModelServer deployment entry of the model application."""
+    for application in config.get("applications", []):
+        if application.get("name") == APP_NAME:
+            for deployment in application.get("deployments", []):
+                if deployment.get("name") == DEPLOYMENT_NAME:
+                    return deployment
+    raise ServeError(
+        f"the Serve config has no deployment {DEPLOYMENT_NAME!r} in application " f"{APP_NAME!r}"
+    )
+
+
+def render_config(
+    config: dict[str, Any],
+    *,
+    model_uri: str,
+    settings: Settings,
+    port: int | None = None,
+    num_replicas: int | None = None,
+    num_cpus: float | None = None,
+    max_batch_size: int | None = None,
+) -> dict[str, Any]:
+    """A copy of `config` for one resolved model version; validated by Ray's own schema."""
+    from ray.serve.schema import ServeDeploySchema
+
+    rendered = copy.deepcopy(config)
+    rendered.setdefault("http_options", {})
+    rendered["http_options"]["host"] = settings.serve_host
+    rendered["http_options"]["port"] = port or settings.serve_port
+    application = next(app for app in rendered["applications"] if app.get("name") == APP_NAME)
+    env_vars = application.setdefault("runtime_env", {}).setdefault("env_vars", {})
+    env_vars.update(replica_env(settings))
+    deployment = model_deployment(rendered)
+    user_config = deployment.setdefault("user_config", {})
+    user_config["model_uri"] = model_uri
+    user_config["max_request_rows"] = settings.max_batch_rows
+    if max_batch_size is not None:
+        user_config["max_batch_size"] = max_batch_size
+    if num_replicas is not None:
+        deployment["num_replicas"] = num_replicas
+    if num_cpus is not None:
+        deployment.setdefault("ray_actor_options", {})["num_cpus"] = num_cpus
+    ServeDeploySchema.model_validate(rendered)
+    return rendered
+
+
+def replica_env(settings: Settings) -> dict[str, str]:
+    """What replicas (other processes) need from our settings; no secrets here: those reach
+    replicas through the cluster's own environment (`ray start` inherits it)."""
+    env = {
+        "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri),
+        "MLOPS_VAR_DIR": str(settings.var_dir),
+        "MLOPS_LOG_DIR": str(settings.log_dir),
+        "MLOPS_MODEL_NAME": settings.model_name,
+    }
+    if settings.elasticsearch_url:
+        env["ELASTICSEARCH_URL"] = settings.elasticsearch_url
+    return env
+
+
+def write_config(rendered: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(rendered, sort_keys=False))
+    return path
+
+
+def deploy(rendered: dict[str, Any], timeout_s: float = 180.0) -> None:
+    """Start Serve (if needed) on the connected cluster and apply the config; wait for it."""
+    from ray.serve._private import api as serve_api
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(rendered)
+    # What `serve run <config>` does, without blocking: start Serve with the config's HTTP
+    # options, then hand the whole config to the controller.
+    client = serve_api.serve_start(
+        http_options=schema.http_options.model_dump(),
+        proxy_location=schema.proxy_location,
+        global_logging_config=schema.logging_config,
+    )
+    client.deploy_apps(schema, _blocking=False)
+    wait_running(timeout_s)
+
+
+def wait_running(timeout_s: float) -> None:
+    """Until the model application is RUNNING; a failed deploy is reported with Serve's words."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    status = "NOT_STARTED"
+    message = ""
+    while time.monotonic() < deadline:
+        application = serve.status().applications.get(APP_NAME)
+        if application is not None:
+            status, message = str(application.status), application.message
+            deployment = application.deployments.get(DEPLOYMENT_NAME)
+            if status.endswith("RUNNING") and deployment is not None:
+                return
+            if status.endswith("DEPLOY_FAILED"):
+                details = deployment.message if deployment is not None else ""
+                raise ServeError(f"deploying failed: {message or details}")
+        time.sleep(0.5)
+    raise ServeError(
+        f"the model application is not running after {timeout_s:.0f}s "
+        f"(status {status}: {message})"
+    )
+
+
+def wait_version(base_url: str, version: str, timeout_s: float, samples: int = 8) -> None:
+    """Until `samples` consecutive `/version` answers name `version` (every replica swapped)."""
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    with httpx.Client(timeout=5) as http:
+        while time.monotonic() < deadline:
+            try:
+                answers = [
+                    http.get(f"{base_url}/version").json().get("model_version")
+                    for _ in range(samples)
+                ]
+            except (httpx.HTTPError, ValueError):
+                answers = []
+            if answers and all(answer == version for answer in answers):
+                return
+            seen = answers
+            time.sleep(0.5)
+        last_load = _last_load(http, base_url)
+    raise ServeError(
+        f"serving did not switch to version {version} within {timeout_s:.0f}s "
+        f"(replicas answer {sorted(set(seen))}; last load: {last_load})"
+    )
+
+
+def _last_load(http: httpx.Client, base_url: str) -> Any:
+    try:
+        return http.get(f"{base_url}/health").json().get("last_load")
+    except (httpx.HTTPError, ValueError):
+        return "unknown"
+
+
+def serving_version(base_url: str) -> dict[str, Any] | None:
+    """What `/version` answers, or None when nothing serves there."""
+    try:
+        response = httpx.get(f"{base_url}/version", timeout=2)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+# --- the detached local cluster --------------------------------------------------------------
+
+
+def ray_env(haproxy: bool) -> dict[str, str]:
+    """Environment for the Ray processes (set before `ray start` / `ray.init`).
+
+    HAProxy mode when Debian's haproxy is there: it replaces Ray's Python HTTP proxy (about 5x
+    the throughput on 2 cores). Proxy readiness checks get 30 s instead of 5 s: on a loaded
+    2-core machine the proxy can take longer than that to start and is then killed in a loop.
+    """
+    env = {
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    binary = haproxy_binary()
+    if haproxy and binary:
+        env[HAPROXY_ENV] = "1"
+        env[HAPROXY_BINARY_ENV] = binary
+    else:
+        env[HAPROXY_ENV] = "0"
+    return env
+
+
+def haproxy_binary() -> str | None:
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    return "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+
+
+def start_local_cluster(num_cpus: int, dashboard_port: int, haproxy: bool) -> None:
+    """`ray start --head` on this machine unless one is already running."""
+    if local_cluster_running():
+        return
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    command = [
+        ray_bin,
+        "start",
+        "--head",
+        f"--num-cpus={num_cpus}",
+        "--disable-usage-stats",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+    ]
+    result = subprocess.run(
+        command, env={**os.environ, **ray_env(haproxy)}, capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise ServeError(f"`ray start` failed: {result.stderr.strip()[-800:]}")
+
+
+def stop_local_cluster() -> bool:
+    """`ray stop` for the local cluster; True if one was running."""
+    if not local_cluster_running():
+        return False
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    subprocess.run([ray_bin, "stop"], capture_output=True, text=True, check=False)
+    return True
+
+
+def local_cluster_running() -> bool:
+    from ray._private.services import find_gcs_addresses
+
+    return bool(find_gcs_addresses())
+
+
+def connect() -> None:
+    """Attach this process to the local cluster as a driver in Serve's namespace."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="auto",
+            namespace=SERVE_NAMESPACE,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+
+
+def init_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:
+    """An in-process local Ray (tests, benchmark), sized for this machine. Ray gives its raylet
+    a fixed 30 s to register; on a machine loaded by other work that can pass, so retry."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                namespace=SERVE_NAMESPACE,
+                object_store_memory=200 * 1024 * 1024,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+            return
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(exc):
+                raise

@@ -1,0 +1,377 @@
+"""Request validation and the OpenAPI schemas, both driven by the served model's features.
+
+The model's `feature_types` (saved with it, keyed like its signature's columns) decide what a
+record may hold; the same map builds the JSON schema that `/docs` shows. Validation is written
+for speed (a plain loop over JSON values, no per-request pydantic model): it is on the hot path
+of every prediction.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field, field_validator
+
+from ml.data import DataError, FeatureType
+
+MODEL_URI_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
+_JSON_TYPES: dict[FeatureType, dict[str, Any]] = {
+    "numeric": {"type": "number"},
+    "boolean": {"type": "boolean"},
+    "categorical": {"type": "string"},
+}
+
+
+class RequestError(ValueError):
+    """A client mistake: `field` names what is at fault, the message says why (-> HTTP 4xx)."""
+
+    def __init__(self, field: str, message: str, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return {"detail": str(self), "field": self.field}
+
+
+class ServingOptions(BaseModel):
+    """The deployment's `user_config`: changing any of it rolls the replicas in place."""
+
+    model_config = {"extra": "forbid"}
+
+    model_uri: str = Field(description="models:/<name>/<version>, a resolved version")
+    max_batch_size: int = Field(64, ge=1, le=4096)
+    batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
+    max_request_rows: int = Field(10_000, ge=1)
+
+    @field_validator("model_uri")
+    @classmethod
+    def _resolved_version(cls, value: str) -> str:
+        if not MODEL_URI_PATTERN.match(value):
+            raise ValueError(
+                f"model_uri must be models:/<name>/<version> with a version number "
+                f"(aliases are resolved before deploying), got {value!r}"
+            )
+        return value
+
+    @property
+    def model_name(self) -> str:
+        return self._parts()["name"]
+
+    @property
+    def model_version(self) -> str:
+        return self._parts()["version"]
+
+    def _parts(self) -> dict[str, str]:
+        match = MODEL_URI_PATTERN.match(self.model_uri)
+        assert match is not None  # guaranteed by the validator
+        return match.groupdict()
+
+
+@dataclass(frozen=True)
+class RecordValidator:
+    """Checks JSON records against the model's features and builds the model's input."""
+
+    feature_types: dict[str, FeatureType]
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.feature_types)
+
+    @property
+    def all_numeric(self) -> bool:
+        return all(kind == "numeric" for kind in self.feature_types.values())
+
+    def records(self, body: Any, max_rows: int) -> list[dict[str, Any]]:
+        """One record (an object) or a list of records -> a non-empty list of objects."""
+        records = [body] if isinstance(body, dict) else body
+        if not isinstance(records, list):
+            raise RequestError("body", "expected a JSON object (one record) or a list of them")
+        if not records:
+            raise RequestError("body", "the list of records is empty")
+        if len(records) > max_rows:
+            raise RequestError(
+                "body", f"{len(records)} records is over the limit of {max_rows} per request", 413
+            )
+        expected = self.feature_types.keys()
+        for index, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise RequestError(f"records[{index}]", "expected an object keyed by feature name")
+            if record.keys() != expected:
+                self._report_keys(index, record)
+        return records
+
+    def _report_keys(self, index: int, record: dict[str, Any]) -> None:
+        unknown = sorted(set(record) - set(self.feature_types))
+        if unknown:
+            raise RequestError(f"records[{index}].{unknown[0]}", f"unknown feature(s) {unknown}")
+        missing = [column for column in self.feature_types if column not in record]
+        raise RequestError(f"records[{index}].{missing[0]}", f"missing feature(s) {missing}")
+
+    def numeric_rows(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """All-numeric models: the rows as a float matrix; null is missing (imputed)."""
+        columns = self.columns
+        matrix = np.empty((len(records), len(columns)), dtype=float)
+        for row_index, record in enumerate(records):
+            row = matrix[row_index]
+            for column_index, column in enumerate(columns):
+                value = record[column]
+                if value is None:
+                    row[column_index] = math.nan
+                elif type(value) is float or type(value) is int:  # noqa: E721 - bool excluded
+                    if not math.isfinite(value):
+                        raise RequestError(
+                            f"records[{row_index}].{column}",
+                            f"must be a finite number or null, got {value!r}",
+                        )
+                    row[column_index] = value
+                else:
+                    raise RequestError(
+                        f"records[{row_index}].{column}", f"must be a number, got {value!r}"
+                    )
+        return matrix
+
+    def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
+        """Records -> the raw frame `LoadedModel.prepare` coerces (mixed-type models)."""
+        for row_index, record in enumerate(records):
+            for column, kind in self.feature_types.items():
+                self._check_value(row_index, column, kind, record[column])
+        return pd.DataFrame.from_records(records, columns=self.columns)
+
+    @staticmethod
+    def _check_value(row_index: int, column: str, kind: FeatureType, value: Any) -> None:
+        where = f"records[{row_index}].{column}"
+        if value is None:
+            return
+        if isinstance(value, (dict, list)):
+            raise RequestError(where, f"must be a single value, got {type(value).__name__}")
+        if kind == "numeric" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RequestError(where, f"must be a number, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RequestError(where, f"must be a finite number or null, got {value!r}")
+
+
+def check_frame(frame: pd.DataFrame, max_rows: int) -> None:
+    """Limits for frames parsed by MLflow's protocol (`/invocations`)."""
+    if frame.empty:
+        raise RequestError("body", "no rows to score")
+    if len(frame) > max_rows:
+        raise RequestError("body", f"{len(frame)} rows is over the limit of {max_rows}", 413)
+    numeric = frame.select_dtypes(include="number")
+    infinite = numeric.columns[np.isinf(numeric.to_numpy(dtype=float)).any(axis=0)]
+    if len(infinite):
+        raise RequestError(str(infinite[0]), "must be a finite number or null")
+
+
+def data_error_field(error: DataError) -> str:
+    """The column a `DataError` names (its first quoted name), for the `field` of a 4xx body."""
+    match = re.search(r"'([^']+)'", str(error))
+    return match.group(1) if match else "body"
+
+
+# --- OpenAPI ------------------------------------------------------------------------------
+
+
+def record_schema(feature_types: dict[str, FeatureType], example: dict[str, Any] | None) -> dict:
+    """JSON schema of one record: every feature required, null allowed (it is imputed)."""
+    properties = {
+        column: {"type": [_JSON_TYPES[kind]["type"], "null"], "title": column}
+        for column, kind in feature_types.items()
+    }
+    schema: dict[str, Any] = {
+        "type": "object",
+        "title": "Record",
+        "properties": properties,
+        "required": list(feature_types),
+        "additionalProperties": False,
+    }
+    if example:
+        schema["example"] = example
+    return schema
+
+
+def prediction_schema(classes: list[Any]) -> dict[str, Any]:
+    label_type = _label_type(classes)
+    return {
+        "type": "object",
+        "title": "PredictResponse",
+        "required": ["model_name", "model_version", "predictions"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "predictions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["prediction_id", "label", "probabilities"],
+                    "properties": {
+                        "prediction_id": {"type": "string"},
+                        "label": {**label_type, "enum": classes},
+                        "probabilities": {
+                            "type": "object",
+                            "properties": {str(label): {"type": "number"} for label in classes},
+                        },
+                    },
+                },
+            },
+        },
+    }
+
+
+def invocations_schema(
+    feature_types: dict[str, FeatureType], example: dict[str, Any] | None
+) -> dict[str, Any]:
+    """MLflow's scoring protocol: exactly one of the four input keys."""
+    record = {"$ref": "#/components/schemas/Record"}
+    columns = list(feature_types)
+    split_example = (
+        {"dataframe_split": {"columns": columns, "data": [[example[c] for c in columns]]}}
+        if example
+        else None
+    )
+    variants = [
+        _one_key(
+            "dataframe_split",
+            {
+                "type": "object",
+                "required": ["columns", "data"],
+                "properties": {
+                    "columns": {"type": "array", "items": {"type": "string", "enum": columns}},
+                    "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
+                },
+            },
+        ),
+        _one_key("dataframe_records", {"type": "array", "minItems": 1, "items": record}),
+        _one_key("instances", {"type": "array", "minItems": 1, "items": record}),
+        _one_key("inputs", {"type": "array", "minItems": 1, "items": record}),
+    ]
+    schema: dict[str, Any] = {"title": "InvocationsRequest", "oneOf": variants}
+    if split_example:
+        schema["example"] = split_example
+    return schema
+
+
+def _one_key(key: str, value_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": [key],
+        "properties": {key: value_schema, "params": {"type": "object"}},
+        "additionalProperties": False,
+    }
+
+
+def _label_type(classes: list[Any]) -> dict[str, str]:
+    if all(isinstance(label, bool) for label in classes):
+        return {"type": "boolean"}
+    if all(isinstance(label, int) for label in classes):
+        return {"type": "integer"}
+    if all(isinstance(label, (int, float)) for label in classes):
+        return {"type": "number"}
+    return {"type": "string"}
+
+
+def example_record(example: pd.DataFrame | None) -> dict[str, Any] | None:
+    """The model's logged input example, first row, as plain JSON values."""
+    if example is None or example.empty:
+        return None
+    row = example.iloc[0]
+    return {column: _plain(row[column]) for column in example.columns}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "Error",
+    "properties": {"detail": {"type": "string"}, "field": {"type": "string"}},
+}
+MLFLOW_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "MlflowError",
+    "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}},
+}
+
+
+def with_model_schemas(openapi: dict[str, Any], model: Any | None) -> dict[str, Any]:
+    """Fill the request/response schemas of the scoring routes from the served model."""
+    feature_types = dict(model.feature_types) if model is not None else {}
+    example = example_record(model.input_example) if model is not None else None
+    classes = list(model.classes) if model is not None else []
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components["Record"] = record_schema(feature_types, example)
+    components["PredictResponse"] = prediction_schema(classes)
+    components["InvocationsRequest"] = invocations_schema(feature_types, example)
+    components["Error"] = ERROR_SCHEMA
+    components["MlflowError"] = MLFLOW_ERROR_SCHEMA
+    paths = openapi.setdefault("paths", {})
+    record = {"$ref": "#/components/schemas/Record"}
+    _set_operation(
+        paths,
+        "/predict",
+        request={
+            "application/json": {
+                "schema": {"oneOf": [record, {"type": "array", "minItems": 1, "items": record}]},
+                **({"example": example} if example else {}),
+            }
+        },
+        ok="#/components/schemas/PredictResponse",
+        error="#/components/schemas/Error",
+    )
+    _set_operation(
+        paths,
+        "/invocations",
+        request={
+            "application/json": {"schema": {"$ref": "#/components/schemas/InvocationsRequest"}},
+            "text/csv": {"schema": {"type": "string"}},
+        },
+        ok=None,
+        error="#/components/schemas/MlflowError",
+    )
+    if model is not None:
+        openapi["info"]["description"] += (
+            f"\n\nServing `{model.uri}` (run `{model.run_id}`); features: "
+            f"{len(feature_types)}; classes: {classes}."
+        )
+    return openapi
+
+
+def _set_operation(
+    paths: dict[str, Any], path: str, request: dict[str, Any], ok: str | None, error: str
+) -> None:
+    operation = paths.get(path, {}).get("post")
+    if operation is None:
+        return
+    operation["requestBody"] = {"required": True, "content": request}
+    ok_schema: dict[str, Any] = (
+        {"$ref": ok}
+        if ok
+        else {
+            "type": "object",
+            "required": ["predictions"],
+            "properties": {"predictions": {"type": "array"}},
+        }
+    )
+    error_body = {"content": {"application/json": {"schema": {"$ref": error}}}}
+    operation["responses"] = {
+        "200": {
+            "description": "Predictions",
+            "content": {"application/json": {"schema": ok_schema}},
+        },
+        "400": {"description": "Malformed body", **error_body},
+        "413": {"description": "Too many rows", **error_body},
+        "415": {"description": "Wrong content type", **error_body},
+        "422": {"description": "A feature value or name is wrong", **error_body},
+        "503": {"description": "No model loaded yet", **error_body},
+    }

@@ -1,0 +1,163 @@
+"""Request validation, the user_config model, the OpenAPI builder and the Serve config
+rendering: no server needed (the routes themselves are tested against a real Ray Serve)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from ml.config import Settings
+from serving.deploy import model_deployment, read_config, render_config, ServeError
+from serving.schemas import (
+    RecordValidator,
+    RequestError,
+    ServingOptions,
+    check_frame,
+    with_model_schemas,
+)
+
+CONFIG = Path(__file__).resolve().parents[2] / "serving" / "serve_config.yaml"
+NUMERIC = RecordValidator({"a": "numeric", "b": "numeric"})
+MIXED = RecordValidator({"a": "numeric", "colour": "categorical", "flag": "boolean"})
+
+
+def test_one_record_or_a_list() -> None:
+    assert NUMERIC.records({"a": 1, "b": 2.5}, 10) == [{"a": 1, "b": 2.5}]
+    assert len(NUMERIC.records([{"a": 1, "b": 2}] * 3, 10)) == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [
+        ([], "body", 422),
+        ("text", "body", 422),
+        ([1], "records[0]", 422),
+        ({"a": 1}, "records[0].b", 422),
+        ({"a": 1, "b": 2, "c": 3}, "records[0].c", 422),
+        ([{"a": 1, "b": 2}] * 11, "body", 413),
+    ],
+)
+def test_bad_bodies_name_the_field(body: Any, field: str, status: int) -> None:
+    with pytest.raises(RequestError) as caught:
+        NUMERIC.records(body, max_rows=10)
+    assert caught.value.field == field
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("value", ["1", True, [1], math.nan, math.inf, {"x": 1}])
+def test_numeric_rows_reject_what_is_not_a_finite_number(value: Any) -> None:
+    with pytest.raises(RequestError) as caught:
+        NUMERIC.numeric_rows([{"a": 1, "b": 2}, {"a": 1, "b": value}])
+    assert caught.value.field == "records[1].b"
+
+
+def test_numeric_rows_keep_values_and_make_null_missing() -> None:
+    matrix = NUMERIC.numeric_rows([{"a": 1, "b": None}, {"b": 3.5, "a": -2}])
+    np.testing.assert_array_equal(matrix[:, 0], [1.0, -2.0])
+    assert math.isnan(matrix[0, 1]) and matrix[1, 1] == 3.5
+
+
+def test_mixed_records_become_a_frame_in_feature_order() -> None:
+    frame = MIXED.frame([{"flag": "yes", "colour": "red", "a": 2}])
+    assert list(frame.columns) == ["a", "colour", "flag"]
+    with pytest.raises(RequestError, match=r"records\[0\]\.a"):
+        MIXED.frame([{"flag": True, "colour": "red", "a": "two"}])
+    with pytest.raises(RequestError, match=r"records\[0\]\.colour"):
+        MIXED.frame([{"flag": True, "colour": {"r": 1}, "a": 2}])
+
+
+def test_frames_from_the_mlflow_protocol_are_checked() -> None:
+    with pytest.raises(RequestError, match="no rows"):
+        check_frame(pd.DataFrame({"a": []}), 10)
+    with pytest.raises(RequestError) as caught:
+        check_frame(pd.DataFrame({"a": [1.0] * 11}), 10)
+    assert caught.value.status == 413
+    with pytest.raises(RequestError, match="'?b'?"):
+        check_frame(pd.DataFrame({"a": [1.0], "b": [math.inf]}), 10)
+    check_frame(pd.DataFrame({"a": [1.0, None], "b": ["x", "y"]}), 10)
+
+
+def test_user_config_needs_a_resolved_version() -> None:
+    options = ServingOptions(model_uri="models:/churn/12")
+    assert (options.model_name, options.model_version) == ("churn", "12")
+    for uri in ["models:/churn@champion", "models:/churn/latest", "runs:/abc/model"]:
+        with pytest.raises(ValidationError, match="model_uri"):
+            ServingOptions(model_uri=uri)
+    with pytest.raises(ValidationError, match="unknown"):
+        ServingOptions.model_validate({"model_uri": "models:/m/1", "unknown": 1})
+
+
+class _Model:
+    feature_types = {"mean radius": "numeric", "colour": "categorical", "flag": "boolean"}
+    input_example = pd.DataFrame(
+        {"mean radius": [np.float64(1.5)], "colour": ["red"], "flag": [np.True_]}
+    )
+    classes = ["benign", "malignant"]
+    uri = "models:/m/3"
+    run_id = "abc"
+
+
+def test_openapi_schemas_come_from_the_model() -> None:
+    base = {
+        "openapi": "3.1.0",
+        "info": {"title": "t", "version": "1", "description": "d"},
+        "paths": {"/predict": {"post": {}}, "/invocations": {"post": {}}},
+    }
+    spec = with_model_schemas(base, _Model())
+    record = spec["components"]["schemas"]["Record"]
+    assert record["properties"]["mean radius"]["type"] == ["number", "null"]
+    assert record["properties"]["colour"]["type"] == ["string", "null"]
+    assert record["properties"]["flag"]["type"] == ["boolean", "null"]
+    assert record["required"] == list(_Model.feature_types)
+    assert record["example"] == {"mean radius": 1.5, "colour": "red", "flag": True}
+    invocations = spec["components"]["schemas"]["InvocationsRequest"]
+    assert {next(iter(v["required"])) for v in invocations["oneOf"]} == {
+        "dataframe_split",
+        "dataframe_records",
+        "instances",
+        "inputs",
+    }
+    assert "models:/m/3" in spec["info"]["description"]
+    content = spec["paths"]["/invocations"]["post"]["requestBody"]["content"]
+    assert set(content) == {"application/json", "text/csv"}
+
+
+def test_the_committed_serve_config_renders_for_a_version(tmp_path: Path) -> None:
+    settings = Settings(
+        var_dir=tmp_path,
+        mlflow_tracking_uri="http://mlflow:5000",
+        serve_port=8123,
+        max_batch_rows=500,
+    )
+    committed = read_config(CONFIG)
+    rendered = render_config(
+        committed, model_uri="models:/m/7", settings=settings, num_replicas=2, num_cpus=0.5
+    )
+    deployment = model_deployment(rendered)
+    assert deployment["user_config"]["model_uri"] == "models:/m/7"
+    assert deployment["user_config"]["max_request_rows"] == 500
+    assert deployment["num_replicas"] == 2
+    assert deployment["ray_actor_options"]["num_cpus"] == 0.5
+    assert rendered["http_options"]["port"] == 8123
+    env = rendered["applications"][0]["runtime_env"]["env_vars"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert not any("TOKEN" in name or "PASSWORD" in name for name in env)
+    assert model_deployment(committed)["user_config"]["model_uri"] != "models:/m/7"  # a copy
+    assert rendered["applications"][0]["import_path"] == "serving.app:app"
+    assert rendered["logging_config"]["enable_access_log"] is False
+
+
+def test_a_config_without_the_model_app_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump({"applications": [{"name": "other", "import_path": "x:y"}]}))
+    with pytest.raises(ServeError, match="ModelServer"):
+        model_deployment(read_config(path))
+    with pytest.raises(ServeError, match="no such"):
+        read_config(tmp_path / "missing.yaml")
