@@ -11,7 +11,7 @@ import os
 import shutil
 import smtplib
 import ssl
-import subprocess
+import subprocess  # nosec B404  # notify-send only, fixed argv
 import sys
 from email.message import EmailMessage
 
