@@ -116,8 +116,12 @@ DOCKERFILES = $(shell find . \( -path ./.venv -o -path ./var -o -path ./.git \) 
 PIP_AUDIT_IGNORES = $(shell awk '!/^[[:space:]]*(\#|$$)/ {print "--ignore-vuln", $$1}' \
 	jenkins/pip-audit-accepted.txt)
 SONAR_HOST_URL ?= http://127.0.0.1:9000
-# The local JRE runs the scanner engine (no JRE download); JAVA_HOME wins over PATH.
-SONAR_JAVA ?= $(if $(JAVA_HOME),$(JAVA_HOME)/bin/java,$(shell command -v java))
+# The local JRE runs the scanner engine (no JRE download); the scanner needs Java 21+, so the
+# first of JAVA_HOME, /usr/lib/jvm/* and PATH that is new enough.
+SONAR_JAVA ?= $(shell for java in "$${JAVA_HOME:-/nonexistent}/bin/java" /usr/lib/jvm/*/bin/java \
+	"$$(command -v java)"; do [ -x "$$java" ] && "$$java" -XshowSettings:properties -version 2>&1 \
+	| awk '/java.specification.version/ {exit !($$3 >= 21)}' && { echo "$$java"; break; }; \
+	done)
 # `make watch` re-runs this on every change of a tracked file.
 WATCH_CMD ?= $(MAKE) ci
 WATCH_ROOT ?= $(CURDIR)
@@ -175,7 +179,8 @@ sonar: setup ## SonarQube analysis + quality gate wait (SONAR_HOST_URL, SONAR_TO
 	@test -n "$${SONAR_TOKEN:-$${SONAR_AUTH_TOKEN:-}}" \
 		|| { echo "sonar: set SONAR_TOKEN (Jenkins: withSonarQubeEnv sets SONAR_AUTH_TOKEN)" >&2; \
 		exit 2; }
-	@test -x "$(SONAR_JAVA)" || { echo "sonar: no java found (JAVA_HOME or PATH)" >&2; exit 2; }
+	@test -x "$(SONAR_JAVA)" || { echo "sonar: no Java 21+ (JAVA_HOME, /usr/lib/jvm, PATH)" >&2; \
+		exit 2; }
 	SONAR_TOKEN="$${SONAR_TOKEN:-$$SONAR_AUTH_TOKEN}" $(BIN)/pysonar \
 		--sonar-host-url "$(SONAR_HOST_URL)" --skip-jre-provisioning \
 		--sonar-scanner-java-exe-path "$(SONAR_JAVA)" --sonar-qualitygate-wait \
