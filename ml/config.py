@@ -169,12 +169,13 @@ class Settings(BaseSettings):
 
     @property
     def uses_local_tracking(self) -> bool:
+        """True for the embedded SQLite/file store (artifacts under var/)."""
         return str(self.mlflow_tracking_uri).startswith(("sqlite:", "file:"))
 
     def masked(self) -> dict[str, str]:
         """The effective settings as strings, secrets replaced by asterisks."""
         shown: dict[str, str] = {}
-        for name in type(self).model_fields:
+        for name in type(self).model_fields:  # pylint: disable=not-an-iterable
             value = getattr(self, name)
             if isinstance(value, SecretStr):
                 shown[name] = "********"

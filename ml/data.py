@@ -57,14 +57,17 @@ class Dataset:
 
     @property
     def feature_types(self) -> dict[str, FeatureType]:
+        """Feature column -> numeric / categorical / boolean, in training order."""
         return self.report.feature_types
 
     @property
-    def X(self) -> pd.DataFrame:  # pylint: disable=invalid-name
+    def X(self) -> pd.DataFrame:
+        """The feature columns (raw, coerced to their inferred types)."""
         return self.frame[list(self.feature_types)]
 
     @property
     def y(self) -> pd.Series:
+        """The target column."""
         return self.frame[self.target]
 
 

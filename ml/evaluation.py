@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+from sklearn.preprocessing import label_binarize
 
-matplotlib.use("Agg")  # headless: plots are artifacts, never windows
+from ml.config import LOWER_IS_BETTER
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn import metrics as skm  # noqa: E402
-from sklearn.preprocessing import label_binarize  # noqa: E402
-
-from ml.config import LOWER_IS_BETTER  # noqa: E402
+# Headless: plots are artifacts, never windows. scikit-learn imports pyplot only when plotting.
+matplotlib.use("Agg")
 
 ALL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 
@@ -76,6 +76,7 @@ def direction(metric: str) -> Literal["minimize", "maximize"]:
 
 
 def confusion_matrix_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # noqa: N803
+    """Counts of true vs predicted labels on the holdout."""
     display = skm.ConfusionMatrixDisplay.from_estimator(model, X, y, colorbar=False)
     display.ax_.set_title("Holdout confusion matrix")
     return display.figure_
@@ -86,7 +87,7 @@ def roc_curve_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # no
     classes = list(model.classes_)
     proba = model.predict_proba(X)
     figure = Figure(figsize=(5, 4))
-    axes = figure.subplots()
+    axes = figure.add_subplot()
     targets = [classes[1]] if len(classes) == 2 else classes
     truth = label_binarize(y, classes=classes) if len(classes) > 2 else None
     for index, label in enumerate(targets):

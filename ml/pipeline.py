@@ -30,7 +30,9 @@ stage_log = logging.getLogger("ml.stages")
 
 
 @dataclass
-class PipelineResult:
+class PipelineResult:  # pylint: disable=too-many-instance-attributes
+    """Everything a pipeline run produced, for the CLI summary and the plugins' hooks."""
+
     report: ValidationReport
     tuning: TuningResult
     trained: TrainedModel
@@ -87,6 +89,7 @@ def configure_tracking(settings: Settings) -> str:
 
 
 def load_data(settings: Settings) -> Dataset:
+    """The configured dataset, validated."""
     return load_dataset(
         settings.data,
         settings.target,
@@ -139,7 +142,7 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     )
 
 
-def run_pipeline(
+def run_pipeline(  # pylint: disable=too-many-locals
     settings: Settings, callbacks: list[TrialCallback] | None = None, dataset: Dataset | None = None
 ) -> PipelineResult:
     """Everything `mlops pipeline` does; raises DataError before anything is logged."""

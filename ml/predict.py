@@ -31,6 +31,7 @@ class LoadedModel:
 
     @property
     def uri(self) -> str:
+        """`models:/name/version`: the exact version, never an alias."""
         return f"models:/{self.name}/{self.version}"
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -44,6 +45,7 @@ class LoadedModel:
         return coerce_features(frame[list(self.feature_types)], self.feature_types)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
+        """Class probabilities for raw rows, columns in `classes` order."""
         return np.asarray(self.model.predict_proba(self.prepare(frame)))
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -92,6 +94,7 @@ def load_version(name: str, version: str) -> LoadedModel:
 
 
 def load_champion(name: str) -> LoadedModel:
+    """The version that holds the `champion` alias right now."""
     return load_version(name, resolve_version(name))
 
 

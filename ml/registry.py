@@ -24,6 +24,8 @@ class RegistryError(ValueError):
 
 @dataclass(frozen=True)
 class GateDecision:
+    """What the gate decided, and on which scores; recorded as `gate.*` version tags."""
+
     promoted: bool
     reason: str
     metric: str
@@ -33,6 +35,7 @@ class GateDecision:
     champion_score: float | None
 
     def as_tags(self) -> dict[str, str]:
+        """The decision as MLflow tags (None becomes '-')."""
         return {
             f"gate.{key}": "-" if value is None else str(value)
             for key, value in asdict(self).items()
@@ -50,6 +53,7 @@ def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
 
 
 def load_version(name: str, version: str) -> Any:
+    """The fitted sklearn pipeline of one registered version."""
     return mlflow.sklearn.load_model(f"models:/{name}/{version}")
 
 

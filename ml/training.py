@@ -27,11 +27,14 @@ MODEL_REQUIREMENTS = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
 
 
 def pinned_requirements() -> list[str]:
+    """`name==version` of what the model needs, as installed here."""
     return [f"{name}=={installed_version(name)}" for name in MODEL_REQUIREMENTS]
 
 
 @dataclass(frozen=True)
 class TrainedModel:
+    """The refit pipeline and where it is registered."""
+
     model: Pipeline
     version: str
     model_uri: str

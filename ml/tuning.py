@@ -32,6 +32,8 @@ TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 
 @dataclass(frozen=True)
 class TuningResult:
+    """The study's best trial and how many trials ended in each state."""
+
     study_name: str
     best_params: dict[str, Any]
     best_value: float
@@ -150,6 +152,7 @@ class TrialTracker:
         state: str,
         duration_s: float,
     ) -> None:
+        """Hand the finished trial to the tracking worker and return at once."""
         record = TrialRecord(
             trial.number,
             trial.study.study_name,
