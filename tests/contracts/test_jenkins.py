@@ -408,7 +408,7 @@ def test_jenkins_dockerfile_passes_hadolint() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     text = (JENKINS_DIR / "Dockerfile").read_text()
-    assert text.startswith("#") and "FROM jenkins/jenkins:lts-jdk17" in text
+    assert text.startswith("#") and "FROM jenkins/jenkins:lts-jdk21" in text
     assert "jenkins-plugin-cli --plugin-file" in text
 
 
