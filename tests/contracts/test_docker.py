@@ -357,3 +357,16 @@ def test_image_runs_ray_as_mlops_serve_does() -> None:
             assert envs[name] == "1"
         else:
             assert envs.get(name) == value, name
+
+
+def test_inline_python_in_compose_compiles() -> None:
+    """`python -c` programs in the compose file are code too: they must at least compile."""
+    services = compose_config(ROOT_COMPOSE)["services"]
+    programs = [
+        (name, service["command"][2])
+        for name, service in services.items()
+        if isinstance(service.get("command"), list) and service["command"][:2] == ["python", "-c"]
+    ]
+    assert programs, "expected the minio-bucket one-shot"
+    for name, program in programs:
+        compile(program, f"<{name}>", "exec")

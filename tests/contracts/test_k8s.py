@@ -372,3 +372,15 @@ def test_smoke_request_matches_the_demo_features() -> None:
     features = [c for c in load_frame("demo").columns if c != "target"]
     assert list(record) == features
     assert all(isinstance(value, float) for value in record.values())
+
+
+def test_inline_python_in_manifests_compiles() -> None:
+    """`python -c` programs in the manifests (e.g. wait-for-mlflow) must at least compile."""
+    programs = [
+        (name, container["command"][2])
+        for name, container in containers().items()
+        if container.get("command", [])[:2] == ["python", "-c"]
+    ]
+    assert programs, "expected the training Job's wait-for-mlflow"
+    for name, program in programs:
+        compile(program, f"<{name}>", "exec")
