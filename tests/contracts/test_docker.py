@@ -370,3 +370,65 @@ def test_inline_python_in_compose_compiles() -> None:
     assert programs, "expected the minio-bucket one-shot"
     for name, program in programs:
         compile(program, f"<{name}>", "exec")
+
+
+DOCKER_STAND_IN = """#!/bin/bash
+# Records its command line (and, for login, what came on stdin).
+printf '%s\\n' "docker $*" >> "$STANDIN_RECORD"
+if [ "$1" = login ]; then printf 'stdin=%s\\n' "$(cat)" >> "$STANDIN_RECORD"; fi
+"""
+
+
+def make_with_stand_in_docker(tmp_path: Path, target: str, **variables: str) -> list[str]:
+    docker = tmp_path / "docker"
+    docker.write_text(DOCKER_STAND_IN)
+    docker.chmod(0o755)
+    record = tmp_path / "record.txt"
+    record.write_text("")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STANDIN_RECORD": str(record)}
+    arguments = [f"{name}={value}" for name, value in variables.items()]
+    result = subprocess.run(
+        ["make", "-s", target, f"DOCKER={docker}", *arguments],
+        cwd=REPO_ROOT,
+        env={**env, **{k: v for k, v in variables.items() if k.startswith("REG")}},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "s3cret-registry-password" not in result.stdout + result.stderr
+    return record.read_text().splitlines()
+
+
+def test_docker_push_logs_in_from_the_environment_and_pushes_both_tags(tmp_path: Path) -> None:
+    image = "registry.example.com/team/mlops-serving"
+    lines = make_with_stand_in_docker(
+        tmp_path,
+        "docker-push",
+        IMAGE=image,
+        TAG="9.9.9",
+        REGISTRY_USER="ci-bot",
+        REGISTRY_PASSWORD="s3cret-registry-password",
+    )
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert lines == [
+        "docker login --username ci-bot --password-stdin registry.example.com",
+        "stdin=s3cret-registry-password",  # the password goes on stdin, never in argv
+        f"docker push {image}:9.9.9",
+        f"docker push {image}:git-{sha}",
+    ]
+
+
+def test_docker_push_without_credentials_uses_the_existing_login(tmp_path: Path) -> None:
+    """Jenkins logs in itself (withDockerRegistry): no REGISTRY_USER, no login."""
+    lines = make_with_stand_in_docker(
+        tmp_path, "docker-push", IMAGE="team/mlops-serving", TAG="9.9.9"
+    )
+    assert lines[0] == "docker push team/mlops-serving:9.9.9"
+    assert not [line for line in lines if "login" in line]
