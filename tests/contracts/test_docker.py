@@ -386,11 +386,13 @@ def make_with_stand_in_docker(tmp_path: Path, target: str, **variables: str) -> 
     record = tmp_path / "record.txt"
     record.write_text("")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "STANDIN_RECORD": str(record)}
-    arguments = [f"{name}={value}" for name, value in variables.items()]
+    # credentials only through the environment, the rest as make arguments
+    secrets = {name: value for name, value in variables.items() if name.startswith("REGISTRY_")}
+    arguments = [f"{name}={value}" for name, value in variables.items() if name not in secrets]
     result = subprocess.run(
         ["make", "-s", target, f"DOCKER={docker}", *arguments],
         cwd=REPO_ROOT,
-        env={**env, **{k: v for k, v in variables.items() if k.startswith("REG")}},
+        env={**env, **secrets},
         capture_output=True,
         text=True,
         check=False,
