@@ -36,6 +36,7 @@ NDJSON_SUFFIX = ".ndjson"
 # Per-document statuses worth retrying later: the cluster was busy or not fully up.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 CONFLICT = 409
+PROBE_TIMEOUT_S = 2.0
 
 
 class Sink(Protocol):
@@ -262,9 +263,21 @@ class ElasticsearchSink:
     def replay(self) -> None:
         """Ship every spool file nobody is writing; stop at the first failure."""
         self._release_spool()
+        if not self._reachable():
+            self._retry_at = time.monotonic() + self.retry_after_s
+            return
         for path in self._spool_files():
             if not self._replay_file(path):
                 return
+
+    def _reachable(self) -> bool:
+        """A cheap probe with a short timeout, so a server still starting up cannot hold the
+        emitter's thread for a whole bulk timeout while the queue fills."""
+        try:
+            self.client.options(request_timeout=PROBE_TIMEOUT_S).cluster.health()
+            return True
+        except (TransportError, ApiError):
+            return False
 
     def _ship(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         outcome = ship(self.client, events, self.chunk_size)
