@@ -97,7 +97,8 @@ class ServedModel:
         matrix when every feature is numeric and arrived as numbers (no per-column coercion),
         else the model's own coercion, which names a bad column."""
         columns = self.validator.columns
-        if self.validator.all_numeric and list(frame.columns) == columns:
+        if self.validator.all_numeric and set(frame.columns) == set(columns):
+            frame = frame[columns]
             dtypes = frame.dtypes
             if all(
                 pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t)
@@ -141,7 +142,7 @@ def _parse_json(body: bytes) -> Any:
         raise RequestError("body", f"not valid JSON: {exc}", 400) from exc
 
 
-def _mlflow_frame(content_type: str, body: bytes) -> pd.DataFrame:
+def _mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataFrame:
     """Parse with MLflow's own scoring-server functions, so the protocol is exactly theirs."""
     from io import StringIO
 
@@ -164,10 +165,40 @@ def _mlflow_frame(content_type: str, body: bytes) -> pd.DataFrame:
         )
     decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
     data = {key: value for key, value in decoded.items() if key != "params"}
-    frame = scoring_server.infer_and_parse_data(data)
-    if not isinstance(frame, pd.DataFrame):
-        frame = pd.DataFrame(frame)
-    return frame
+    return _as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+
+
+def _as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
+    """What MLflow's parser returns for the four JSON formats -> one frame of rows: a frame
+    (dataframe_*), a dict of columns (instances/inputs as columns), a list of records with 0-d
+    arrays (inputs as records), or a matrix (instances/inputs as lists, in feature order)."""
+    try:
+        if isinstance(parsed, pd.DataFrame):
+            return parsed
+        if isinstance(parsed, dict):
+            return pd.DataFrame({key: np.atleast_1d(value) for key, value in parsed.items()})
+        if isinstance(parsed, list) and all(isinstance(row, dict) for row in parsed):
+            return pd.DataFrame.from_records([_scalars(row) for row in parsed])
+        matrix = np.asarray(parsed)
+        if matrix.ndim == 2 and matrix.shape[1] == len(columns):
+            return pd.DataFrame(matrix, columns=columns)
+    except (ValueError, TypeError) as exc:
+        raise RequestError("body", f"cannot be read as rows of features: {exc}", 400) from exc
+    raise RequestError(
+        "body",
+        f"expected records keyed by feature name, or rows of "
+        f"{len(columns)} values in feature order",
+        400,
+    )
+
+
+def _scalars(row: dict[str, Any]) -> dict[str, Any]:
+    values = {}
+    for key, value in row.items():
+        if np.ndim(value) != 0:
+            raise RequestError(str(key), "must be a single value", 400)
+        values[key] = value.item() if isinstance(value, np.ndarray) else value
+    return values
 
 
 def _as_frame(model: ServedModel, rows: np.ndarray | pd.DataFrame) -> pd.DataFrame:
@@ -387,9 +418,13 @@ class ModelServer:
         `instances`, `inputs`) or CSV in, `{"predictions": [...]}` out."""
         started = time.perf_counter()
         try:
-            frame = _mlflow_frame(request.headers.get("content-type", ""), await request.body())
-            check_frame(frame, self._max_rows())
             model = self._require_model()
+            frame = _mlflow_frame(
+                request.headers.get("content-type", ""),
+                await request.body(),
+                model.validator.columns,
+            )
+            check_frame(frame, self._max_rows())
             scored = await self._score_rows(
                 await asyncio.to_thread(model.frame_rows, frame)
                 if len(frame) > self._batch_size()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -213,6 +213,13 @@ def register(app: typer.Typer) -> None:
         """Stop serving (and the local Ray cluster `mlops serve` started)."""
         _quiet()
         console.print(stop_serving(load_settings()))
+
+
+def after_train(settings: Settings, result: Any) -> None:
+    """After training: when the gate promoted a new champion, swap it in if serving is up."""
+    decision = result.decision
+    if decision.promoted:
+        after_promote(settings, decision.challenger_version)
 
 
 def after_promote(settings: Settings, version: str) -> None:

@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.trained_model",
     "tests.fixtures.smtp",
     "tests.fixtures.desktop",
+    "tests.fixtures.ray_serve",
     "tests.fixtures.elasticsearch",
 ]
 
