@@ -106,7 +106,7 @@ deploy-minikube: manifests ## Minikube + KubeRay + the whole stack, smoke-tested
 
 # --- code quality, SonarQube, CI (jenkins/pipelines/quality.Jenkinsfile runs these) ----------
 # Each tool writes its report under REPORTS_DIR in the format sonar-project.properties imports.
-PY_CODE := ml serving elk tests benchmarks
+PY_CODE := ml serving elk tests benchmarks jenkins
 PY_PACKAGES := ml serving elk
 # Every Dockerfile in the tree (the serving image, jenkins/Dockerfile, any later one).
 DOCKERFILES = $(shell find . \( -path ./.venv -o -path ./var -o -path ./.git \) -prune -o \
