@@ -434,3 +434,68 @@ def test_docker_push_without_credentials_uses_the_existing_login(tmp_path: Path)
     )
     assert lines[0] == "docker push team/mlops-serving:9.9.9"
     assert not [line for line in lines if "login" in line]
+
+
+# Imported inside try/except with a fallback (ml/notify.py: dbus-python, else notify-send).
+OPTIONAL_IMPORTS = {"dbus"}
+
+
+def runtime_closure(
+    name: str, extras: frozenset[str] = frozenset(), seen: dict[str, frozenset[str]] | None = None
+) -> dict[str, frozenset[str]]:
+    """Every distribution installing `name` (with `extras`) pulls in, markers evaluated."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen = {} if seen is None else seen
+    key = canonicalize_name(name)
+    if key in seen and extras <= seen[key]:
+        return seen
+    seen[key] = seen.get(key, frozenset()) | extras
+    try:
+        requires = distribution(name).requires or []
+    except PackageNotFoundError:
+        return seen
+    for text in requires:
+        requirement = Requirement(text)
+        wanted = extras or frozenset({""})
+        if requirement.marker is None or any(
+            requirement.marker.evaluate({"extra": extra}) for extra in wanted
+        ):
+            runtime_closure(requirement.name, frozenset(requirement.extras), seen)
+    return seen
+
+
+def test_image_has_every_package_the_code_imports() -> None:
+    """The image installs pyproject's runtime dependencies only (no dev extras): everything
+    ml/, serving/ and elk/ import must come from those, or the image fails at run time."""
+    import ast
+    from importlib.metadata import packages_distributions
+
+    from packaging.utils import canonicalize_name
+
+    runtime = runtime_closure("mlops-chain")
+    assert "ray" in runtime and "pytest" not in runtime  # dev extras really are left out
+    distributions = packages_distributions()
+    missing = set()
+    for package in ("ml", "serving", "elk"):
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    modules = [node.module]
+                else:
+                    continue
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in sys.stdlib_module_names or top in {"ml", "serving", "elk"}:
+                        continue
+                    if top in OPTIONAL_IMPORTS:
+                        continue
+                    for dist in distributions.get(top, [top]):
+                        if canonicalize_name(dist) not in runtime:
+                            missing.add(f"{path.relative_to(REPO_ROOT)}: {top} ({dist})")
+    assert not missing, "imports outside the runtime dependencies:\n" + "\n".join(sorted(missing))
