@@ -134,6 +134,7 @@ NOTIFY_BODY ?= $(or $(BUILD_URL),$(CURDIR))
 	security-audit quality test-coverage ci sonar watch notify
 lint-style: setup ## flake8 (pycodestyle, pyflakes) -> reports/flake8.txt
 	@mkdir -p $(REPORTS_DIR)
+	@: > $(REPORTS_DIR)/flake8.txt  # flake8 leaves an old report untouched when all is clean
 	$(BIN)/flake8 --output-file=$(REPORTS_DIR)/flake8.txt --tee $(PY_CODE)
 
 lint-black: setup ## black --check -> reports/black.diff (what `make format` would change)
