@@ -127,8 +127,10 @@ WATCH_CMD ?= $(MAKE) ci
 WATCH_ROOT ?= $(CURDIR)
 WATCH_ARGS ?=
 NOTIFY_STATUS ?= success
-NOTIFY_TITLE ?= $(or $(JOB_NAME),mlops) #$(or $(BUILD_NUMBER),local)
+NOTIFY_TITLE ?= $(or $(JOB_NAME),mlops) \#$(or $(BUILD_NUMBER),local)
 NOTIFY_BODY ?= $(or $(BUILD_URL),$(CURDIR))
+# passed through the environment, so quotes or `$` in a job name cannot break the command
+export NOTIFY_STATUS NOTIFY_TITLE NOTIFY_BODY
 
 .PHONY: lint-style lint-black lint-pylint lint-hadolint security security-bandit \
 	security-audit quality test-coverage ci sonar watch notify
@@ -191,4 +193,4 @@ watch: setup ## Re-run WATCH_CMD (default `make ci`) whenever a tracked file cha
 	$(BIN)/python jenkins/watch.py --root "$(WATCH_ROOT)" --command "$(WATCH_CMD)" $(WATCH_ARGS)
 
 notify: setup ## Email + desktop notification (NOTIFY_STATUS, NOTIFY_TITLE, NOTIFY_BODY)
-	$(BIN)/mlops notify --status "$(NOTIFY_STATUS)" --title "$(NOTIFY_TITLE)" --body "$(NOTIFY_BODY)"
+	$(BIN)/mlops notify --status "$$NOTIFY_STATUS" --title "$$NOTIFY_TITLE" --body "$$NOTIFY_BODY"
