@@ -194,3 +194,23 @@ watch: setup ## Re-run WATCH_CMD (default `make ci`) whenever a tracked file cha
 
 notify: setup ## Email + desktop notification (NOTIFY_STATUS, NOTIFY_TITLE, NOTIFY_BODY)
 	$(BIN)/mlops notify --status "$$NOTIFY_STATUS" --title "$$NOTIFY_TITLE" --body "$$NOTIFY_BODY"
+
+# --- observability (ELK) ---------------------------------------------------------------------
+.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry
+monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch
+	$(BIN)/mlops monitor run
+
+monitor-setup: setup ## Elasticsearch templates (ELASTICSEARCH_URL) + Kibana dashboards (KIBANA_URL)
+	$(BIN)/mlops monitor setup
+
+monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming from saved offsets
+	$(BIN)/mlops monitor ship
+
+monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
+	$(BIN)/mlops monitor drift
+
+elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasticsearch.sh start)
+	scripts/elasticsearch.sh start
+
+bench-telemetry: setup ## Bulk docs/s into a local Elasticsearch, emit() cost, collector CPU at 1 Hz
+	$(BIN)/python benchmarks/telemetry.py $(BENCH_ARGS)

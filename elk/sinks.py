@@ -172,7 +172,7 @@ def bulk_actions(events: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def ship(
-    client: Elasticsearch, events: list[dict[str, Any]], chunk_size: int = 1000
+    client: Elasticsearch, events: list[dict[str, Any]], chunk_size: int = 2000
 ) -> BulkOutcome:
     """Bulk-create `events`; whatever was not acknowledged (connection lost, 5xx) is `unsent`."""
     outcome = BulkOutcome()
@@ -217,7 +217,7 @@ class ElasticsearchSink:
     """
 
     def __init__(self, client: Elasticsearch, spool_dir: Path, service_name: str = "mlops",
-                 retry_after_s: float = 5.0, chunk_size: int = 1000):  # fmt: skip
+                 retry_after_s: float = 5.0, chunk_size: int = 2000):  # fmt: skip
         self.client = client
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -359,7 +359,7 @@ class Emitter:
     """Non-blocking hand-off from producers to a sink running on one background thread."""
 
     def __init__(self, sink: Sink, service_name: str, queue_size: int = 10_000,
-                 batch_size: int = 500, flush_interval_s: float = 1.0):  # fmt: skip
+                 batch_size: int = 2000, flush_interval_s: float = 1.0):  # fmt: skip
         self.sink = sink
         self.service_name = service_name
         self.batch_size = batch_size
