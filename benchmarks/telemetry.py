@@ -79,13 +79,13 @@ def bench_bulk(client: Elasticsearch, docs: int) -> list[tuple[str, float, float
     """docs/s of `ship()` at several chunk sizes, and of the whole emitter path."""
     rows = []
     ship(client, _predictions(5000, "bench-warmup"))  # JIT, data stream creation
-    for chunk in (500, 1000, 2000, 5000):
+    for chunk, parallel in ((500, 1), (2000, 1), (5000, 1), (2000, 2), (5000, 2)):
         batch = _predictions(docs, f"bench-{uuid.uuid4().hex[:6]}")
         started = time.perf_counter()
-        outcome = ship(client, batch, chunk_size=chunk)
+        outcome = ship(client, batch, chunk_size=chunk, parallel=parallel)
         elapsed = time.perf_counter() - started
         assert outcome.delivered == docs and not outcome.unsent, outcome
-        rows.append((f"ship(), chunk {chunk}", docs / elapsed, elapsed))
+        rows.append((f"ship(), chunk {chunk}, {parallel} in flight", docs / elapsed, elapsed))
     from elk.sinks import ElasticsearchSink
 
     spool = Path(tempfile.mkdtemp(prefix="bench-spool-"))
