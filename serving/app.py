@@ -86,6 +86,21 @@ class ServedModel:
             return np.asarray(self.loaded.model.predict_proba(frame))
         return self.loaded.predict_proba(rows)
 
+    def score(self, rows: np.ndarray | pd.DataFrame) -> np.ndarray:
+        """`predict_proba`, with values the model cannot take (e.g. overflowing after scaling)
+        reported as the client's error rather than a 500."""
+        try:
+            return self.predict_proba(rows)
+        except ValueError as exc:
+            message = str(exc).splitlines()[0]
+            raise RequestError("body", f"the model cannot score these values: {message}") from exc
+
+    def score_alone(self, rows: np.ndarray | pd.DataFrame) -> "Scored | RequestError":
+        try:
+            return Scored(self, self.score(rows))
+        except RequestError as exc:
+            return exc
+
     def input_rows(self, records: list[dict[str, Any]]) -> np.ndarray | pd.DataFrame:
         """Validated records in the cheapest form the model can take."""
         if self.validator.all_numeric:
@@ -105,7 +120,12 @@ class ServedModel:
                 for t in dtypes
             ):
                 return frame.to_numpy(dtype=float)
-        return self.loaded.prepare(frame)
+        try:
+            return self.loaded.prepare(frame)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise RequestError("body", f"cannot read the rows: {exc}", 400) from exc
 
 
 @dataclass
@@ -318,14 +338,21 @@ class ModelServer:
     # --- scoring --------------------------------------------------------------------------
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def _score_batch(self, items: list[np.ndarray | pd.DataFrame]) -> list[Scored]:
+    async def _score_batch(
+        self, items: list[np.ndarray | pd.DataFrame]
+    ) -> list[Scored | RequestError]:
         model = self._require_model()  # one model for the whole batch, even across a swap
         if all(isinstance(item, np.ndarray) for item in items):
             combined: np.ndarray | pd.DataFrame = np.vstack(items)
         else:
             combined = pd.concat([_as_frame(model, item) for item in items], ignore_index=True)
-        proba = await asyncio.to_thread(model.predict_proba, combined)
-        results, start = [], 0
+        try:
+            proba = await asyncio.to_thread(model.predict_proba, combined)
+        except ValueError:
+            # One request's values broke the batch: score each alone so only that one fails.
+            return [await asyncio.to_thread(model.score_alone, item) for item in items]
+        results: list[Scored | RequestError] = []
+        start = 0
         for item in items:
             results.append(Scored(model, proba[start : start + len(item)]))
             start += len(item)
@@ -340,24 +367,27 @@ class ModelServer:
     async def _score_rows(self, rows: np.ndarray | pd.DataFrame) -> Scored:
         if len(rows) > self._batch_size():
             model = self._require_model()
-            return Scored(model, await asyncio.to_thread(model.predict_proba, rows))
+            return Scored(model, await asyncio.to_thread(model.score, rows))
         if self._in_flight == 0:
             # Alone: waiting for a batch to fill would only add latency.
             self._in_flight += 1
             try:
                 model = self._require_model()
-                return Scored(model, model.predict_proba(rows))
+                return Scored(model, model.score(rows))
             finally:
                 self._in_flight -= 1
         self._in_flight += 1
         try:
-            return await self._score_batch(rows)
+            result = await self._score_batch(rows)
         finally:
             self._in_flight -= 1
+        if isinstance(result, RequestError):
+            raise result
+        return result
 
     @staticmethod
     def _score_now(model: ServedModel, records: list[dict[str, Any]]) -> Scored:
-        return Scored(model, model.predict_proba(model.input_rows(records)))
+        return Scored(model, model.score(model.input_rows(records)))
 
     def _batch_size(self) -> int:
         return self._options.max_batch_size if self._options else 64

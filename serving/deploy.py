@@ -252,32 +252,83 @@ def start_local_cluster(num_cpus: int, dashboard_port: int, haproxy: bool) -> No
         raise ServeError(f"`ray start` failed: {result.stderr.strip()[-800:]}")
 
 
-def stop_local_cluster() -> bool:
-    """`ray stop` for the local cluster; True if one was running."""
-    if not local_cluster_running():
+def stop_local_cluster(timeout_s: float = 30.0) -> bool:
+    """Stop the cluster `start_local_cluster` started, and only it: its processes are the ones
+    started with its GCS address (plus their children: workers, haproxy). `ray stop` would
+    end every Ray process on the machine, other people's test clusters included."""
+    import psutil
+
+    address = local_cluster_address()
+    if address is None:
         return False
-    ray_bin = str(Path(sys.executable).with_name("ray"))
-    subprocess.run([ray_bin, "stop"], capture_output=True, text=True, check=False)
+    port = address.rsplit(":", 1)[1]
+    markers = (f"--gcs-address={address}", f"--gcs_server_port={port}")
+    ours: dict[int, psutil.Process] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if any(marker in cmdline for marker in markers):
+            ours[process.pid] = process
+            for child in _children(process):
+                ours[child.pid] = child
+    for process in ours.values():
+        _signal(process, kill=False)
+    _, alive = psutil.wait_procs(list(ours.values()), timeout=timeout_s)
+    for process in alive:
+        _signal(process, kill=True)
     return True
 
 
-def local_cluster_running() -> bool:
-    from ray._private.services import find_gcs_addresses
+def _children(process: Any) -> list[Any]:
+    import psutil
 
-    return bool(find_gcs_addresses())
+    try:
+        return list(process.children(recursive=True))
+    except psutil.Error:
+        return []
+
+
+def _signal(process: Any, kill: bool) -> None:
+    import psutil
+
+    try:
+        if kill:
+            process.kill()
+        else:
+            process.terminate()
+    except psutil.Error:
+        pass
+
+
+def local_cluster_running() -> bool:
+    return local_cluster_address() is not None
+
+
+def local_cluster_address() -> str | None:
+    """The GCS address of the cluster the last `ray start` here started, if it still runs
+    (an in-process `ray.init`, e.g. a test session's, is not such a cluster)."""
+    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+    address = find_bootstrap_address(None)
+    if address and address in find_gcs_addresses():
+        return str(address)
+    return None
 
 
 def connect() -> None:
     """Attach this process to the local cluster as a driver in Serve's namespace."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address="auto",
-            namespace=SERVE_NAMESPACE,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-        )
+    if ray.is_initialized():
+        return
+    address = local_cluster_address()
+    if address is None:
+        raise ServeError("no local Ray cluster is running: start serving with `mlops serve`")
+    ray.init(
+        address=address,
+        namespace=SERVE_NAMESPACE,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
 
 
 def init_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:

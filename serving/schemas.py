@@ -163,6 +163,10 @@ def check_frame(frame: pd.DataFrame, max_rows: int) -> None:
         raise RequestError("body", "no rows to score")
     if len(frame) > max_rows:
         raise RequestError("body", f"{len(frame)} rows is over the limit of {max_rows}", 413)
+    for column in frame.columns[frame.dtypes == object]:
+        nested = frame[column].map(lambda value: isinstance(value, (list, dict, tuple, np.ndarray)))
+        if nested.any():
+            raise RequestError(str(column), "must be a single value, got a nested one")
     numeric = frame.select_dtypes(include="number")
     infinite = numeric.columns[np.isinf(numeric.to_numpy(dtype=float)).any(axis=0)]
     if len(infinite):

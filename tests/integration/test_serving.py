@@ -254,6 +254,8 @@ BAD_PREDICT_BODIES = {
     "a number": (lambda r: "42", 422, "body"),
     "list of numbers": (lambda r: "[1, 2]", 422, "records[0]"),
     "over the row limit": (lambda r: json.dumps([_first(r)] * 10_001), 413, "body"),
+    # found by schemathesis: finite JSON numbers that overflow once the pipeline scales them
+    "overflowing values": (lambda r: json.dumps(dict.fromkeys(_first(r), 1e308)), 422, "body"),
 }
 
 
@@ -306,6 +308,16 @@ BAD_INVOCATIONS = {
     "bad CSV column": ("text/csv", lambda r: "a,b\n1,2\n", 400),
     "not JSON": ("application/json", lambda r: "{oops", 400),
     "wrong content type": ("application/xml", lambda r: "<rows/>", 415),
+    "nested value": (
+        "application/json",
+        lambda r: json.dumps({"dataframe_records": [_with(r, **{"mean radius": [1, 2]})]}),
+        400,
+    ),
+    "overflowing values": (
+        "application/json",
+        lambda r: json.dumps({"dataframe_records": [dict.fromkeys(_first(r), 1e308)]}),
+        400,
+    ),
     "over the row limit": (
         "application/json",
         lambda r: json.dumps({"dataframe_records": [_first(r)] * 10_001}),
