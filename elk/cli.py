@@ -6,6 +6,7 @@ hooks turn a finished training run or a manual promotion into training events.
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -97,6 +98,9 @@ def run(
     from elk.sinks import build_emitter
 
     settings = _settings(monitor_interval_s=interval, ray_metrics_url=ray_metrics_url)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     collectors: list[Any] = [HostCollector(settings.monitor_processes), DockerCollector()]
     if settings.ray_metrics_url:
         collectors.append(RayServeCollector(settings.ray_metrics_url))

@@ -59,7 +59,7 @@ def resolve_version(settings: Settings, version: str | None) -> tuple[str, str]:
         else:
             found = client.get_model_version_by_alias(settings.model_name, "champion")
     except MlflowException as exc:
-        wanted = f"version {version}" if version else "a champion"
+        wanted = f"version {version}" if version else "champion (alias 'champion')"
         raise DriftInputError(f"model {settings.model_name!r} has no {wanted}") from exc
     return str(found.version), str(found.run_id)
 
