@@ -150,13 +150,16 @@ def stop_serving(settings: Settings) -> str:
     if not deploy.local_cluster_running():
         marker.unlink(missing_ok=True)
         return "nothing was running"
+    import ray
     from ray import serve
 
-    deploy.connect()
-    serve.shutdown()
+    try:
+        deploy.connect()
+        serve.shutdown()
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        if not marker.is_file():
+            raise deploy.ServeError(f"cannot reach the Ray cluster to stop Serve: {exc}") from exc
     if marker.is_file():
-        import ray
-
         ray.shutdown()
         deploy.stop_local_cluster()
         marker.unlink()

@@ -28,6 +28,7 @@ APP_NAME = "model"
 DEPLOYMENT_NAME = "ModelServer"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
 
 
 class ServeError(RuntimeError):
@@ -213,6 +214,9 @@ def ray_env(haproxy: bool) -> dict[str, str]:
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Token auth, explicitly: with the mode unset, a driver attaching to a `ray start`
+        # cluster does not always send the token (~/.ray/auth_token) and is refused.
+        AUTH_MODE_ENV: "token",
     }
     binary = haproxy_binary()
     if haproxy and binary:
@@ -323,12 +327,24 @@ def connect() -> None:
     address = local_cluster_address()
     if address is None:
         raise ServeError("no local Ray cluster is running: start serving with `mlops serve`")
+    _use_token_auth()
     ray.init(
         address=address,
         namespace=SERVE_NAMESPACE,
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
+
+
+def _use_token_auth() -> None:
+    """Token auth for this driver, as the cluster was started (`ray_env`). Ray caches the mode
+    when it is first imported, so setting the variable is not enough once `ray` is loaded."""
+    os.environ[AUTH_MODE_ENV] = "token"
+    try:
+        from ray._private.authentication import authentication_token_setup
+    except ImportError:
+        return
+    authentication_token_setup._enable_token_auth()  # pylint: disable=protected-access
 
 
 def init_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:
