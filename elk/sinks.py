@@ -43,14 +43,18 @@ PROBE_TIMEOUT_S = 2.0
 class Sink(Protocol):
     """What the emitter's thread calls; none of these may raise for a delivery problem."""
 
-    def write(self, events: list[dict[str, Any]]) -> None: ...
+    def write(self, events: list[dict[str, Any]]) -> None:
+        """Deliver (or keep for later) one batch."""
 
-    def tick(self) -> None: ...
+    def tick(self) -> None:
+        """Called when the queue is idle."""
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Flush what can be flushed."""
 
 
 def dumps(event: dict[str, Any]) -> str:
+    """Compact JSON, one line."""
     return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
@@ -74,6 +78,7 @@ class NdjsonSink:
         self.log_dir.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, dataset: str) -> Path:
+        """The current file of a dataset."""
         return self.log_dir / f"{index_for(dataset)}{NDJSON_SUFFIX}"
 
     def write(self, events: list[dict[str, Any]]) -> None:

@@ -74,6 +74,8 @@ def _categorical_profile(values: pd.Series) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FeatureDrift:
+    """PSI (and KS p-value for numeric features) of one feature over `rows` inputs."""
+
     feature: str
     feature_type: str
     psi: float

@@ -8,6 +8,9 @@ from typing import Any, Protocol
 
 
 class Collector(Protocol):
+    """What `mlops monitor run` polls every interval."""
+
     name: str
 
-    def collect(self) -> list[dict[str, Any]]: ...
+    def collect(self) -> list[dict[str, Any]]:
+        """The events of one sample; empty when the source is unavailable."""

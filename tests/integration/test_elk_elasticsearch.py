@@ -204,6 +204,13 @@ def test_monitor_setup_and_ship_cli(elasticsearch_server: ElasticsearchServer,
     )
     assert missing.returncode == 2 and "--log-dir" in missing.stderr
     assert "Traceback" not in missing.stderr
+    from tests.fixtures.mlflow_server import free_port
+
+    no_kibana = {**env, "KIBANA_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
+    kibana = subprocess.run([*mlops, "monitor", "setup"], env=no_kibana, capture_output=True,
+                            text=True, timeout=300, check=False)  # fmt: skip
+    assert kibana.returncode == 1 and "Kibana at" in kibana.stderr
+    assert "Traceback" not in kibana.stderr
     unset = {**env}
     unset.pop("ELASTICSEARCH_URL")
     no_es = subprocess.run([*mlops, "monitor", "setup"], env=unset, capture_output=True,
