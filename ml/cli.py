@@ -21,8 +21,11 @@ from rich.table import Table
 
 from ml.config import Settings
 
-app = typer.Typer(help="Tabular data to a tuned, registered, served and monitored model.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Tabular data to a tuned, registered, served and monitored model.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 console = Console()
@@ -99,7 +102,9 @@ def config_show() -> None:
 
 @app.command()
 def data(
-    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
+    data_source: DataOpt = None,
+    target: TargetOpt = None,
+    table: TableOpt = None,
     report: Annotated[Path | None, typer.Option(help="where to write the JSON report")] = None,
 ) -> None:
     """Load and validate the data; print and save the validation report."""
@@ -115,30 +120,38 @@ def data(
     console.print(f"report written to {destination}")
 
 
-@app.command()
-def train(
-    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
-    model_name: ModelOpt = None, trials: TrialsOpt = None, timeout: TimeoutOpt = None,
-    n_jobs: JobsOpt = None,
-) -> None:
-    """Tune, refit the best, register it as challenger, run the promotion gate."""
-    settings = load_settings(data=data_source, target=target, data_table=table,
-                             model_name=model_name, trials=trials, timeout_s=timeout,
-                             n_jobs=n_jobs)
-    _train(settings)
+def _training_command(show_report: bool) -> Callable[..., None]:
+    """`train` and `pipeline` take the same options; `pipeline` also shows the data report."""
+
+    def command(
+        data_source: DataOpt = None,
+        target: TargetOpt = None,
+        table: TableOpt = None,
+        model_name: ModelOpt = None,
+        trials: TrialsOpt = None,
+        timeout: TimeoutOpt = None,
+        n_jobs: JobsOpt = None,
+    ) -> None:
+        settings = load_settings(
+            data=data_source,
+            target=target,
+            data_table=table,
+            model_name=model_name,
+            trials=trials,
+            timeout_s=timeout,
+            n_jobs=n_jobs,
+        )
+        _train(settings, show_report=show_report)
+
+    return command
 
 
-@app.command()
-def pipeline(
-    data_source: DataOpt = None, target: TargetOpt = None, table: TableOpt = None,
-    model_name: ModelOpt = None, trials: TrialsOpt = None, timeout: TimeoutOpt = None,
-    n_jobs: JobsOpt = None,
-) -> None:
-    """Everything: validate the data, tune, register, gate; report the champion."""
-    settings = load_settings(data=data_source, target=target, data_table=table,
-                             model_name=model_name, trials=trials, timeout_s=timeout,
-                             n_jobs=n_jobs)
-    _train(settings, show_report=True)
+app.command(
+    "train", help="Tune, refit the best, register it as challenger, run the promotion gate."
+)(_training_command(show_report=False))
+app.command(
+    "pipeline", help="Everything: validate the data, tune, register, gate; report the champion."
+)(_training_command(show_report=True))
 
 
 def _train(settings: Settings, show_report: bool = False) -> None:
@@ -196,8 +209,10 @@ def predict(
         predictions = champion.predict_frame(frame)
     if output:
         predictions.to_csv(output, index=False)
-        console.print(f"{len(predictions)} predictions written to {output} "
-                      f"(model version {champion.version})")
+        console.print(
+            f"{len(predictions)} predictions written to {output} "
+            f"(model version {champion.version})"
+        )
     else:
         sys.stdout.write(predictions.to_csv(index=False))
 
@@ -216,8 +231,9 @@ def notify(
         fail(f"--status: expected one of {', '.join(STATUSES)}, got {status!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     delivered = send_notifications(load_settings(), status.lower(), title, body)
-    console.print(", ".join(f"{channel}: {'sent' if ok else 'not sent'}"
-                            for channel, ok in delivered.items()))
+    console.print(
+        ", ".join(f"{channel}: {'sent' if ok else 'not sent'}" for channel, ok in delivered.items())
+    )
 
 
 # --- output helpers ------------------------------------------------------------------------
@@ -242,9 +258,15 @@ def _print_report(report: Any) -> None:
 @contextmanager
 def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
     """A rich progress bar plus one line per finished trial."""
-    with Progress(TextColumn("[bold]tuning[/]"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("{task.description}"),
-                  console=console, transient=True) as progress:
+    with Progress(
+        TextColumn("[bold]tuning[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=console,
+        transient=True,
+    ) as progress:
         task = progress.add_task("", total=settings.trials)
 
         def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -257,8 +279,9 @@ def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
                 best = f"best {study.best_value:.4f}"
             except ValueError:
                 best = "no complete trial yet"
-            progress.console.print(f"trial {trial.number:3d}  {family:<14} {outcome:<22} {best}",
-                                   highlight=False)
+            progress.console.print(
+                f"trial {trial.number:3d}  {family:<14} {outcome:<22} {best}", highlight=False
+            )
             progress.update(task, advance=1, description=best)
 
         yield on_trial
@@ -267,12 +290,17 @@ def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
 def _print_summary(result: Any, settings: Settings) -> None:
     decision = result.decision
     table = Table("", "", title="Training summary", show_header=False)
-    table.add_row("study", f"{result.tuning.study_name} ({result.tuning.complete} complete, "
-                           f"{result.tuning.pruned} pruned)")
+    table.add_row(
+        "study",
+        f"{result.tuning.study_name} ({result.tuning.complete} complete, "
+        f"{result.tuning.pruned} pruned)",
+    )
     table.add_row("best params", json.dumps(result.tuning.best_params, default=str))
     table.add_row("registered", f"{settings.model_name} version {result.trained.version}")
-    table.add_row("gate", ("[green]promoted[/]" if decision.promoted else "[yellow]kept[/]")
-                  + f": {decision.reason}")
+    table.add_row(
+        "gate",
+        ("[green]promoted[/]" if decision.promoted else "[yellow]kept[/]") + f": {decision.reason}",
+    )
     champion = decision.challenger_version if decision.promoted else decision.champion_version
     table.add_row("champion", f"{settings.model_name} version {champion}")
     for name, value in result.trained.holdout.items():
@@ -280,9 +308,11 @@ def _print_summary(result: Any, settings: Settings) -> None:
     table.add_row("MLflow run", result.run_url)
     console.print(table)
     if settings.uses_local_tracking:
-        console.print(f"Open the MLflow UI: [bold]mlflow ui --backend-store-uri "
-                      f"{settings.mlflow_tracking_uri} --port 5000[/] (or `make mlflow-ui`)",
-                      highlight=False)
+        console.print(
+            f"Open the MLflow UI: [bold]mlflow ui --backend-store-uri "
+            f"{settings.mlflow_tracking_uri} --port 5000[/] (or `make mlflow-ui`)",
+            highlight=False,
+        )
 
 
 # --- plugins -------------------------------------------------------------------------------
