@@ -214,3 +214,26 @@ elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasti
 
 bench-telemetry: setup ## Bulk docs/s into a local Elasticsearch, emit() cost, collector CPU at 1 Hz
 	$(BIN)/python benchmarks/telemetry.py $(BENCH_ARGS)
+
+# --- serving (Ray Serve) -------------------------------------------------------------------
+SERVE_URL ?= http://127.0.0.1:$(or $(MLOPS_SERVE_PORT),8000)
+LOADTEST_USERS ?= 50
+LOADTEST_TIME ?= 60s
+
+.PHONY: serve serve-stop loadtest bench-serving
+serve: setup ## Serve the champion with Ray Serve, detached (HAProxy mode); prints the URLs
+	$(BIN)/mlops serve
+
+serve-stop: setup ## Stop serving, and the local Ray cluster `make serve` started
+	$(BIN)/mlops serve-stop
+
+loadtest: setup ## Locust, 50 users for 60 s against the champion (served if not yet); var/reports/
+	@mkdir -p $(VAR_DIR)/reports
+	$(BIN)/mlops serve
+	$(BIN)/locust -f tests/load/locustfile.py --headless --host $(SERVE_URL) \
+		--users $(LOADTEST_USERS) --spawn-rate 25 --run-time $(LOADTEST_TIME) --only-summary \
+		--html $(VAR_DIR)/reports/loadtest.html --csv $(VAR_DIR)/reports/loadtest \
+		--exit-code-on-error 1
+
+bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/64) + batch scoring
+	$(BIN)/python benchmarks/serving.py --duration 20

@@ -1,0 +1,379 @@
+"""Serving benchmark: our Ray Serve app vs `mlflow models serve`, the same champion, the same
+load generator (wrk), measured side by side in one run. Not a test: it prints tables and ratios.
+
+    make bench-serving            # or: .venv/bin/python benchmarks/serving.py --duration 20
+
+1. Throughput and latency: one single-record `POST /invocations` body (MLflow's protocol, which
+   both servers speak), at concurrency 1, 16 and 64 for `--duration` seconds each. MLflow runs
+   alone first, then ours (one replica), so neither competes with the other's idle processes.
+2. Batch scoring: one request of 10,000 rows (`dataframe_split`) against our server, vs the same
+   rows scored in-process by the same model (`LoadedModel.predict_frame`).
+
+The model is a random forest trained once into `var/bench/` on the bundled data (so the numbers
+compare with the issue's), or the configured champion with `--use-champion`.
+Results are also written to `var/reports/bench_serving.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import pandas as pd
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from ml.config import Settings  # noqa: E402
+from ml.data import load_frame  # noqa: E402
+from ml.predict import LoadedModel, load_version  # noqa: E402
+from ml.registry import RegistryError  # noqa: E402
+
+LEVELS = (1, 16, 64)
+BATCH_ROWS = 10_000
+LUA = """
+local f = io.open(os.getenv("BENCH_BODY"), "r")
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+@dataclass
+class LoadResult:
+    server: str
+    concurrency: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+# --- the model -------------------------------------------------------------------------------
+
+
+def champion(settings: Settings, use_configured: bool) -> tuple[Settings, str]:
+    """(settings, version) to benchmark: by default a random forest trained once into
+    `var/bench/` on the bundled data (so the numbers compare with the issue's); with
+    `--use-champion`, the configured champion (MLOPS_* settings)."""
+    from ml.pipeline import configure_tracking, run_pipeline
+    from ml.predict import resolve_version
+
+    if use_configured:
+        configure_tracking(settings)
+        return settings, resolve_version(settings.model_name)
+    bench = settings.model_copy(
+        update={
+            "var_dir": settings.var_dir / "bench",
+            "model_name": "bench-forest",
+            "mlflow_tracking_uri": f"sqlite:///{settings.var_dir / 'bench' / 'mlflow.db'}",
+            "optuna_storage": f"sqlite:///{settings.var_dir / 'bench' / 'optuna.db'}",
+            "families": ["random_forest"],
+            "trials": 3,
+            "timeout_s": 300,
+            "log_dir": settings.var_dir / "bench" / "log",
+        }
+    )
+    configure_tracking(bench)
+    try:
+        return bench, resolve_version(bench.model_name)
+    except RegistryError:
+        print("training a random forest into var/bench/ (once; about a minute)", flush=True)
+        run_pipeline(bench)
+        return bench, resolve_version(bench.model_name)
+
+
+# --- load generation -------------------------------------------------------------------------
+
+
+def wrk(url: str, body_file: Path, concurrency: int, duration_s: int, server: str) -> LoadResult:
+    """wrk (C, one thread) with latency percentiles; errors = non-2xx + socket errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(LUA)
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{duration_s}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        script.name,
+        url,
+    ]
+    output = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "BENCH_BODY": str(body_file)},
+    ).stdout
+    os.unlink(script.name)
+    return LoadResult(
+        server,
+        concurrency,
+        _number(r"Requests/sec:\s+([\d.]+)", output),
+        _latency_ms(output, "50%"),
+        _latency_ms(output, "99%"),
+        _errors(output),
+        int(_number(r"(\d+) requests in", output)),
+    )
+
+
+def _number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
+
+
+def _latency_ms(text: str, percentile: str) -> float:
+    match = re.search(rf"{percentile}\s+([\d.]+)(us|ms|s)\b", text)
+    if not match:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _errors(text: str) -> int:
+    non_2xx = _number(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    socket = re.search(r"connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    return int(non_2xx + (sum(int(group) for group in socket.groups()) if socket else 0))
+
+
+def run_levels(url: str, body_file: Path, duration_s: int, server: str) -> list[LoadResult]:
+    wrk(url, body_file, 4, 3, server)  # warm-up: first requests pay for imports and caches
+    results = []
+    for level in LEVELS:
+        result = wrk(url, body_file, level, duration_s, server)
+        print(
+            f"  {server:<7} c={level:<3} {result.requests_per_s:8.1f} req/s  "
+            f"p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms  "
+            f"errors {result.errors}",
+            flush=True,
+        )
+        results.append(result)
+    return results
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
+
+
+def bench_mlflow(
+    settings: Settings, version: str, body: Path, duration_s: int, log_dir: Path
+) -> list[LoadResult]:
+    port = free_port()
+    command = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "models",
+        "serve",
+        "-m",
+        f"models:/{settings.model_name}/{version}",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--env-manager",
+        "local",
+        "-w",
+        "1",
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri)}
+    with (log_dir / "mlflow-serve.log").open("w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/ping", 180)
+            return run_levels(f"http://127.0.0.1:{port}/invocations", body, duration_s, "mlflow")
+        finally:
+            process.terminate()
+            process.wait(30)
+
+
+def start_ours(settings: Settings, version: str, log_dir: Path) -> str:
+    from serving.cli import start_serving
+    from serving.deploy import init_local_ray, ray_env
+
+    os.environ.update(ray_env(haproxy=settings.serve_haproxy))
+    init_local_ray(num_cpus=2)
+    port = free_port()
+    local = settings.model_copy(
+        update={"var_dir": log_dir, "log_dir": log_dir / "log", "serve_port": port}
+    )
+    serving = start_serving(
+        local, version=version, port=port, num_replicas=1, num_cpus=1, local_cluster=False
+    )
+    return serving.base_url
+
+
+def stop_ours() -> None:
+    import ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+# --- batch scoring ---------------------------------------------------------------------------
+
+
+def batch_scoring(
+    base_url: str, model: LoadedModel, frame: pd.DataFrame, repeats: int
+) -> dict[str, float]:
+    """rows/s of one 10,000-row request vs in-process scoring of the same rows (medians)."""
+    payload = json.dumps(
+        {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    )
+    served, local = [], []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            response = client.post(
+                f"{base_url}/invocations",
+                content=payload,
+                headers={"content-type": "application/json"},
+            )
+            served.append(time.perf_counter() - started)
+            response.raise_for_status()
+            assert len(response.json()["predictions"]) == len(frame)
+            started = time.perf_counter()
+            model.predict_frame(frame)
+            local.append(time.perf_counter() - started)
+    served_rps = len(frame) / statistics.median(served)
+    local_rps = len(frame) / statistics.median(local)
+    return {
+        "rows": len(frame),
+        "served_rows_per_s": served_rps,
+        "in_process_rows_per_s": local_rps,
+        "ratio": served_rps / local_rps,
+    }
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def print_report(
+    mlflow_results: list[LoadResult],
+    ours: list[LoadResult],
+    batch: dict[str, float],
+    model_uri: str,
+) -> None:
+    print(f"\nServing benchmark: {model_uri}, single-record POST /invocations, wrk -t1\n")
+    header = (
+        f"{'c':>3} | {'mlflow req/s':>12} {'p50':>7} {'p99':>7} {'err':>4} | "
+        f"{'ours req/s':>10} {'p50':>7} {'p99':>7} {'err':>4} | {'ours/mlflow':>11}"
+    )
+    print(header)
+    print("-" * len(header))
+    for theirs, mine in zip(mlflow_results, ours):
+        ratio = mine.requests_per_s / theirs.requests_per_s if theirs.requests_per_s else 0.0
+        print(
+            f"{mine.concurrency:>3} | {theirs.requests_per_s:>12.1f} {theirs.p50_ms:>7.2f} "
+            f"{theirs.p99_ms:>7.2f} {theirs.errors:>4} | {mine.requests_per_s:>10.1f} "
+            f"{mine.p50_ms:>7.2f} {mine.p99_ms:>7.2f} {mine.errors:>4} | {ratio:>10.1f}x"
+        )
+    print("(latencies in ms)\n")
+    print(f"Batch scoring, one request of {batch['rows']:,} rows (dataframe_split):")
+    print(f"  served     {batch['served_rows_per_s']:>10,.0f} rows/s")
+    print(f"  in-process {batch['in_process_rows_per_s']:>10,.0f} rows/s")
+    print(f"  ratio      {batch['ratio']:>10.2f}  (target >= 0.5)")
+    at_64 = {r.server: r for r in mlflow_results + ours if r.concurrency == 64}
+    at_1 = {r.server: r for r in mlflow_results + ours if r.concurrency == 1}
+    if "mlflow" in at_64 and "ours" in at_64 and at_64["mlflow"].requests_per_s:
+        ratio_64 = at_64["ours"].requests_per_s / at_64["mlflow"].requests_per_s
+        print("\nTargets:")
+        print(
+            f"  c=64 throughput ratio {ratio_64:.1f}x (>= 20x), "
+            f"p99 {at_64['ours'].p99_ms:.1f} ms (< 100 ms)"
+        )
+        print(
+            f"  c=1 p50 ours {at_1['ours'].p50_ms:.2f} ms vs mlflow "
+            f"{at_1['mlflow'].p50_ms:.2f} ms (no worse)"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=20, help="seconds per level")
+    parser.add_argument("--batch-repeats", type=int, default=5)
+    parser.add_argument(
+        "--use-champion",
+        action="store_true",
+        help="benchmark the configured champion instead of var/bench's forest",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("benchmarks/serving.py: wrk is not installed (make setup installs it)")
+    settings, version = champion(Settings(), args.use_champion)
+    model = load_version(settings.model_name, version)
+    sample = load_frame("demo").drop(columns=["target"])[list(model.feature_types)]
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    body = work / "one-row.json"
+    body.write_text(
+        json.dumps(
+            {"dataframe_split": json.loads(sample.iloc[:1].to_json(orient="split", index=False))}
+        )
+    )
+    print(f"model {model.uri} ({type(model.model[-1]).__name__}); work dir {work}")
+    mlflow_results = bench_mlflow(settings, version, body, args.duration, work)
+    base_url = start_ours(settings, version, work)
+    try:
+        ours = run_levels(f"{base_url}/invocations", body, args.duration, "ours")
+        rows = sample.sample(BATCH_ROWS, replace=True, random_state=0).reset_index(drop=True)
+        batch = batch_scoring(base_url, model, rows, args.batch_repeats)
+    finally:
+        stop_ours()
+    print_report(mlflow_results, ours, batch, model.uri)
+    report = (
+        settings.var_dir.parent / "reports"
+        if settings.var_dir.name == "bench"
+        else (settings.var_dir / "reports")
+    )
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "bench_serving.json").write_text(
+        json.dumps(
+            {
+                "model_uri": model.uri,
+                "duration_s": args.duration,
+                "load": [asdict(result) for result in mlflow_results + ours],
+                "batch": batch,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwritten to {report / 'bench_serving.json'}")
+
+
+if __name__ == "__main__":
+    main()
