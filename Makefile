@@ -18,7 +18,7 @@ export UV_CACHE_DIR := $(CACHE_DIR)/uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock run pipeline data train test test-unit test-integration lint format \
+.PHONY: help setup lock run stop pipeline data train test test-unit test-integration lint format \
 	typecheck clean mlflow-ui
 
 help: ## List the targets
@@ -33,8 +33,14 @@ setup: $(STAMP) ## Install system packages and the pinned Python environment (id
 lock: ## Re-resolve requirements.lock from pyproject.toml's ranges
 	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock
 
-run: setup ## The main job: train on the bundled data, gate, report the champion
+run: setup ## The main job: train on the bundled data, gate, serve the champion, watch the host
 	$(BIN)/mlops pipeline
+	$(BIN)/mlops serve
+	scripts/monitor.sh start
+
+stop: setup ## Stop what `make run` left running (serving, the local Ray cluster, the collector)
+	scripts/monitor.sh stop
+	$(BIN)/mlops serve-stop
 
 pipeline: setup ## The whole training chain on the configured data (MLOPS_DATA, MLOPS_TARGET)
 	$(BIN)/mlops pipeline
@@ -195,26 +201,6 @@ watch: setup ## Re-run WATCH_CMD (default `make ci`) whenever a tracked file cha
 notify: setup ## Email + desktop notification (NOTIFY_STATUS, NOTIFY_TITLE, NOTIFY_BODY)
 	$(BIN)/mlops notify --status "$$NOTIFY_STATUS" --title "$$NOTIFY_TITLE" --body "$$NOTIFY_BODY"
 
-# --- observability (ELK) ---------------------------------------------------------------------
-.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry
-monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch
-	$(BIN)/mlops monitor run
-
-monitor-setup: setup ## Elasticsearch templates (ELASTICSEARCH_URL) + Kibana dashboards (KIBANA_URL)
-	$(BIN)/mlops monitor setup
-
-monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming from saved offsets
-	$(BIN)/mlops monitor ship
-
-monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
-	$(BIN)/mlops monitor drift
-
-elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasticsearch.sh start)
-	scripts/elasticsearch.sh start
-
-bench-telemetry: setup ## Bulk docs/s into a local Elasticsearch, emit() cost, collector CPU at 1 Hz
-	$(BIN)/python benchmarks/telemetry.py $(BENCH_ARGS)
-
 # --- serving (Ray Serve) -------------------------------------------------------------------
 SERVE_URL ?= http://127.0.0.1:$(or $(MLOPS_SERVE_PORT),8000)
 LOADTEST_USERS ?= 50
@@ -237,3 +223,28 @@ loadtest: setup ## Locust, 50 users for 60 s against the champion (served if not
 
 bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/64) + batch scoring
 	$(BIN)/python benchmarks/serving.py --duration 20
+
+# --- benchmarks (tables and ratios; never part of `make test`) ------------------------------
+.PHONY: bench-training
+bench-training: setup ## Optuna vs RandomizedSearchCV (same space, budget) + MLflow tracking cost
+	$(BIN)/python benchmarks/training.py $(BENCH_ARGS)
+
+# --- observability (ELK) ---------------------------------------------------------------------
+.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry
+monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch
+	$(BIN)/mlops monitor run
+
+monitor-setup: setup ## Elasticsearch templates (ELASTICSEARCH_URL) + Kibana dashboards (KIBANA_URL)
+	$(BIN)/mlops monitor setup
+
+monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming from saved offsets
+	$(BIN)/mlops monitor ship
+
+monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
+	$(BIN)/mlops monitor drift
+
+elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasticsearch.sh start)
+	scripts/elasticsearch.sh start
+
+bench-telemetry: setup ## Bulk docs/s into a local Elasticsearch, emit() cost, collector CPU at 1 Hz
+	$(BIN)/python benchmarks/telemetry.py $(BENCH_ARGS)

@@ -1,0 +1,97 @@
+"""The README's main job, as a user runs it: `make run` twice, then `make stop`.
+
+The first run trains on the bundled data, promotes version 1, serves it with Ray Serve and starts
+the host collector; the second registers a challenger and records the gate's decision, and the
+served version follows the champion. All state goes to a temporary VAR_DIR.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import REPO_ROOT
+from tests.fixtures.mlflow_server import free_port, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow,
+              pytest.mark.timeout(1500)]  # fmt: skip
+
+MODEL = "mlops-classifier"
+
+
+def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["make", target], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=900, check=False)  # fmt: skip
+
+
+def served_version(base: str) -> str:
+    return str(httpx.get(f"{base}/version", timeout=10).json()["model_version"])
+
+
+@pytest.fixture
+def run_env(tmp_path: Path):
+    var_dir = tmp_path / "var"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("MLOPS_")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(
+        {
+            "VAR_DIR": str(var_dir),
+            "MLOPS_TRIALS": "4",  # the README's defaults, with a smaller budget for CI
+            "MLOPS_SERVE_PORT": str(free_port()),
+            "MLOPS_RAY_DASHBOARD_PORT": str(free_port()),
+            "MLOPS_MONITOR_INTERVAL_S": "1",
+        }
+    )
+    yield env, var_dir
+    stopped = make("stop", env)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+
+
+def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
+    env, var_dir = run_env
+    base = f"http://127.0.0.1:{env['MLOPS_SERVE_PORT']}"
+
+    first = make("run", env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Training summary" in first.stdout and f"{base}/docs" in first.stdout
+    wait_http(f"{base}/health", timeout_s=120)
+    client = MlflowClient(f"sqlite:///{var_dir / 'mlflow.db'}")
+    assert client.get_model_version_by_alias(MODEL, "champion").version in {"1", 1}
+    assert served_version(base) == "1"
+    row = _demo_row()
+    answer = httpx.post(f"{base}/predict", json=row, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["predictions"][0]["label"] in {"benign", "malignant"}
+
+    second = make("run", env)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    challenger = client.get_model_version(MODEL, "2")
+    assert challenger.tags["gate.decision"] in {"promoted", "rejected"}
+    assert "gate.champion_score" in challenger.tags
+    champion = str(client.get_model_version_by_alias(MODEL, "champion").version)
+    deadline = time.monotonic() + 180
+    while served_version(base) != champion and time.monotonic() < deadline:
+        time.sleep(2)
+    assert served_version(base) == champion
+
+    experiment = client.get_experiment_by_name("mlops-chain")
+    runs = client.search_runs([experiment.experiment_id], "tags.`mlops.kind` = 'trial'",
+                              max_results=100)  # fmt: skip
+    assert len(runs) == 8
+    cpu_events = var_dir / "log" / "mlops-system.cpu.ndjson"  # the collector make run started
+    lines = cpu_events.read_text().splitlines()
+    assert lines and 0.0 <= json.loads(lines[-1])["system"]["cpu"]["total"]["norm"]["pct"] <= 1.0
+
+
+def _demo_row() -> dict[str, float]:
+    from ml.data import load_dataset
+
+    features = load_dataset("demo", None).X.iloc[0]
+    return json.loads(features.to_json())
