@@ -13,6 +13,12 @@
 # ES_JAVA_OPTS, ES_START_TIMEOUT, ES_STOP_TIMEOUT, SERVICE_USER, CACHE_DIR, VAR_DIR, MAVEN_REPO.
 set -euo pipefail
 
+LOG_PREFIX="elasticsearch.sh"
+HOME_DIR_VAR="ES_HOME_DIR"
+# Helpers, and the shared settings SERVICE_USER, CACHE_DIR, VAR_DIR, MAVEN_REPO.
+# shellcheck source-path=SCRIPTDIR source=lib/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh"
+
 ES_VERSION="${ES_VERSION:-8.19.21}"
 ES_PORT="${ES_PORT:-9200}"
 # Transport (node-to-node) port: loopback only, offset so it never clashes with the HTTP port.
@@ -21,13 +27,8 @@ ES_TRANSPORT_PORT="${ES_TRANSPORT_PORT:-$((ES_PORT + 100))}"
 ES_JAVA_OPTS="${ES_JAVA_OPTS:--Xms512m -Xmx512m}"
 ES_START_TIMEOUT="${ES_START_TIMEOUT:-180}"
 ES_STOP_TIMEOUT="${ES_STOP_TIMEOUT:-60}"
-SERVICE_USER="${SERVICE_USER:-mlops}"
-CACHE_DIR="${CACHE_DIR:-$HOME/.cache/mlops}"
-VAR_DIR="${VAR_DIR:-$PWD/var}"
-MAVEN_REPO="${MAVEN_REPO:-https://repo1.maven.org/maven2}"
 # Absolute, because these paths end up in elasticsearch.yml and in another user's environment.
 ES_HOME_DIR="$(realpath -m "${ES_HOME_DIR:-$VAR_DIR/elasticsearch}")"
-CACHE_DIR="$(realpath -m "$CACHE_DIR")"
 
 readonly MIN_JAVA=17
 readonly DIST_DIR="$ES_HOME_DIR/elasticsearch-$ES_VERSION"
@@ -41,100 +42,7 @@ readonly CLUSTER_NAME="mlops-local"
 readonly ES_URL="http://127.0.0.1:$ES_PORT"
 LAUNCHED=0
 
-log() { printf 'elasticsearch.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-# --- download -------------------------------------------------------------------------------
-
-PARTIAL_FILE=""
-# An interrupted download must never be mistaken for a complete one.
-cleanup_partial() { if [[ -n "$PARTIAL_FILE" ]]; then rm -f "$PARTIAL_FILE"; fi; }
-trap cleanup_partial EXIT
-
-# Check a file against the strongest checksum Maven Central publishes next to it.
-verify_checksum() {
-  local url="$1" file="$2" algo expected
-  for algo in sha512 sha256 sha1; do
-    if expected="$(curl -fsSL --retry 3 "$url.$algo")"; then
-      expected="${expected%% *}"
-      if ! printf '%s  %s\n' "$expected" "$file" | "${algo}sum" --check --status; then
-        die "$algo checksum mismatch for $url"
-      fi
-      log "verified $algo of $(basename "$file")"
-      return 0
-    fi
-  done
-  log "warning: no checksum published for $url; using it unverified"
-}
-
-# Download to a temporary name, verify, then rename: the cache only ever holds whole files.
-fetch_cached() {
-  local url="$1" dest="$2" started progress=(--silent --show-error)
-  [[ -s "$dest" ]] && return 0
-  mkdir -p "$(dirname "$dest")"
-  PARTIAL_FILE="$dest.part.$$"
-  log "downloading $url"
-  # A progress bar only for people: in CI logs it is noise.
-  if [[ -t 2 ]]; then progress=(--progress-bar); fi
-  started=$SECONDS
-  curl -fL --retry 3 --retry-delay 2 "${progress[@]}" -o "$PARTIAL_FILE" "$url"
-  verify_checksum "$url" "$PARTIAL_FILE"
-  mv "$PARTIAL_FILE" "$dest"
-  PARTIAL_FILE=""
-  log "downloaded $(du -h "$dest" | cut -f1) in $((SECONDS - started))s"
-}
-
-# --- user and permissions -------------------------------------------------------------------
-
-is_root() { [[ "$(id -u)" -eq 0 ]]; }
-
-ensure_service_user() {
-  is_root || return 0
-  id -u "$SERVICE_USER" >/dev/null 2>&1 && return 0
-  log "creating system user $SERVICE_USER"
-  # A parallel run may create it first; only a user that still does not exist is an error.
-  if ! useradd --system --user-group --no-create-home --home-dir /nonexistent \
-    --shell /usr/sbin/nologin "$SERVICE_USER"; then
-    id -u "$SERVICE_USER" >/dev/null 2>&1 || die "could not create user $SERVICE_USER"
-  fi
-}
-
-# Run a command as the unprivileged service user (or as ourselves when not root).
-as_service_user() {
-  if is_root; then
-    runuser -u "$SERVICE_USER" -- "$@"
-  else
-    "$@"
-  fi
-}
-
-# Every parent of a path must be traversable by the service user (e.g. /root is 0700).
-require_access() {
-  local path="$1" mode="$2" dir="" part
-  local -a parts
-  as_service_user test "-$mode" "$path" && return 0
-  # Walk down from / so the message names the first directory that blocks the way.
-  IFS=/ read -ra parts <<<"${path#/}"
-  for part in "${parts[@]}"; do
-    dir="$dir/$part"
-    [[ "$dir" == "$path" ]] && break
-    if ! as_service_user test -x "$dir"; then
-      die "user $SERVICE_USER cannot traverse $dir (needed for $path):" \
-        "run 'chmod o+x $dir' or choose ES_HOME_DIR/VAR_DIR elsewhere"
-    fi
-  done
-  die "user $SERVICE_USER has no -$mode access to $path"
-}
-
 # --- java -----------------------------------------------------------------------------------
-
-java_major() {
-  "$1/bin/java" -XshowSettings:properties -version 2>&1 |
-    sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p'
-}
 
 # ES_JAVA_HOME if set, else the JDK behind `java` on PATH.
 find_java_home() {
@@ -207,8 +115,6 @@ running_pid() {
   tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'org\.elasticsearch' || return 1
   printf '%s\n' "$pid"
 }
-
-port_in_use() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 is_healthy() {
   curl -fs -o /dev/null --max-time 15 "$ES_URL/_cluster/health?wait_for_status=yellow&timeout=10s"

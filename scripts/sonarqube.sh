@@ -18,6 +18,12 @@
 # SERVICE_USER, CACHE_DIR, VAR_DIR, MAVEN_REPO.
 set -euo pipefail
 
+LOG_PREFIX="sonarqube.sh"
+HOME_DIR_VAR="SONAR_HOME_DIR"
+# Helpers, and the shared settings SERVICE_USER, CACHE_DIR, VAR_DIR, MAVEN_REPO.
+# shellcheck source-path=SCRIPTDIR source=lib/services.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh"
+
 # 26.9 is the newest release on Maven Central; it starts here with Temurin 25 on 2 cores.
 SONAR_VERSION="${SONAR_VERSION:-26.9.0.129388}"
 SONAR_PORT="${SONAR_PORT:-9000}"
@@ -26,13 +32,8 @@ SONAR_SEARCH_PORT="${SONAR_SEARCH_PORT:-0}"
 SONAR_H2_PORT="${SONAR_H2_PORT:-$((SONAR_PORT + 92))}"
 SONAR_START_TIMEOUT="${SONAR_START_TIMEOUT:-600}"
 SONAR_STOP_TIMEOUT="${SONAR_STOP_TIMEOUT:-120}"
-SERVICE_USER="${SERVICE_USER:-mlops}"
-CACHE_DIR="${CACHE_DIR:-$HOME/.cache/mlops}"
-VAR_DIR="${VAR_DIR:-$PWD/var}"
-MAVEN_REPO="${MAVEN_REPO:-https://repo1.maven.org/maven2}"
 # Absolute, because these paths go into another user's environment.
 SONAR_HOME_DIR="$(realpath -m "${SONAR_HOME_DIR:-$VAR_DIR/sonarqube}")"
-CACHE_DIR="$(realpath -m "$CACHE_DIR")"
 
 readonly MIN_JAVA=21
 readonly INSTALL_DIR="$SONAR_HOME_DIR/sonarqube-$SONAR_VERSION"
@@ -45,95 +46,10 @@ readonly PASSWORD_FILE="$SONAR_HOME_DIR/.admin_password"
 readonly SONAR_URL="http://127.0.0.1:$SONAR_PORT"
 LAUNCHED=0
 
-log() { printf 'sonarqube.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# --- user -----------------------------------------------------------------------------------
 
-# --- download -------------------------------------------------------------------------------
-
-PARTIAL_FILE=""
-# An interrupted download must never be mistaken for a complete one.
-cleanup_partial() { if [[ -n "$PARTIAL_FILE" ]]; then rm -f "$PARTIAL_FILE"; fi; }
-trap cleanup_partial EXIT
-
-# Check a file against the strongest checksum Maven Central publishes next to it.
-verify_checksum() {
-  local url="$1" file="$2" algo expected
-  for algo in sha512 sha256 sha1; do
-    if expected="$(curl -fsSL --retry 3 "$url.$algo")"; then
-      expected="${expected%% *}"
-      if ! printf '%s  %s\n' "$expected" "$file" | "${algo}sum" --check --status; then
-        die "$algo checksum mismatch for $url"
-      fi
-      log "verified $algo of $(basename "$file")"
-      return 0
-    fi
-  done
-  log "warning: no checksum published for $url; using it unverified"
-}
-
-# Download to a temporary name, verify, then rename: the cache only ever holds whole files.
-fetch_cached() {
-  local url="$1" dest="$2" started progress=(--silent --show-error)
-  [[ -s "$dest" ]] && return 0
-  mkdir -p "$(dirname "$dest")"
-  PARTIAL_FILE="$dest.part.$$"
-  log "downloading $url (about 950 MB)"
-  # A progress bar only for people: in CI logs it is noise.
-  if [[ -t 2 ]]; then progress=(--progress-bar); fi
-  started=$SECONDS
-  curl -fL --retry 3 --retry-delay 2 "${progress[@]}" -o "$PARTIAL_FILE" "$url"
-  verify_checksum "$url" "$PARTIAL_FILE"
-  mv "$PARTIAL_FILE" "$dest"
-  PARTIAL_FILE=""
-  log "downloaded $(du -h "$dest" | cut -f1) in $((SECONDS - started))s"
-}
-
-# --- user and permissions -------------------------------------------------------------------
-
-is_root() { [[ "$(id -u)" -eq 0 ]]; }
-
+# Who the SonarQube processes run as.
 run_user() { if is_root; then printf '%s\n' "$SERVICE_USER"; else id -un; fi; }
-
-ensure_service_user() {
-  is_root || return 0
-  id -u "$SERVICE_USER" >/dev/null 2>&1 && return 0
-  log "creating system user $SERVICE_USER"
-  # A parallel run may create it first; only a user that still does not exist is an error.
-  if ! useradd --system --user-group --no-create-home --home-dir /nonexistent \
-    --shell /usr/sbin/nologin "$SERVICE_USER"; then
-    id -u "$SERVICE_USER" >/dev/null 2>&1 || die "could not create user $SERVICE_USER"
-  fi
-}
-
-# Run a command as the unprivileged service user (or as ourselves when not root).
-as_service_user() {
-  if is_root; then
-    runuser -u "$SERVICE_USER" -- "$@"
-  else
-    "$@"
-  fi
-}
-
-# Every parent of a path must be traversable by the service user (e.g. /root is 0700).
-require_access() {
-  local path="$1" mode="$2" dir="" part
-  local -a parts
-  as_service_user test "-$mode" "$path" && return 0
-  # Walk down from / so the message names the first directory that blocks the way.
-  IFS=/ read -ra parts <<<"${path#/}"
-  for part in "${parts[@]}"; do
-    dir="$dir/$part"
-    [[ "$dir" == "$path" ]] && break
-    if ! as_service_user test -x "$dir"; then
-      die "user $SERVICE_USER cannot traverse $dir (needed for $path):" \
-        "run 'chmod o+x $dir' or choose SONAR_HOME_DIR/VAR_DIR elsewhere"
-    fi
-  done
-  die "user $SERVICE_USER has no -$mode access to $path"
-}
 
 # --- install --------------------------------------------------------------------------------
 
@@ -141,7 +57,7 @@ install_distribution() {
   local zip staging
   [[ -f "$INSTALL_DIR/lib/sonar-application-$SONAR_VERSION.jar" ]] && return 0
   zip="$CACHE_DIR/sonar-application-$SONAR_VERSION.zip"
-  fetch_cached "$MAVEN_REPO/org/sonarsource/sonarqube/sonar-application/$SONAR_VERSION/sonar-application-$SONAR_VERSION.zip" "$zip"
+  fetch_cached "$MAVEN_REPO/org/sonarsource/sonarqube/sonar-application/$SONAR_VERSION/sonar-application-$SONAR_VERSION.zip" "$zip" "about 950 MB"
   # Unpack beside the target and rename, so a half-unpacked tree is never used.
   staging="$SONAR_HOME_DIR/.unpack.$$"
   # Also drops what an interrupted earlier unpack left behind.
@@ -177,11 +93,6 @@ EOF
 }
 
 # --- java -----------------------------------------------------------------------------------
-
-java_major() {
-  "$1/bin/java" -XshowSettings:properties -version 2>&1 |
-    sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p'
-}
 
 # A full JDK 21+: Elasticsearch's entitlement module requires jdk.attach and jdk.jlink.
 is_full_jdk() {
@@ -278,8 +189,6 @@ running_pid() {
 
 # The web, compute engine and Elasticsearch JVMs stay in the launcher's process group.
 group_alive() { pgrep -g "$1" -u "$(run_user)" >/dev/null; }
-
-port_in_use() { (: <"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Prints STARTING, UP, DOWN, ... or fails while the web server does not answer.
 server_status() {
