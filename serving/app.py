@@ -18,6 +18,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -267,7 +269,10 @@ class ModelServer:
         self._options: ServingOptions | None = None
         self._last_load: dict[str, Any] = {"status": "not started"}
         self._load_lock = asyncio.Lock()
-        self._in_flight = 0
+        # Scoring requests inside this replica (counted from handler entry, so requests that
+        # queued while one was scored inline are seen): 1 means alone -> no batching wait.
+        self._active = 0
+        self._scoring_stats = {"solo": 0, "batches": 0, "batched_requests": 0}
         self._telemetry = PredictionTelemetry(self._settings, SERVICE_NAME)
 
     # --- model lifecycle ------------------------------------------------------------------
@@ -346,6 +351,8 @@ class ModelServer:
             combined: np.ndarray | pd.DataFrame = np.vstack(items)
         else:
             combined = pd.concat([_as_frame(model, item) for item in items], ignore_index=True)
+        self._scoring_stats["batches"] += 1
+        self._scoring_stats["batched_requests"] += len(items)
         try:
             proba = await asyncio.to_thread(model.predict_proba, combined)
         except ValueError:
@@ -368,19 +375,13 @@ class ModelServer:
         if len(rows) > self._batch_size():
             model = self._require_model()
             return Scored(model, await asyncio.to_thread(model.score, rows))
-        if self._in_flight == 0:
-            # Alone: waiting for a batch to fill would only add latency.
-            self._in_flight += 1
-            try:
-                model = self._require_model()
-                return Scored(model, model.score(rows))
-            finally:
-                self._in_flight -= 1
-        self._in_flight += 1
-        try:
-            result = await self._score_batch(rows)
-        finally:
-            self._in_flight -= 1
+        if self._active <= 1:
+            # Alone: waiting for a batch to fill would only add latency. Scored in a thread
+            # all the same, so requests arriving meanwhile check in and get batched.
+            model = self._require_model()
+            self._scoring_stats["solo"] += 1
+            return Scored(model, await asyncio.to_thread(model.score, rows))
+        result = await self._score_batch(rows)
         if isinstance(result, RequestError):
             raise result
         return result
@@ -388,6 +389,14 @@ class ModelServer:
     @staticmethod
     def _score_now(model: ServedModel, records: list[dict[str, Any]]) -> Scored:
         return Scored(model, model.score(model.input_rows(records)))
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
 
     def _batch_size(self) -> int:
         return self._options.max_batch_size if self._options else 64
@@ -424,6 +433,10 @@ class ModelServer:
     @api.post("/predict")
     async def predict(self, request: Request) -> Response:
         """Score one record or a list of records keyed by feature name."""
+        with self._counted():
+            return await self._predict(request)
+
+    async def _predict(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             _require_content_type(request, JSON_TYPE)
@@ -446,6 +459,10 @@ class ModelServer:
     async def invocations(self, request: Request) -> Response:
         """MLflow's scoring protocol: JSON (`dataframe_split`, `dataframe_records`,
         `instances`, `inputs`) or CSV in, `{"predictions": [...]}` out."""
+        with self._counted():
+            return await self._invocations(request)
+
+    async def _invocations(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
             model = self._require_model()
@@ -493,6 +510,10 @@ class ModelServer:
             return
 
     async def _ws_reply(self, message: str) -> dict[str, Any]:
+        with self._counted():
+            return await self._ws_score(message)
+
+    async def _ws_score(self, message: str) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             model = self._require_model()
@@ -514,6 +535,7 @@ class ModelServer:
             "model_uri": self._model.loaded.uri if self._model else None,
             "last_load": self._last_load,
             "telemetry_dropped": self._telemetry.dropped,
+            "scoring": self._scoring_stats,
         }
         return JSONResponse(body, status_code=200 if self._model else 503)
 

@@ -214,6 +214,9 @@ def ray_env(haproxy: bool) -> dict[str, str]:
         "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30",
         "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Ray runs workers at nice 15 (batch work yields to drivers): replicas serve requests,
+        # so they run at normal priority.
+        "RAY_worker_niceness": "0",
         # Token auth, explicitly: with the mode unset, a driver attaching to a `ray start`
         # cluster does not always send the token (~/.ray/auth_token) and is refused.
         AUTH_MODE_ENV: "token",
@@ -352,6 +355,7 @@ def init_local_ray(num_cpus: int = 2, attempts: int = 3) -> None:
     a fixed 30 s to register; on a machine loaded by other work that can pass, so retry."""
     import ray
 
+    _use_token_auth()  # the same mode as the processes it starts (ray_env)
     for attempt in range(1, attempts + 1):
         try:
             ray.init(
