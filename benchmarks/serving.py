@@ -179,9 +179,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_ready(url: str, timeout_s: float) -> None:
+def wait_ready(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited ({process.returncode}) before {url} answered")
         try:
             if httpx.get(url, timeout=2).status_code == 200:
                 return
@@ -210,11 +212,13 @@ def bench_mlflow(
         "-w",
         "1",
     ]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri)}
+    # mlflow execs `uvicorn` by name: the venv's bin must be on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": str(settings.mlflow_tracking_uri), "PATH": path}
     with (log_dir / "mlflow-serve.log").open("w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/ping", 180)
+            wait_ready(f"http://127.0.0.1:{port}/ping", 180, process)
             return run_levels(f"http://127.0.0.1:{port}/invocations", body, duration_s, "mlflow")
         finally:
             process.terminate()
