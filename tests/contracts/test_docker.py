@@ -346,11 +346,16 @@ def test_haproxy_for_serve_haproxy_mode_comes_from_the_venv() -> None:
 
 def test_image_runs_ray_as_mlops_serve_does() -> None:
     """The image's Ray environment is the one `mlops serve` uses (serving.deploy.ray_env):
-    HAProxy mode on, same proxy timeouts; only the haproxy path is the image's own."""
-    from serving.deploy import HAPROXY_BINARY_ENV, HAPROXY_ENV, ray_env
+    HAProxy mode on, same proxy timeouts and worker priority; only the haproxy path is the
+    image's own. The auth mode is the exception: KubeRay sets it from the RayService's
+    `rayClusterConfig.authOptions`, so the image must not pin it."""
+    from serving.deploy import AUTH_MODE_ENV, HAPROXY_BINARY_ENV, HAPROXY_ENV, ray_env
 
     envs = serving_dockerfile().envs
+    assert AUTH_MODE_ENV not in envs
     for name, value in ray_env(haproxy=True).items():
+        if name == AUTH_MODE_ENV:
+            continue
         if name == HAPROXY_BINARY_ENV:
             assert envs[name] == "/usr/local/bin/haproxy"
         elif name == HAPROXY_ENV:
