@@ -8,7 +8,6 @@ returns with serving left running; `mlops serve-stop` ends it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,6 @@ import typer
 from ml.config import Settings
 
 DEPLOYED_CONFIG = "serve_config.yaml"
-CLUSTER_MARKER = "cluster.json"
 
 
 @dataclass(frozen=True)
@@ -94,13 +92,13 @@ def start_serving(
     )
     dashboard = None
     if local_cluster:
-        started = not deploy.local_cluster_running()
         deploy.start_local_cluster(
-            settings.serve_num_cpus, settings.ray_dashboard_port, settings.serve_haproxy
+            serve_dir(settings),
+            settings.serve_num_cpus,
+            settings.ray_dashboard_port,
+            settings.serve_haproxy,
         )
-        if started:
-            _write_marker(settings)
-        deploy.connect()
+        deploy.connect(serve_dir(settings))
         dashboard = f"http://127.0.0.1:{settings.ray_dashboard_port}"
     elif not ray.is_initialized():
         raise deploy.ServeError("not connected to a Ray cluster")
@@ -133,7 +131,7 @@ def update_serving(
     model_uri = resolve_model_uri(settings, version)
     deploy.model_deployment(rendered)["user_config"]["model_uri"] = model_uri
     if not ray.is_initialized():
-        deploy.connect()
+        deploy.connect(serve_dir(settings))
     deploy.deploy(rendered, timeout_s=timeout_s)
     deploy.write_config(rendered, deployed_path)
     target = model_uri.rsplit("/", 1)[1]
@@ -142,35 +140,27 @@ def update_serving(
 
 
 def stop_serving(settings: Settings) -> str:
-    """Shut Serve down; stop the local Ray cluster too if `mlops serve` started it."""
-    from serving import deploy
-
-    marker = serve_dir(settings) / CLUSTER_MARKER
-    (serve_dir(settings) / DEPLOYED_CONFIG).unlink(missing_ok=True)
-    if not deploy.local_cluster_running():
-        marker.unlink(missing_ok=True)
-        return "nothing was running"
+    """Shut Serve down and stop the local Ray cluster `mlops serve` started here."""
     import ray
     from ray import serve
 
+    from serving import deploy
+
+    state_dir = serve_dir(settings)
+    (state_dir / DEPLOYED_CONFIG).unlink(missing_ok=True)
+    if not deploy.local_cluster_running(state_dir):
+        deploy.cluster_file(state_dir).unlink(missing_ok=True)
+        return "nothing was running"
+    note = ""
     try:
-        deploy.connect()
+        deploy.connect(state_dir)
         serve.shutdown()
     except Exception as exc:  # pylint: disable=broad-exception-caught
-        if not marker.is_file():
-            raise deploy.ServeError(f"cannot reach the Ray cluster to stop Serve: {exc}") from exc
-    if marker.is_file():
-        ray.shutdown()
-        deploy.stop_local_cluster()
-        marker.unlink()
-        return "Serve and the local Ray cluster stopped"
-    return "Serve stopped (the Ray cluster was not started by `mlops serve`: left running)"
-
-
-def _write_marker(settings: Settings) -> None:
-    marker = serve_dir(settings) / CLUSTER_MARKER
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps({"started_by": "mlops serve"}))
+        # Serve that does not answer is stopped with its cluster below all the same.
+        note = f" (Serve did not shut down cleanly: {exc})"
+    ray.shutdown()
+    deploy.stop_local_cluster(state_dir)
+    return "Serve and the local Ray cluster stopped" + note
 
 
 # --- the `mlops.cli` plugin ------------------------------------------------------------------

@@ -9,9 +9,11 @@ the resolved `models:/<name>/<version>`, the tracking URI replicas must use, and
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ DEPLOYMENT_NAME = "ModelServer"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
+CLUSTER_FILE = "cluster.json"
 
 
 class ServeError(RuntimeError):
@@ -237,15 +240,24 @@ def haproxy_binary() -> str | None:
     return "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
 
 
-def start_local_cluster(num_cpus: int, dashboard_port: int, haproxy: bool) -> None:
-    """`ray start --head` on this machine unless one is already running."""
-    if local_cluster_running():
-        return
+def start_local_cluster(state_dir: Path, num_cpus: int, dashboard_port: int, haproxy: bool) -> bool:
+    """`ray start --head` on loopback unless ours (recorded in `state_dir`) already runs.
+
+    The GCS port is a free one, recorded in `state_dir/cluster.json`: Ray's own "current
+    cluster" file is machine-wide and names whichever cluster started last (a test session's,
+    another checkout's), and the default GCS port 6379 allows only one such cluster per host.
+    The port identifies the cluster; Ray picks the node's IP itself.
+    Returns True when this call started the cluster.
+    """
+    if local_cluster_address(state_dir) is not None:
+        return False
+    gcs_port = _free_port()
     ray_bin = str(Path(sys.executable).with_name("ray"))
     command = [
         ray_bin,
         "start",
         "--head",
+        f"--port={gcs_port}",
         f"--num-cpus={num_cpus}",
         "--disable-usage-stats",
         "--include-dashboard=true",
@@ -257,15 +269,32 @@ def start_local_cluster(num_cpus: int, dashboard_port: int, haproxy: bool) -> No
     )
     if result.returncode != 0:
         raise ServeError(f"`ray start` failed: {result.stderr.strip()[-800:]}")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cluster_file(state_dir).write_text(
+        json.dumps({"started_by": "mlops serve", "gcs_port": gcs_port})
+    )
+    return True
 
 
-def stop_local_cluster(timeout_s: float = 30.0) -> bool:
+def cluster_file(state_dir: Path) -> Path:
+    """Where `mlops serve` records the cluster it started (address, who started it)."""
+    return state_dir / CLUSTER_FILE
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_local_cluster(state_dir: Path, timeout_s: float = 30.0) -> bool:
     """Stop the cluster `start_local_cluster` started, and only it: its processes are the ones
     started with its GCS address (plus their children: workers, haproxy). `ray stop` would
     end every Ray process on the machine, other people's test clusters included."""
     import psutil
 
-    address = local_cluster_address()
+    address = local_cluster_address(state_dir)
+    cluster_file(state_dir).unlink(missing_ok=True)
     if address is None:
         return False
     port = address.rsplit(":", 1)[1]
@@ -306,28 +335,38 @@ def _signal(process: Any, kill: bool) -> None:
         pass
 
 
-def local_cluster_running() -> bool:
-    return local_cluster_address() is not None
+def local_cluster_running(state_dir: Path) -> bool:
+    """True while the cluster `mlops serve` started for this state directory runs."""
+    return local_cluster_address(state_dir) is not None
 
 
-def local_cluster_address() -> str | None:
-    """The GCS address of the cluster the last `ray start` here started, if it still runs
-    (an in-process `ray.init`, e.g. a test session's, is not such a cluster)."""
-    from ray._private.services import find_bootstrap_address, find_gcs_addresses
+def local_cluster_address(state_dir: Path) -> str | None:
+    """The GCS address of the cluster recorded in `state_dir`, if it still runs.
 
-    address = find_bootstrap_address(None)
-    if address and address in find_gcs_addresses():
-        return str(address)
+    Read from the live processes' `--gcs-address` flags: Ray's `find_gcs_addresses` caches its
+    first answer per process, so it misses a cluster started after it was first asked.
+    """
+    import psutil
+
+    try:
+        port = int(json.loads(cluster_file(state_dir).read_text())["gcs_port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    flag_suffix = f":{port}"
+    for process in psutil.process_iter(["cmdline"]):
+        for arg in process.info["cmdline"] or []:
+            if arg.startswith("--gcs-address=") and arg.endswith(flag_suffix):
+                return str(arg.split("=", 1)[1])
     return None
 
 
-def connect() -> None:
-    """Attach this process to the local cluster as a driver in Serve's namespace."""
+def connect(state_dir: Path) -> None:
+    """Attach this process to our local cluster as a driver in Serve's namespace."""
     import ray
 
     if ray.is_initialized():
         return
-    address = local_cluster_address()
+    address = local_cluster_address(state_dir)
     if address is None:
         raise ServeError("no local Ray cluster is running: start serving with `mlops serve`")
     _use_token_auth()

@@ -117,7 +117,9 @@ def populated(elasticsearch_server: ElasticsearchServer, serve_app: Any,
     emitter.close()
     assert emitter.dropped == 0
 
-    # drift: recent inputs shipped above against the champion's reference profile
+    # drift: recent inputs shipped above against the champion's reference profile. The
+    # templates refresh every 5 s; make what was just shipped searchable now.
+    es.indices.refresh(index="mlops-*")
     check_drift(settings, version=model.version, notify=False)
 
     es.indices.refresh(index="mlops-*")
