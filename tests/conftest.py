@@ -14,8 +14,8 @@ pytest_plugins = [
     "tests.fixtures.trained_model",
     "tests.fixtures.smtp",
     "tests.fixtures.desktop",
-    "tests.fixtures.ray_serve",
     "tests.fixtures.elasticsearch",
+    "tests.fixtures.ray_serve",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,8 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for a fast run with all state in a temporary directory (local SQLite MLflow)."""
-    return Settings(var_dir=tmp_path / "var", trials=4, timeout_s=120, cv_folds=3,
-                    model_name="test-model")
+    return Settings(
+        var_dir=tmp_path / "var", trials=4, timeout_s=120, cv_folds=3, model_name="test-model"
+    )
 
 
 @pytest.fixture(autouse=True)
