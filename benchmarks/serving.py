@@ -39,6 +39,7 @@ from ml.config import Settings  # noqa: E402
 from ml.data import load_frame  # noqa: E402
 from ml.predict import LoadedModel, load_version  # noqa: E402
 from ml.registry import RegistryError  # noqa: E402
+from tests.fixtures.mlflow_server import free_port, wait_http  # noqa: E402
 
 LEVELS = (1, 16, 64)
 BATCH_ROWS = 10_000
@@ -171,28 +172,6 @@ def run_levels(url: str, body_file: Path, duration_s: int, server: str) -> list[
 # --- servers ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float, process: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited ({process.returncode}) before {url} answered")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
-
-
 def bench_mlflow(
     settings: Settings, version: str, body: Path, duration_s: int, log_dir: Path
 ) -> list[LoadResult]:
@@ -218,7 +197,7 @@ def bench_mlflow(
     with (log_dir / "mlflow-serve.log").open("w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_ready(f"http://127.0.0.1:{port}/ping", 180, process)
+            wait_http(f"http://127.0.0.1:{port}/ping", 180, process)
             return run_levels(f"http://127.0.0.1:{port}/invocations", body, duration_s, "mlflow")
         finally:
             process.terminate()
