@@ -38,7 +38,11 @@ def served_version(base: str) -> str:
 @pytest.fixture
 def run_env(tmp_path: Path):
     var_dir = tmp_path / "var"
-    env = {key: value for key, value in os.environ.items() if not key.startswith("MLOPS_")}
+    # A user's shell: none of this session's settings, nor the Ray/HAProxy environment the
+    # Ray Serve session fixture exports (its HAProxy config file, socket and ports).
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("MLOPS_", "RAY_"))
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(
         {
