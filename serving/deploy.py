@@ -298,7 +298,8 @@ def stop_local_cluster(state_dir: Path, timeout_s: float = 30.0) -> bool:
     if address is None:
         return False
     port = address.rsplit(":", 1)[1]
-    markers = (f"--gcs-address={address}", f"--gcs_server_port={port}")
+    # --address: Ray's client server (port 10001) names the GCS only that way.
+    markers = (f"--gcs-address={address}", f"--gcs_server_port={port}", f"--address={address}")
     ours: dict[int, psutil.Process] = {}
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])

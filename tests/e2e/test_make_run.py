@@ -66,7 +66,9 @@ def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Training summary" in first.stdout and f"{base}/docs" in first.stdout
     wait_http(f"{base}/health", timeout_s=120)
-    client = MlflowClient(f"sqlite:///{var_dir / 'mlflow.db'}")
+    store = f"sqlite:///{var_dir / 'mlflow.db'}"
+    # Both URIs: the registry URI would otherwise follow MLflow's process-wide default.
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     assert client.get_model_version_by_alias(MODEL, "champion").version in {"1", 1}
     assert served_version(base) == "1"
     row = _demo_row()

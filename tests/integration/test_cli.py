@@ -34,7 +34,9 @@ def registered_models(tmp_path: Path) -> list[str]:
     db = tmp_path / "m.db"
     if not db.exists():
         return []
-    return [model.name for model in MlflowClient(f"sqlite:///{db}").search_registered_models()]
+    store = f"sqlite:///{db}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not the process default
+    return [model.name for model in client.search_registered_models()]
 
 
 def write(tmp_path: Path, name: str, content: str) -> str:
