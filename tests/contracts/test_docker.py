@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.contracts.make_dry_run import docker_build_tags
 from docker.utils.build import exclude_paths
 from dockerfile_parse import DockerfileParser
 
@@ -266,14 +268,7 @@ def test_root_stack_includes_observability_and_ci() -> None:
 
 
 def test_serving_runs_the_image_docker_build_tags() -> None:
-    make = subprocess.run(
-        ["make", "-s", "-n", "docker-build"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    tag = re.findall(r"-t\s+(\S+)", make.stdout)[0]
+    tag = docker_build_tags()[0]
     services = compose_config(ROOT_COMPOSE)["services"]
     assert services["serving"]["image"] == tag
 

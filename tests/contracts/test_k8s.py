@@ -27,6 +27,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 import render_k8s  # noqa: E402  (scripts/ is not a package)
+from tests.contracts.make_dry_run import docker_build_tags  # noqa: E402
 
 pytestmark = pytest.mark.contracts
 
@@ -104,19 +105,6 @@ def quantity(value: str | int) -> float:
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * factor
     return float(text)
-
-
-def docker_build_tags() -> list[str]:
-    """The tags `make docker-build` gives, from make's own dry run."""
-    result = subprocess.run(
-        ["make", "-s", "-n", "docker-build"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return re.findall(r"-t\s+(\S+)", result.stdout)
 
 
 # --- rendering and schemas -------------------------------------------------------------------
