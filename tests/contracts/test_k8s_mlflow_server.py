@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.contracts.test_k8s import OVERLAY, render
-from tests.fixtures.mlflow_server import free_port, wait_http
+from tests.fixtures.mlflow_server import free_port, stop_process, wait_http
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
@@ -74,12 +74,7 @@ def manifest_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         wait_http(f"{base_url}/health", timeout_s=120, process=process)
         yield base_url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout_s=30)
 
 
 @pytest.mark.parametrize(
