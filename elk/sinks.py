@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import orjson
 from elastic_transport import TransportError
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
@@ -54,8 +55,8 @@ class Sink(Protocol):
 
 
 def dumps(event: dict[str, Any]) -> str:
-    """Compact JSON, one line."""
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Compact JSON, one line (orjson: every served row becomes an event, so this is hot)."""
+    return orjson.dumps(event, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 # --- NDJSON files ------------------------------------------------------------------------------
@@ -398,18 +399,24 @@ def _read_events(fd: int, path: Path) -> Iterator[dict[str, Any]]:
 
 
 class Emitter:
-    """Non-blocking hand-off from producers to a sink running on one background thread."""
+    """Non-blocking hand-off from producers to a sink running on one background thread.
+
+    Events travel in chunks (`emit_many`: a served request's rows are one queue item, not one
+    lock round trip each); `queue_size` bounds the events waiting, whatever their chunking.
+    """
 
     def __init__(self, sink: Sink, service_name: str, queue_size: int = 10_000,
                  batch_size: int = 4000, flush_interval_s: float = 1.0):  # fmt: skip
         self.sink = sink
         self.service_name = service_name
+        self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.dropped = 0
         self.emitted = 0
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
-        self._drop_lock = threading.Lock()
+        self._waiting = 0  # events queued and not yet written
+        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"telemetry-{service_name}",
                                         daemon=True)  # fmt: skip
@@ -417,15 +424,20 @@ class Emitter:
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue `event` for the sink; never blocks: a full queue (or a closed emitter) drops."""
-        if "service" not in event:
-            event["service"] = {"name": self.service_name}
-        if self._closed:
-            self._count_drop()
-            return
-        try:
-            self._queue.put_nowait(event)
-        except queue.Full:
-            self._count_drop()
+        self.emit_many([event])
+
+    def emit_many(self, events: list[dict[str, Any]]) -> None:
+        """Queue `events` as one chunk; never blocks. All of them are dropped (and counted)
+        when they do not fit in the queue or the emitter is closed."""
+        with self._lock:
+            if self._closed or self._waiting + len(events) > self.queue_size:
+                self.dropped += len(events)
+                return
+            self._waiting += len(events)
+        for event in events:
+            if "service" not in event:
+                event["service"] = {"name": self.service_name}
+        self._queue.put_nowait(events)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every queued event reached the sink (for tests and shutdown)."""
@@ -436,15 +448,12 @@ class Emitter:
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Deliver what is queued, stop the thread, close the sink."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._queue.put(None)
         self._thread.join(timeout_s)
-
-    def _count_drop(self) -> None:
-        with self._drop_lock:
-            self.dropped += 1
 
     def _run(self) -> None:
         stopping = False
@@ -454,28 +463,34 @@ class Emitter:
             except queue.Empty:
                 self._safely(self.sink.tick)
                 continue
-            batch, stopping = self._collect(first)
+            batch, chunks, stopping = self._collect(first)
             if batch:
                 self._safely(self.sink.write, batch)
                 self.emitted += len(batch)
-            for _ in range(len(batch) + (1 if stopping else 0)):
+                with self._lock:
+                    self._waiting -= len(batch)
+            for _ in range(chunks):
                 self._queue.task_done()
         self._safely(self.sink.close)
 
-    def _collect(self, first: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bool]:
-        """Up to `batch_size` queued events; True once the close sentinel was taken."""
+    def _collect(
+        self, first: list[dict[str, Any]] | None
+    ) -> tuple[list[dict[str, Any]], int, bool]:
+        """Queued chunks up to about `batch_size` events: (events, chunks taken, whether the
+        close sentinel was among them)."""
         if first is None:
-            return [], True
-        batch = [first]
+            return [], 1, True
+        batch, chunks = list(first), 1
         while len(batch) < self.batch_size:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            chunks += 1
             if item is None:
-                return batch, True
-            batch.append(item)
-        return batch, False
+                return batch, chunks, True
+            batch.extend(item)
+        return batch, chunks, False
 
     @staticmethod
     def _safely(call: Any, *args: Any) -> None:

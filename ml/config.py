@@ -105,7 +105,9 @@ class Settings(BaseSettings):
     drift_threshold_psi: float = Field(0.2, gt=0)
     log_max_bytes: int = Field(50 * 1024 * 1024, ge=4096, description="NDJSON rotation size")
     log_backups: int = Field(5, ge=1, description="rotated NDJSON files kept per dataset")
-    telemetry_queue_size: int = Field(10_000, ge=1, description="events buffered before drops")
+    telemetry_queue_size: int = Field(
+        50_000, ge=1, description="events buffered before drops (5 requests at the row limit)"
+    )
     ray_metrics_url: str | None = Field(None, description="Ray's Prometheus endpoint to scrape")
     monitor_processes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["ray", "serve", "mlops", "mlflow"],
