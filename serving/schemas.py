@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
@@ -136,6 +137,52 @@ class RecordValidator:
                         f"records[{row_index}].{column}", f"must be a number, got {value!r}"
                     )
         return matrix
+
+    def split_matrix(self, body: bytes) -> np.ndarray | None:
+        """A JSON body `{"dataframe_split": {"columns": [...], "data": [[...]]}}` (MLflow's
+        scoring protocol) as a float matrix in feature order, without pandas, when it is the
+        plain case: an all-numeric model, exactly its columns, rows of numbers or nulls.
+        None otherwise, and the body then goes through MLflow's own parser, whose results and
+        errors are the reference (tests/unit/test_serving_schemas.py: both give one matrix)."""
+        # numpy would read JSON's true/false as 1/0; MLflow's path decides what they mean.
+        if not self.all_numeric or b"true" in body or b"false" in body:
+            return None
+        try:
+            payload = orjson.loads(body)  # strict JSON: NaN/Infinity literals go MLflow's way
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(payload, dict) or payload.keys() != {"dataframe_split"}:
+            return None
+        split = payload["dataframe_split"]
+        if not isinstance(split, dict) or not split.keys() <= {"columns", "data", "index"}:
+            return None
+        columns, data = split.get("columns"), split.get("data")
+        if (
+            not isinstance(columns, list)
+            or not all(isinstance(column, str) for column in columns)
+            or sorted(columns) != sorted(self.columns)
+        ):
+            return None
+        return self._numeric_matrix(data, columns)
+
+    def _numeric_matrix(self, data: Any, columns: list[str]) -> np.ndarray | None:
+        if not isinstance(data, list) or not data:
+            return None
+        try:
+            matrix = np.array(data)
+        except ValueError:  # ragged rows
+            return None
+        if matrix.dtype.kind == "O" and all(
+            value is None or type(value) in (int, float) for value in matrix.flat
+        ):
+            matrix = matrix.astype(float)  # nulls -> NaN, imputed as on MLflow's path
+        if matrix.dtype.kind not in "if" or matrix.shape != (len(data), len(columns)):
+            return None  # strings or nesting
+        if matrix.dtype.kind == "f" and np.isinf(matrix).any():
+            return None  # MLflow's path names the column
+        if columns != self.columns:
+            matrix = matrix[:, [columns.index(column) for column in self.columns]]
+        return np.ascontiguousarray(matrix, dtype=float)
 
     def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> the raw frame `LoadedModel.prepare` coerces (mixed-type models)."""

@@ -15,8 +15,10 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 
+from elk.events import utc_now_iso
 from ml.config import Settings
 
 logger = logging.getLogger("ray.serve")
@@ -30,6 +32,8 @@ class Emitter(Protocol):
     dropped: int
 
     def emit(self, event: dict[str, Any]) -> None: ...
+
+    def emit_many(self, events: list[dict[str, Any]]) -> None: ...
 
     def close(self) -> None: ...
 
@@ -61,10 +65,11 @@ class PredictionTelemetry:
         probabilities: Sequence[float],
         latency_ms: float,
         route: str,
-        rows: list[dict[str, Any]] | pd.DataFrame,
+        inputs: tuple[list[dict[str, Any]] | pd.DataFrame | np.ndarray, list[str]],
     ) -> None:
-        """Queue the events of one scored request; returns at once. `rows` (the inputs, kept
-        for drift checks) are turned into per-row dicts on the telemetry thread."""
+        """Queue the events of one scored request; returns at once. `inputs` (the rows, as
+        records, a frame or a matrix, and the feature names; kept for drift checks) become
+        per-row dicts on the telemetry thread."""
         self._offer(
             (
                 "ok",
@@ -75,7 +80,7 @@ class PredictionTelemetry:
                 probabilities,
                 latency_ms,
                 route,
-                rows,
+                inputs,
             )
         )
 
@@ -106,8 +111,7 @@ class PredictionTelemetry:
             if item is _STOP:
                 return
             try:
-                for event in self._events(item):
-                    self._emitter.emit(event)
+                self._emitter.emit_many(self._events(item))
             except Exception:  # pylint: disable=broad-exception-caught
                 logger.exception("prediction telemetry: could not emit an event")
 
@@ -127,9 +131,9 @@ class PredictionTelemetry:
                     error=error,
                 )
             ]
-        _, name, version, ids, labels, probabilities, latency_ms, route, rows = item
-        if isinstance(rows, pd.DataFrame):
-            rows = rows.to_dict("records")
+        _, name, version, ids, labels, probabilities, latency_ms, route, inputs = item
+        rows = _records(*inputs)
+        timestamp = utc_now_iso()
         return [
             self._event(
                 model_name=name,
@@ -140,6 +144,7 @@ class PredictionTelemetry:
                 latency_ms=latency_ms,
                 route=route,
                 features=features,
+                timestamp=timestamp,
             )
             for prediction_id, label, probability, features in zip(ids, labels, probabilities, rows)
         ]
@@ -155,3 +160,14 @@ class PredictionTelemetry:
             pass
         self._worker.join(timeout_s)
         self._emitter.close()
+
+
+def _records(
+    rows: list[dict[str, Any]] | pd.DataFrame | np.ndarray, columns: list[str]
+) -> list[dict[str, Any]]:
+    """Rows as one dict per row (a matrix by plain zips: pandas' `to_dict` costs far more)."""
+    if isinstance(rows, np.ndarray):
+        return [dict(zip(columns, row)) for row in rows.tolist()]
+    if isinstance(rows, pd.DataFrame):
+        return rows.to_dict("records")
+    return rows

@@ -84,6 +84,59 @@ def test_frames_from_the_mlflow_protocol_are_checked() -> None:
     check_frame(pd.DataFrame({"a": [1.0, None], "b": ["x", "y"]}), 10)
 
 
+def _mlflow_matrix(body: bytes, validator: RecordValidator) -> np.ndarray:
+    """What MLflow's own scoring-server parser makes of a body, in feature order."""
+    from mlflow.pyfunc import scoring_server
+
+    frame = scoring_server.infer_and_parse_data(scoring_server._decode_json_input(body))
+    return frame[validator.columns].to_numpy(dtype=float)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2.5]]}}',
+        b'{"dataframe_split": {"columns": ["b", "a"], "data": [[1, 2.5], [3, -4]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[null, 2.5], [1e308, 0]]}}',
+        b'{"dataframe_split": {"index": [7], "columns": ["a", "b"], "data": [[null, 1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[12345678901234567890123, 1]]}}',
+    ],
+)
+def test_split_fast_path_equals_mlflows_parser(body: bytes) -> None:
+    ours = NUMERIC.split_matrix(body)
+    assert ours is not None and ours.dtype == float
+    np.testing.assert_array_equal(ours, _mlflow_matrix(body, NUMERIC))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[true, 1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [["1", 1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[Infinity, 1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[NaN, 1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1], [1, 2]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[[1], 2]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": []}}',
+        b'{"dataframe_split": {"columns": ["a"], "data": [[1]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b", "c"], "data": [[1, 2, 3]]}}',
+        b'{"dataframe_split": {"columns": ["a", "a"], "data": [[1, 2]]}}',
+        b'{"dataframe_split": {"columns": ["a", 2], "data": [[1, 2]]}}',
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}, "params": {}}',
+        b'{"dataframe_records": [{"a": 1, "b": 2}]}',
+        b'{"dataframe_split": ',
+    ],
+)
+def test_anything_but_plain_numbers_goes_to_mlflows_parser(body: bytes) -> None:
+    """None sends the body down MLflow's own path, which accepts or names the fault."""
+    assert NUMERIC.split_matrix(body) is None
+
+
+def test_mixed_models_always_use_mlflows_parser() -> None:
+    body = b'{"dataframe_split": {"columns": ["a", "colour", "flag"], "data": [[1, 2, 3]]}}'
+    assert MIXED.split_matrix(body) is None
+
+
 def test_user_config_needs_a_resolved_version() -> None:
     options = ServingOptions(model_uri="models:/churn/12")
     assert (options.model_name, options.model_version) == ("churn", "12")
