@@ -20,6 +20,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.model_selection import StratifiedKFold
+from sqlalchemy import event
 
 from ml.config import Settings
 from ml.data import FeatureType, Split
@@ -63,18 +64,44 @@ def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
     return params
 
 
+def study_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's RDB storage. A SQLite file runs in WAL mode with normal syncing: Optuna
+    makes about a dozen small transactions per trial, and with SQLite's default rollback
+    journal each one waits for an fsync (55 -> 33 ms of storage time per trial here).
+    Processes on one host still share the file; machines share a database server."""
+    storage = optuna.storages.RDBStorage(url)
+    if storage.engine.dialect.name == "sqlite":
+        event.listen(storage.engine, "connect", _sqlite_wal)
+        storage.engine.dispose()  # pooled connections predate the listener
+    return storage
+
+
+def _sqlite_wal(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
 def create_study(settings: Settings, study_name: str) -> optuna.Study:
-    """Seeded TPE + median pruner in RDB storage, so other processes can join the study."""
+    """Seeded TPE + a percentile pruner in RDB storage, so other processes can join the study.
+
+    The pruner stops a trial whose running CV mean falls in the worst quarter of finished
+    trials at that fold. A median pruner (worst half) was too eager on small data: one fold's
+    noise outweighs the gap between good configurations, so it discarded them (bundled data,
+    60 s: 84 of 102 trials pruned and RandomizedSearchCV's best never reached; worst quarter:
+    60 of 313 pruned and that best reached in 0.37 of RandomizedSearchCV's time).
+    """
     with warnings.catch_warnings():  # multivariate/group TPE is "experimental" since 2.x
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(seed=settings.seed, multivariate=True, group=True)
     return optuna.create_study(
         study_name=study_name,
-        storage=settings.optuna_storage,
+        storage=study_storage(settings.optuna_storage),
         load_if_exists=True,
         direction=direction(settings.tuning_metric),
         sampler=sampler,
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0),
+        pruner=optuna.pruners.PercentilePruner(75.0, n_startup_trials=5, n_warmup_steps=0),
     )
 
 
@@ -114,7 +141,9 @@ class Objective:
                     )
                 )
                 trial.report(float(np.mean(fold_scores)), step)
-                if trial.should_prune():
+                # After the last fold there is nothing left to save: no pruning check
+                # (each one reads the study's trials from storage).
+                if step < len(self.folds) - 1 and trial.should_prune():
                     state = "PRUNED"
                     raise optuna.TrialPruned(f"pruned after fold {step + 1}")
             state = "COMPLETE"

@@ -64,3 +64,15 @@ def test_study_in_rdb_storage_is_resumed_by_name(tmp_path, demo_split) -> None:
     loaded = optuna.load_study(study_name="shared", storage=settings.optuna_storage)
     assert len(loaded.trials) == 4
     assert second.best_value == pytest.approx(loaded.best_value)
+
+
+def test_sqlite_study_storage_uses_wal(tmp_path) -> None:
+    """Optuna's many small transactions per trial must not each wait for an fsync."""
+    import sqlite3
+
+    settings = Settings(var_dir=tmp_path, optuna_storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = create_study(settings, "wal")
+    study.enqueue_trial({"family": "logreg", "C": 1.0})
+    with sqlite3.connect(tmp_path / "optuna.db") as connection:
+        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+    assert mode == "wal"
