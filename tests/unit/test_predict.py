@@ -40,9 +40,7 @@ def test_forest_loop_equals_sklearn(dataset, extra_trees: bool, rows: int | None
 def test_other_families_are_sklearn_as_is(dataset, family: str) -> None:
     model = build_pipeline(PARAMS[family], dataset.feature_types, seed=0)
     model.fit(dataset.X, dataset.y)
-    np.testing.assert_array_equal(
-        pipeline_proba(model, dataset.X), model.predict_proba(dataset.X)
-    )
+    np.testing.assert_array_equal(pipeline_proba(model, dataset.X), model.predict_proba(dataset.X))
 
 
 def test_values_beyond_float32_keep_sklearns_error(dataset) -> None:
