@@ -150,6 +150,29 @@ class Scored:
         return list(self.model.label_array[self.proba.argmax(axis=1)])
 
 
+class IdleGate:
+    """Open while no model work runs; model work may overlap (a batch and a solo request)."""
+
+    def __init__(self) -> None:
+        self._runs = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def wait(self) -> None:
+        await self._idle.wait()
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        self._runs += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._runs -= 1
+            if not self._runs:
+                self._idle.set()
+
+
 class PredictionIds:
     """Unique prediction ids without a random draw each: 16 random hex digits chosen once per
     replica, then a 16-hex-digit counter (32 in all, like a uuid4's hex)."""
@@ -292,9 +315,7 @@ class ModelServer:
         # Scoring requests inside this replica (counted from handler entry, so requests that
         # queued while one was scored inline are seen): 1 means alone -> no batching wait.
         self._active = 0
-        self._model_runs = 0
-        self._model_idle = asyncio.Event()
-        self._model_idle.set()
+        self._model_idle = IdleGate()
         self._scoring_stats = {"solo": 0, "batches": 0, "batched_requests": 0}
         self._telemetry = PredictionTelemetry(self._settings, SERVICE_NAME)
         self._ids = PredictionIds()
@@ -420,14 +441,8 @@ class ModelServer:
         is not held back by `max_concurrent_batches`), so under load its batches stay at
         arrival rate x wait, a few requests each, and queue up one behind the other.
         """
-        self._model_runs += 1
-        self._model_idle.clear()
-        try:
+        with self._model_idle.busy():
             return await asyncio.to_thread(function, *args)
-        finally:
-            self._model_runs -= 1
-            if not self._model_runs:
-                self._model_idle.set()
 
     @staticmethod
     def _score_now(model: ServedModel, records: list[dict[str, Any]]) -> Scored:
