@@ -262,7 +262,10 @@ def test_renderer_check_fails_on_a_stale_file(tmp_path: Path) -> None:
             (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(source, tmp_path / relative)
     config = tmp_path / "serving" / "serve_config.yaml"
-    config.write_text(config.read_text().replace("num_replicas: 1", "num_replicas: 2"))
+    text = config.read_text()
+    edited = re.sub(r"num_replicas: (\d+)", lambda m: f"num_replicas: {int(m[1]) + 1}", text)
+    assert edited != text, "the test must really change the Serve config"
+    config.write_text(edited)
     check = [
         sys.executable,
         str(REPO_ROOT / "scripts" / "render_k8s.py"),
