@@ -64,6 +64,11 @@ class _EventIds:
 _EVENT_IDS = _EventIds()
 
 
+def new_ids(count: int) -> list[str]:
+    """`count` ids unique across processes and restarts (serving's prediction ids too)."""
+    return [_EVENT_IDS.next() for _ in range(count)]
+
+
 @lru_cache(maxsize=1)
 def host_name() -> str:
     return socket.gethostname()

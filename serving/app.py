@@ -5,20 +5,19 @@ resolved `models:/<name>/<version>`; a change of it makes Serve call `reconfigur
 replica in turn, which loads the new version in a worker thread and swaps only once it loaded,
 so requests never see a half-loaded model and a failed load keeps the old one serving.
 
-Scoring has three paths, picked per request:
-- alone (nothing else in flight): score inline, no batching wait (concurrency 1 latency);
-- concurrent small requests: `@serve.batch` merges them into one `predict_proba` call (a forest
-  costs about the same for 1 row as for 64, so this is the throughput lever);
-- large requests (more rows than a batch): validated and scored in a worker thread.
+Scoring has three paths, picked per request, all running the model in a worker thread:
+- alone (nothing else in flight): scored at once, no batching wait (concurrency 1 latency);
+- concurrent small requests: they wait while the model is busy, then `@serve.batch` merges
+  them into one `predict_proba` call (a forest costs about the same for 1 row as for 64, so
+  this is the throughput lever);
+- large requests (more rows than a batch): validated and scored on their own.
 """
 
 import asyncio
 import hmac
-import itertools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 from ray import serve
 
+from elk.events import new_ids
 from ml.config import Settings
 from ml.data import DataError
 from ml.predict import LoadedModel, load_version, pipeline_proba
@@ -45,6 +45,7 @@ from serving.schemas import (
     RequestError,
     ServingOptions,
     check_frame,
+    check_row_count,
     data_error_field,
     with_model_schemas,
 )
@@ -171,18 +172,6 @@ class IdleGate:
             self._runs -= 1
             if not self._runs:
                 self._idle.set()
-
-
-class PredictionIds:
-    """Unique prediction ids without a random draw each: 16 random hex digits chosen once per
-    replica, then a 16-hex-digit counter (32 in all, like a uuid4's hex)."""
-
-    def __init__(self) -> None:
-        self._prefix = uuid.uuid4().hex[:16]
-        self._counter = itertools.count()
-
-    def take(self, count: int) -> list[str]:
-        return [f"{self._prefix}{next(self._counter):016x}" for _ in range(count)]
 
 
 def _now() -> str:
@@ -318,7 +307,6 @@ class ModelServer:
         self._model_idle = IdleGate()
         self._scoring_stats = {"solo": 0, "batches": 0, "batched_requests": 0}
         self._telemetry = PredictionTelemetry(self._settings, SERVICE_NAME)
-        self._ids = PredictionIds()
 
     # --- model lifecycle ------------------------------------------------------------------
 
@@ -527,7 +515,7 @@ class ModelServer:
             error = RequestError(data_error_field(exc), str(exc))
             self._telemetry.failure("/predict", error, started, self._model)
             return JSONResponse(error.body(), status_code=422)
-        ids = self._ids.take(len(scored.proba))
+        ids = new_ids(len(scored.proba))
         return self._respond(_predict_body(scored, ids), scored, ids, "/predict", started, records)
 
     @api.post("/invocations")
@@ -562,7 +550,7 @@ class ModelServer:
             return JSONResponse(
                 {"error_code": _mlflow_code(status), "message": str(error)}, status_code=status
             )
-        ids = self._ids.take(len(scored.proba))
+        ids = new_ids(len(scored.proba))
         body = {"predictions": _plain_list(scored.labels)}
         return self._respond(body, scored, ids, "/invocations", started, inputs)
 
@@ -584,10 +572,7 @@ class ModelServer:
             frame = _mlflow_frame(content_type, body, model.validator.columns)
             check_frame(frame, self._max_rows())
             return frame
-        if len(matrix) > self._max_rows():
-            raise RequestError(
-                "body", f"{len(matrix)} rows is over the limit of {self._max_rows()}", 413
-            )
+        check_row_count(len(matrix), self._max_rows())
         return matrix
 
     async def _frame_rows(
@@ -622,7 +607,7 @@ class ModelServer:
             return {"error": exc.body(), "status": exc.status}
         except DataError as exc:
             return {"error": RequestError(data_error_field(exc), str(exc)).body(), "status": 422}
-        ids = self._ids.take(len(scored.proba))
+        ids = new_ids(len(scored.proba))
         self._emit(scored, ids, "/ws/predict", started, records)
         return _predict_body(scored, ids)
 

@@ -204,12 +204,17 @@ class RecordValidator:
             raise RequestError(where, f"must be a finite number or null, got {value!r}")
 
 
+def check_row_count(rows: int, max_rows: int) -> None:
+    """The per-request row limit of `/invocations` (413 over it)."""
+    if rows > max_rows:
+        raise RequestError("body", f"{rows} rows is over the limit of {max_rows}", 413)
+
+
 def check_frame(frame: pd.DataFrame, max_rows: int) -> None:
     """Limits for frames parsed by MLflow's protocol (`/invocations`)."""
     if frame.empty:
         raise RequestError("body", "no rows to score")
-    if len(frame) > max_rows:
-        raise RequestError("body", f"{len(frame)} rows is over the limit of {max_rows}", 413)
+    check_row_count(len(frame), max_rows)
     for column in frame.columns[frame.dtypes == object]:
         nested = frame[column].map(lambda value: isinstance(value, (list, dict, tuple, np.ndarray)))
         if nested.any():
