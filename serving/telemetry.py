@@ -81,6 +81,7 @@ class PredictionTelemetry:
                 latency_ms,
                 route,
                 inputs,
+                utc_now_iso(),  # when it was served, not when the telemetry thread gets to it
             )
         )
 
@@ -131,9 +132,8 @@ class PredictionTelemetry:
                     error=error,
                 )
             ]
-        _, name, version, ids, labels, probabilities, latency_ms, route, inputs = item
+        _, name, version, ids, labels, probabilities, latency_ms, route, inputs, timestamp = item
         rows = _records(*inputs)
-        timestamp = utc_now_iso()
         return [
             self._event(
                 model_name=name,
