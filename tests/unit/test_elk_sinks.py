@@ -106,6 +106,21 @@ def test_emit_never_blocks_and_counts_drops() -> None:
     assert len(sink.received) + emitter.dropped == 100
 
 
+def test_emit_many_is_bounded_by_events_not_chunks() -> None:
+    """A chunk that does not fit is dropped whole and counted; what fits is written in order."""
+    sink = _StuckSink()
+    emitter = Emitter(sink, "unit", queue_size=10, batch_size=100)
+    emitter.emit_many([_prediction(number) for number in range(6)])
+    emitter.emit_many([_prediction(number) for number in range(6, 12)])  # 12 > 10 waiting
+    emitter.emit_many([_prediction(number) for number in range(12, 16)])  # 10 waiting: fits
+    assert emitter.dropped == 6
+    sink.release.set()
+    emitter.close()
+    ids = [int(event["mlops"]["prediction"]["id"]) for event in sink.received]
+    assert ids == [*range(6), *range(12, 16)]
+    assert all(event["service"] == {"name": "unit"} for event in sink.received)
+
+
 def test_emitter_survives_a_failing_sink(tmp_path: Path) -> None:
     class Broken(_StuckSink):
         def write(self, batch: list[dict[str, Any]]) -> None:
