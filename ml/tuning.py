@@ -172,6 +172,7 @@ class TrialTracker:
         self.metric = metric
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-tracking")
         self._pending: list[Future[None]] = []
+        self.write_cpu_s = 0.0  # CPU the worker spent writing trial runs: tracking's own cost
 
     def log_trial(
         self,
@@ -206,6 +207,13 @@ class TrialTracker:
             )
 
     def _write(self, record: "TrialRecord") -> None:
+        started = time.thread_time()
+        try:
+            self._write_run(record)
+        finally:
+            self.write_cpu_s += time.thread_time() - started
+
+    def _write_run(self, record: "TrialRecord") -> None:
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{record.number:03d}-{record.params['family']}",
