@@ -76,3 +76,23 @@ def test_sqlite_study_storage_uses_wal(tmp_path) -> None:
     with sqlite3.connect(tmp_path / "optuna.db") as connection:
         (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
     assert mode == "wal"
+
+
+def test_trial_tracker_writes_nested_runs_and_counts_its_cpu(tmp_path, demo_split) -> None:
+    """Real MLflow SQLite store: every trial becomes a child run; the worker's CPU is counted."""
+    from mlflow.tracking import MlflowClient
+
+    from ml.tuning import TrialTracker
+
+    dataset, data_split = demo_split
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("t", (tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id).info.run_id
+    tracker = TrialTracker(client, experiment_id, parent, "roc_auc")
+    settings = Settings(var_dir=tmp_path, families=["logreg"], trials=2)
+    tune(data_split, dataset.feature_types, settings, "tracked", tracker)  # closes the tracker
+    runs = client.search_runs([experiment_id], "tags.`mlops.kind` = 'trial'")
+    children = [run for run in runs if run.data.tags["mlflow.parentRunId"] == parent]
+    assert len(children) == 2
+    assert all(len(run.data.metrics) >= 2 for run in children)  # fold scores, duration
+    assert tracker.write_cpu_s > 0
