@@ -229,6 +229,7 @@ def tracking_overhead(dataset: Dataset, settings: Settings, trials: int, repeats
     cpu: dict[str, list[float]] = {"off": [], "on": []}
     writer_cpu: list[float] = []  # the tracking worker's own CPU per "on" study
     tune(data_split, dataset.feature_types, fixed, "overhead-warm-up", None)  # imports, caches
+    _tracker(settings).close()  # the first client creates MLflow's tables: not per-trial cost
     for repeat in range(repeats):
         for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
             study = f"overhead-{mode}-{repeat}"
