@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import mlflow
@@ -36,7 +35,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import ValidationError
 from ray import serve
 
-from elk.events import new_ids
+from elk.events import new_ids, utc_now_iso
 from ml.config import Settings
 from ml.data import DataError
 from ml.predict import LoadedModel, load_version, pipeline_proba
@@ -172,10 +171,6 @@ class IdleGate:
             self._runs -= 1
             if not self._runs:
                 self._idle.set()
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -331,7 +326,7 @@ class ModelServer:
             self._last_load = {
                 "model_uri": options.model_uri,
                 "status": "loading",
-                "started_at": _now(),
+                "started_at": utc_now_iso(),
             }
             try:
                 loaded = await asyncio.to_thread(
@@ -347,14 +342,14 @@ class ModelServer:
             self._model = served  # the swap: one reference assignment, after a good load
             self._last_load.update(
                 status="loaded",
-                finished_at=_now(),
+                finished_at=utc_now_iso(),
                 duration_s=round(time.perf_counter() - started, 3),
             )
             logger.info("serving %s (run %s)", loaded.uri, loaded.run_id)
 
     def _record_failure(self, model_uri: str, error: str) -> None:
         self._last_load.update(
-            model_uri=model_uri, status="failed", error=error, finished_at=_now()
+            model_uri=model_uri, status="failed", error=error, finished_at=utc_now_iso()
         )
         logger.error(
             "loading %s failed, still serving %s: %s",
