@@ -1,4 +1,4 @@
-"""ml.predict.pipeline_proba: the forest loop gives scikit-learn's own probabilities."""
+"""ml.predict: the forest loop and the numeric transform give scikit-learn's own numbers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.ensemble import ExtraTreesClassifier
 
 from ml.data import validate
 from ml.features import build_pipeline
-from ml.predict import pipeline_proba
+from ml.predict import estimator_proba, numeric_transform, pipeline_proba
 from tests.unit.test_data import mixed_frame
 from tests.unit.test_features import PARAMS
 
@@ -56,3 +56,62 @@ def test_values_beyond_float32_keep_sklearns_error(dataset) -> None:
     with pytest.raises(ValueError) as ours:
         pipeline_proba(model, frame)
     assert str(ours.value) == str(theirs.value)
+
+
+@pytest.fixture(scope="module")
+def numeric_dataset():
+    """Numeric and boolean columns only (no one-hot), with gaps: what serving takes as floats."""
+    return validate(mixed_frame().drop(columns=["plan"]), "churned", source="frame")
+
+
+@pytest.mark.parametrize("family", ["logreg", "random_forest", "hist_gb"])
+def test_numeric_transform_reproduces_the_column_transformer(numeric_dataset, family) -> None:
+    model = build_pipeline(PARAMS[family], numeric_dataset.feature_types, seed=0)
+    model.fit(numeric_dataset.X, numeric_dataset.y)
+    columns = list(numeric_dataset.X.columns)
+    transform = numeric_transform(model, columns)
+    assert transform is not None
+    rows = numeric_dataset.X.to_numpy(dtype=float)
+    assert np.isnan(rows).any()  # the imputers' part is exercised
+    np.testing.assert_array_equal(transform(rows), model[0].transform(numeric_dataset.X))
+    np.testing.assert_array_equal(
+        estimator_proba(model[-1], transform(rows)), model.predict_proba(numeric_dataset.X)
+    )
+
+
+def test_numeric_transform_follows_the_given_column_order(numeric_dataset) -> None:
+    model = build_pipeline(PARAMS["logreg"], numeric_dataset.feature_types, seed=0)
+    model.fit(numeric_dataset.X, numeric_dataset.y)
+    reordered = list(reversed(numeric_dataset.X.columns))
+    transform = numeric_transform(model, reordered)
+    assert transform is not None
+    np.testing.assert_array_equal(
+        transform(numeric_dataset.X[reordered].to_numpy(dtype=float)),
+        model[0].transform(numeric_dataset.X),
+    )
+
+
+def test_numeric_transform_refuses_what_it_cannot_replay(dataset, numeric_dataset) -> None:
+    """One-hot categories, and a column the imputer dropped for being empty in training."""
+    one_hot = build_pipeline(PARAMS["logreg"], dataset.feature_types, seed=0)
+    one_hot.fit(dataset.X, dataset.y)
+    assert numeric_transform(one_hot, list(dataset.X.columns)) is None
+
+    empty = numeric_dataset.X.assign(age=np.nan)
+    dropped = build_pipeline(PARAMS["logreg"], numeric_dataset.feature_types, seed=0)
+    with pytest.warns(UserWarning, match="age"):
+        dropped.fit(empty, numeric_dataset.y)
+    assert numeric_transform(dropped, list(empty.columns)) is None
+
+
+def test_numeric_path_keeps_sklearns_overflow_error(numeric_dataset) -> None:
+    """Serving's float path must refuse a value beyond float32 as scikit-learn does."""
+    model = build_pipeline(PARAMS["random_forest"], numeric_dataset.feature_types, seed=0)
+    model.fit(numeric_dataset.X, numeric_dataset.y)
+    columns = list(numeric_dataset.X.columns)
+    rows = numeric_dataset.X.head(2).to_numpy(dtype=float, copy=True)
+    rows[0, columns.index("spend")] = 1e300
+    transform = numeric_transform(model, columns)
+    assert transform is not None
+    with pytest.raises(ValueError, match="infinity or a value too large"):
+        estimator_proba(model[-1], transform(rows))
