@@ -63,13 +63,15 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MLOPS_SERVE_HOST=0.0.0.0 \
     RAY_USAGE_STATS_ENABLED=0
 # Ray's environment as `mlops serve` sets it (serving.deploy.ray_env): HAProxy mode in place of
-# Ray's Python HTTP proxy, Serve's throughput-optimized request path, proxy readiness checks
-# that tolerate a slow start, and replicas at normal priority (Ray runs workers at nice 15).
+# Ray's Python HTTP proxy without its per-request log-line metrics, Serve's throughput-optimized
+# request path, proxy readiness checks that tolerate a slow start, and replicas at normal
+# priority (Ray runs workers at nice 15).
 # KubeRay's `ray start` inherits it.
 # RAY_SERVE_ENABLE_HA_PROXY=0 falls back to the Python proxy. Ray's auth mode is not set here:
 # under KubeRay the RayService's `authOptions` decides it.
 ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_HAPROXY_BINARY_PATH=/usr/local/bin/haproxy \
+    RAY_SERVE_HAPROXY_METRICS_ENABLED=0 \
     RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30 \
     RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S=30 \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
