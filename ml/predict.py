@@ -156,21 +156,27 @@ def _numeric_part(
         return None
     steps = [item for _, item in step.steps] if isinstance(step, Pipeline) else [step]
     imputer, scaler = steps[0], steps[1] if len(steps) == 2 else None
-    if (
-        len(steps) > 2
-        or not isinstance(imputer, SimpleImputer)
-        or imputer.add_indicator
-        or not (isinstance(imputer.missing_values, float) and np.isnan(imputer.missing_values))
-        or imputer.statistics_.dtype.kind not in "biuf"
-        or np.isnan(imputer.statistics_.astype(float)).any()  # all-missing: a dropped column
-        or not (scaler is None or isinstance(scaler, StandardScaler))
-    ):
+    if len(steps) > 2 or not _plain_imputer(imputer):
+        return None
+    if not (scaler is None or isinstance(scaler, StandardScaler)):
         return None
     size = len(names)
     offset = scaler.mean_ if scaler is not None and scaler.with_mean else np.zeros(size)
     scale = scaler.scale_ if scaler is not None and scaler.with_std else np.ones(size)
     positions = np.array([columns.index(name) for name in names])
     return positions, imputer.statistics_.astype(float), np.asarray(offset), np.asarray(scale)
+
+
+def _plain_imputer(step: Any) -> bool:
+    """A SimpleImputer of NaN with numeric statistics, dropping no column, adding none."""
+    return (
+        isinstance(step, SimpleImputer)
+        and not step.add_indicator
+        and isinstance(step.missing_values, float)
+        and np.isnan(step.missing_values)
+        and step.statistics_.dtype.kind in "biuf"
+        and not np.isnan(step.statistics_.astype(float)).any()  # all-missing: a dropped column
+    )
 
 
 def _reproduces(transform: NumericTransform, preprocessor: Any, columns: list[str]) -> bool:
