@@ -15,6 +15,8 @@ REPORTS_DIR ?= $(CURDIR)/reports
 export CACHE_DIR VAR_DIR REPORTS_DIR PYTHON VENV
 export MLOPS_VAR_DIR ?= $(VAR_DIR)
 export UV_CACHE_DIR := $(CACHE_DIR)/uv
+# No usage reports from our runs (Ray's are off in serving.deploy.ray_env); `=false` opts in.
+export MLFLOW_DISABLE_TELEMETRY ?= true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
