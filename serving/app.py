@@ -105,13 +105,13 @@ class ServedModel:
         return cls(loaded, RecordValidator(dict(loaded.feature_types)), list(loaded.classes))
 
     def predict_proba(self, rows: np.ndarray | pd.DataFrame) -> np.ndarray:
-        """Numeric matrices are already typed; frames go through the model's own coercion."""
-        if isinstance(rows, np.ndarray) and self.numeric is not None:
+        """Float matrices are already typed: through the numeric transform when the model
+        has one, else its pipeline. Frames go through the model's own coercion."""
+        if not isinstance(rows, np.ndarray):
+            return self.loaded.predict_proba(rows)
+        if self.numeric is not None:
             return estimator_proba(self.loaded.model[-1], self.numeric(rows))
-        if isinstance(rows, np.ndarray):
-            frame = pd.DataFrame(rows, columns=self.column_index)
-            return pipeline_proba(self.loaded.model, frame)
-        return self.loaded.predict_proba(rows)
+        return pipeline_proba(self.loaded.model, pd.DataFrame(rows, columns=self.column_index))
 
     def score(self, rows: np.ndarray | pd.DataFrame) -> np.ndarray:
         """`predict_proba`, with values the model cannot take (e.g. overflowing after scaling)
