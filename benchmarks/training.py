@@ -85,13 +85,17 @@ def random_search_space(seed: int) -> list[dict]:
 
 
 def run_random_search(dataset: Dataset, settings: Settings, budget_s: float) -> SearchTrace:
-    """Batches of 2 candidates (one per core) until the budget is spent."""
+    """Batches of 2 candidates (one per core) until the budget is spent.
+
+    One random stream per seed draws every batch: seeding batch b with seed + b would make
+    seed 43's candidates seed 42's shifted by one batch, not an independent draw."""
+    candidates = np.random.RandomState(settings.seed)
     data_split = split(dataset, settings.test_size, settings.seed)
     folds = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
     estimator = Pipeline(
         [("preprocess", build_preprocessor(dataset.feature_types)), ("model", LogisticRegression())]
     )
-    started, best, points, evaluated, batch = time.perf_counter(), -np.inf, [], 0, 0
+    started, best, points, evaluated = time.perf_counter(), -np.inf, [], 0
     while time.perf_counter() - started < budget_s:
         search = RandomizedSearchCV(
             estimator,
@@ -100,11 +104,10 @@ def run_random_search(dataset: Dataset, settings: Settings, budget_s: float) -> 
             scoring="roc_auc",
             cv=folds,
             n_jobs=settings.n_jobs,
-            random_state=settings.seed + batch,
+            random_state=candidates,
             refit=False,
         )
         search.fit(data_split.X_train, data_split.y_train)
-        batch += 1
         evaluated += 2
         best = max(best, float(np.nanmax(search.cv_results_["mean_test_score"])))
         points.append((time.perf_counter() - started, best))
