@@ -6,8 +6,17 @@ import optuna
 import pytest
 
 from ml.config import Settings
-from ml.data import load_dataset, split
-from ml.tuning import Objective, create_study, suggest_params, tune
+from ml.data import load_dataset, split, validate
+from ml.tuning import (
+    CHEAP_DEFAULTS,
+    FoldGapPruner,
+    Objective,
+    create_study,
+    enqueue_defaults,
+    suggest_params,
+    tune,
+)
+from tests.unit.test_data import mixed_frame
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +39,7 @@ def test_search_space_is_conditional_on_family() -> None:
 
 
 def test_pruner_stops_a_clearly_worse_trial(tmp_path, demo_split) -> None:
-    """Five good trials set the median; a crippled forest is pruned after its first fold."""
+    """Five good trials set the bar; a crippled forest is pruned after its first fold."""
     dataset, data_split = demo_split
     settings = Settings(var_dir=tmp_path, families=["logreg", "random_forest"])
     study = create_study(settings, "prune-check")
@@ -96,3 +105,134 @@ def test_trial_tracker_writes_nested_runs_and_counts_its_cpu(tmp_path, demo_spli
     assert len(children) == 2
     assert all(len(run.data.metrics) >= 2 for run in children)  # fold scores, duration
     assert tracker.write_cpu_s > 0
+
+
+def _finished(fold_scores: list[float]) -> optuna.trial.FrozenTrial:
+    """A complete trial with these fold scores, reported as running means like Objective."""
+    means = [sum(fold_scores[: k + 1]) / (k + 1) for k in range(len(fold_scores))]
+    return optuna.trial.create_trial(
+        params={},
+        distributions={},
+        value=means[-1],
+        intermediate_values=dict(enumerate(means)),
+        user_attrs={"fold_scores": fold_scores},
+    )
+
+
+@pytest.mark.parametrize(
+    ("fold_scores", "first_fold", "pruned"),
+    [
+        # Folds that agree to 0.0004 (large data): 0.001 behind the best is clearly behind.
+        ([0.9931, 0.9933, 0.9925], 0.9921, True),
+        # Folds that disagree by 0.005 (small data): the same gap is within one fold's noise.
+        ([0.9970, 0.9994, 0.9901], 0.9960, False),
+        # Behind by more than that noise: stopped on small data too.
+        ([0.9970, 0.9994, 0.9901], 0.9800, True),
+    ],
+)
+def test_fold_gap_pruner_bar_follows_the_fold_noise(fold_scores, first_fold, pruned) -> None:
+    study = optuna.create_study(direction="maximize", pruner=FoldGapPruner())
+    for offset in (0.0, -0.002):  # the best trial and a weaker one
+        study.add_trial(_finished([score + offset for score in fold_scores]))
+    trial = study.ask()
+    trial.report(first_fold, 0)
+    assert trial.should_prune() is pruned
+
+
+def test_fold_gap_pruner_minimizing_prunes_the_higher_loss() -> None:
+    study = optuna.create_study(direction="minimize", pruner=FoldGapPruner())
+    for offset in (0.0, 0.01):
+        study.add_trial(_finished([0.100 + offset, 0.104 + offset, 0.098 + offset]))
+    close, far = study.ask(), study.ask()
+    close.report(0.101, 0)
+    far.report(0.150, 0)
+    assert not close.should_prune()
+    assert far.should_prune()
+
+
+def test_fold_gap_pruner_waits_for_two_complete_trials() -> None:
+    study = optuna.create_study(direction="maximize", pruner=FoldGapPruner())
+    study.add_trial(_finished([0.99, 0.99, 0.98]))
+    trial = study.ask()
+    trial.report(0.5, 0)
+    assert not trial.should_prune()
+
+
+def test_cheap_defaults_run_first_once_and_only_for_configured_families(tmp_path) -> None:
+    settings = Settings(var_dir=tmp_path, families=["logreg", "random_forest"])
+    study = create_study(settings, "defaults")
+    enqueue_defaults(study, list(settings.families))
+    enqueue_defaults(study, list(settings.families))  # a resumed run: no second copy
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert len(queued) == 1  # hist_gb is not configured; the forest's default is not queued
+    trial = study.ask()
+    assert suggest_params(trial, list(settings.families)) == {
+        "family": "logreg",
+        **CHEAP_DEFAULTS["logreg"],
+    }
+    assert trial.user_attrs == {"start": "scikit-learn default"}
+
+
+def test_parallel_trials_each_get_a_share_of_native_threads(
+    tmp_path, demo_split, monkeypatch
+) -> None:
+    """Two trials at once must not each start an OpenMP team as wide as the machine."""
+    import joblib
+    from threadpoolctl import threadpool_info
+
+    import ml.tuning
+
+    dataset, data_split = demo_split
+    seen: list[int] = []
+    build = ml.tuning.build_classifier
+
+    def build_and_record(*args, **kwargs):  # runs in the trial's thread, as the fits do
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(ml.tuning, "build_classifier", build_and_record)
+    settings = Settings(var_dir=tmp_path, families=["hist_gb"], trials=2, n_jobs=2)
+    tune(data_split, dataset.feature_types, settings, "threads", None)
+    assert seen and set(seen) == {max(1, joblib.cpu_count() // 2)}
+
+
+IN_SPACE = {
+    "logreg": {"family": "logreg", "C": 1.0},
+    "random_forest": {
+        "family": "random_forest",
+        "n_estimators": 50,
+        "max_depth": 4,
+        "min_samples_leaf": 1,
+        "max_features": "sqrt",
+    },
+    "hist_gb": {"family": "hist_gb", **CHEAP_DEFAULTS["hist_gb"], "max_iter": 50},
+}
+
+
+@pytest.mark.parametrize("family", sorted(IN_SPACE))
+def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
+    tmp_path, family: str
+) -> None:
+    """Trials fit only the classifier on folds preprocessed once; the scores must be those of
+    the whole pipeline fitted per fold (mixed columns, gaps, one-hot, string target)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from ml.evaluation import score
+    from ml.features import build_pipeline
+
+    dataset = validate(mixed_frame(), "churned", source="frame")
+    data_split = split(dataset, 0.2, 42)
+    settings = Settings(var_dir=tmp_path, families=[family], cv_folds=3)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(IN_SPACE[family])
+    study.optimize(
+        Objective(data_split, dataset.feature_types, settings, tracking=None), n_trials=1
+    )
+    X, y = data_split.X_train, data_split.y_train  # noqa: N806
+    expected = []
+    folds = StratifiedKFold(3, shuffle=True, random_state=settings.seed)
+    for train, valid in folds.split(X, y):
+        pipeline = build_pipeline(IN_SPACE[family], dataset.feature_types, settings.seed)
+        pipeline.fit(X.iloc[train], y.iloc[train])
+        expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
+    assert study.trials[0].user_attrs["fold_scores"] == expected
