@@ -83,19 +83,31 @@ def study_storage(url: str) -> optuna.storages.RDBStorage:
     """The study's RDB storage. A SQLite file runs in WAL mode with normal syncing: Optuna
     makes about a dozen small transactions per trial, and with SQLite's default rollback
     journal each one waits for an fsync (55 -> 33 ms of storage time per trial here).
-    Processes on one host still share the file; machines share a database server."""
+    Processes on one host still share the file; machines share a database server.
+
+    Every SQLite transaction also starts with BEGIN IMMEDIATE, taking the write lock up front.
+    Optuna starts a queued trial by reading that it is WAITING and then marking it RUNNING,
+    relying on SELECT ... FOR UPDATE, which SQLite ignores: two workers could both start the
+    same queued trial, and the second to finish crashed `optimize` ("Cannot tell a COMPLETE
+    trial"; optuna/optuna#4002)."""
     storage = optuna.storages.RDBStorage(url)
     if storage.engine.dialect.name == "sqlite":
         event.listen(storage.engine, "connect", _sqlite_wal)
-        storage.engine.dispose()  # pooled connections predate the listener
+        event.listen(storage.engine, "begin", _begin_immediate)
+        storage.engine.dispose()  # pooled connections predate the listeners
     return storage
 
 
 def _sqlite_wal(connection: Any, _record: Any) -> None:
+    connection.isolation_level = None  # the driver must not BEGIN on its own: we do
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _begin_immediate(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class FoldGapPruner(optuna.pruners.BasePruner):
