@@ -238,14 +238,17 @@ def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
     assert study.trials[0].user_attrs["fold_scores"] == expected
 
 
+QUEUED = 60
+
+
 def test_parallel_workers_start_each_queued_trial_once(tmp_path) -> None:
     """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers started the
-    same queued trial and `optimize` crashed (optuna/optuna#4002; 3 of 3 runs of this test)."""
+    same queued trial and `optimize` crashed (optuna/optuna#4002; 5 of 5 runs of this test)."""
     from ml.tuning import study_storage
 
     study = optuna.create_study(storage=study_storage(f"sqlite:///{tmp_path / 'queue.db'}"))
-    for value in range(200):
+    for value in range(QUEUED):
         study.enqueue_trial({"x": float(value)})
-    study.optimize(lambda trial: trial.suggest_float("x", 0, 1000), n_trials=200, n_jobs=4)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1000), n_trials=QUEUED, n_jobs=4)
     started = sorted(trial.params["x"] for trial in study.trials)
-    assert started == [float(value) for value in range(200)]
+    assert started == [float(value) for value in range(QUEUED)]
