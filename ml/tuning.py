@@ -389,14 +389,19 @@ def tune(
     enqueue_defaults(study, list(settings.families))
     objective = Objective(split, feature_types, settings, tracker)
     try:
-        study.optimize(
-            objective,
-            n_trials=settings.trials,
-            timeout=settings.timeout_s,
-            n_jobs=settings.n_jobs,
-            callbacks=callbacks or [],
-            catch=(ValueError, ArithmeticError),  # one bad configuration must not end the study
-        )
+        # One BLAS thread for the whole study: this model space's matrix products are too
+        # small to gain from more, and OpenBLAS's idle threads spin on the cores that trials
+        # and the tracking thread need (30 sequential trials: 11.7 -> 8.9 s CPU). The limit
+        # is process-wide in OpenBLAS, so it is set once here, not per trial.
+        with threadpool_limits(1, user_api="blas"):
+            study.optimize(
+                objective,
+                n_trials=settings.trials,
+                timeout=settings.timeout_s,
+                n_jobs=settings.n_jobs,
+                callbacks=callbacks or [],
+                catch=(ValueError, ArithmeticError),  # one bad configuration must not end it
+            )
     finally:
         if tracker is not None:
             tracker.close()

@@ -176,24 +176,33 @@ def test_cheap_defaults_run_first_once_and_only_for_configured_families(tmp_path
 def test_parallel_trials_each_get_a_share_of_native_threads(
     tmp_path, demo_split, monkeypatch
 ) -> None:
-    """Two trials at once must not each start an OpenMP team as wide as the machine."""
+    """Two trials at once must not each start an OpenMP team as wide as the machine, and no
+    trial gets threaded BLAS (its idle threads spin on the trials' cores); both limits are
+    lifted when the study ends."""
     import joblib
     from threadpoolctl import threadpool_info
 
     import ml.tuning
 
+    def threads(api: str) -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == api}
+
     dataset, data_split = demo_split
-    seen: list[int] = []
+    seen: dict[str, set[int]] = {"openmp": set(), "blas": set()}
     build = ml.tuning.build_classifier
 
     def build_and_record(*args, **kwargs):  # runs in the trial's thread, as the fits do
-        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+        for api, counts in seen.items():
+            counts.update(threads(api))
         return build(*args, **kwargs)
 
     monkeypatch.setattr(ml.tuning, "build_classifier", build_and_record)
+    blas_before = threads("blas")
     settings = Settings(var_dir=tmp_path, families=["hist_gb"], trials=2, n_jobs=2)
     tune(data_split, dataset.feature_types, settings, "threads", None)
-    assert seen and set(seen) == {max(1, joblib.cpu_count() // 2)}
+    assert seen["openmp"] == {max(1, joblib.cpu_count() // 2)}
+    assert seen["blas"] == {1}
+    assert threads("blas") == blas_before
 
 
 IN_SPACE = {
