@@ -393,7 +393,7 @@ def tune(
     try:
         # One BLAS thread for the whole study: this model space's matrix products are too
         # small to gain from more, and OpenBLAS's idle threads spin on the cores that trials
-        # and the tracking thread need (30 sequential trials: 11.7 -> 8.9 s CPU). The limit
+        # and the tracking thread need (30 sequential trials: 11.7 -> 7.2 s CPU). The limit
         # is process-wide in OpenBLAS, so it is set once here, not per trial.
         with threadpool_limits(1, user_api="blas"):
             study.optimize(
