@@ -10,11 +10,13 @@ from ml.data import validate
 from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
 from tests.unit.test_data import mixed_frame
 
+# One small configuration per family, inside the tuning search space (ml.tuning), so tests
+# can also enqueue them as trials.
 PARAMS = {
     "logreg": {"family": "logreg", "C": 1.0},
     "random_forest": {
         "family": "random_forest",
-        "n_estimators": 10,
+        "n_estimators": 50,
         "max_depth": 3,
         "min_samples_leaf": 1,
         "max_features": "sqrt",
@@ -22,9 +24,9 @@ PARAMS = {
     "hist_gb": {
         "family": "hist_gb",
         "learning_rate": 0.1,
-        "max_iter": 10,
+        "max_iter": 50,
         "max_leaf_nodes": 7,
-        "l2_regularization": 0.0,
+        "l2_regularization": 1e-6,
     },
 }
 

@@ -17,6 +17,7 @@ from ml.tuning import (
     tune,
 )
 from tests.unit.test_data import mixed_frame
+from tests.unit.test_features import PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -205,20 +206,7 @@ def test_parallel_trials_each_get_a_share_of_native_threads(
     assert threads("blas") == blas_before
 
 
-IN_SPACE = {
-    "logreg": {"family": "logreg", "C": 1.0},
-    "random_forest": {
-        "family": "random_forest",
-        "n_estimators": 50,
-        "max_depth": 4,
-        "min_samples_leaf": 1,
-        "max_features": "sqrt",
-    },
-    "hist_gb": {"family": "hist_gb", **CHEAP_DEFAULTS["hist_gb"], "max_iter": 50},
-}
-
-
-@pytest.mark.parametrize("family", sorted(IN_SPACE))
+@pytest.mark.parametrize("family", sorted(PARAMS))
 def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
     tmp_path, family: str
 ) -> None:
@@ -233,7 +221,7 @@ def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
     data_split = split(dataset, 0.2, 42)
     settings = Settings(var_dir=tmp_path, families=[family], cv_folds=3)
     study = optuna.create_study(direction="maximize")
-    study.enqueue_trial(IN_SPACE[family])
+    study.enqueue_trial(PARAMS[family])
     study.optimize(
         Objective(data_split, dataset.feature_types, settings, tracking=None), n_trials=1
     )
@@ -241,7 +229,7 @@ def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
     expected = []
     folds = StratifiedKFold(3, shuffle=True, random_state=settings.seed)
     for train, valid in folds.split(X, y):
-        pipeline = build_pipeline(IN_SPACE[family], dataset.feature_types, settings.seed)
+        pipeline = build_pipeline(PARAMS[family], dataset.feature_types, settings.seed)
         pipeline.fit(X.iloc[train], y.iloc[train])
         expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
     assert study.trials[0].user_attrs["fold_scores"] == expected
