@@ -24,7 +24,8 @@ from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
 from ml.registry import GateDecision, run_gate
 from ml.training import TrainedModel, fit_best, log_and_register
-from ml.tuning import TrialCallback, TrialTracker, TuningResult, study_figures, tune
+from ml.tracking import TrialTracker
+from ml.tuning import TrialCallback, TuningResult, study_figures, tune
 
 stage_log = logging.getLogger("ml.stages")
 

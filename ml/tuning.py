@@ -1,35 +1,35 @@
 """Optuna search over several model families; every trial is a nested MLflow run.
 
-Trials log through `MlflowClient` with an explicit parent run id rather than the fluent API:
-it is thread-safe for `--n-jobs` > 1 and costs three tracking calls per trial.
+Parallel trials (`--n-jobs` > 1) run in forked worker processes on the study's RDB storage:
+a trial on a few hundred rows is mostly Python, and threads would take turns for the GIL.
+Forked workers start with everything imported and every fold prepared (a spawned one spent
+4-8 s importing scikit-learn and MLflow, the length of a whole study on small tables).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import statistics
 import time
+import traceback
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import joblib
 import numpy as np
 import optuna
 import pandas as pd
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from sklearn.model_selection import StratifiedKFold
-from sqlalchemy import event
 from threadpoolctl import threadpool_limits
 
 from ml.config import Settings
 from ml.data import FeatureType, Split
 from ml.evaluation import direction, score
 from ml.features import build_classifier, build_preprocessor
+from ml.storage import study_storage
+from ml.tracking import FORK, TrialTracker
 
 log = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -80,37 +80,6 @@ def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
     return params
 
 
-def study_storage(url: str) -> optuna.storages.RDBStorage:
-    """The study's RDB storage. A SQLite file runs in WAL mode with normal syncing: Optuna
-    makes about a dozen small transactions per trial, and with SQLite's default rollback
-    journal each one waits for an fsync (55 -> 33 ms of storage time per trial here).
-    Processes on one host still share the file; machines share a database server.
-
-    Every SQLite transaction also starts with BEGIN IMMEDIATE, taking the write lock up front.
-    Optuna starts a queued trial by reading that it is WAITING and then marking it RUNNING,
-    relying on SELECT ... FOR UPDATE, which SQLite ignores: two workers could both start the
-    same queued trial, and the second to finish crashed `optimize` ("Cannot tell a COMPLETE
-    trial"; optuna/optuna#4002)."""
-    storage = optuna.storages.RDBStorage(url)
-    if storage.engine.dialect.name == "sqlite":
-        event.listen(storage.engine, "connect", _sqlite_connect)
-        event.listen(storage.engine, "begin", _begin_immediate)
-        storage.engine.dispose()  # pooled connections predate the listeners
-    return storage
-
-
-def _sqlite_connect(connection: Any, _record: Any) -> None:
-    connection.isolation_level = None  # the driver must not BEGIN on its own: we do
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _begin_immediate(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-
 class FoldGapPruner(optuna.pruners.BasePruner):
     """Stops a trial whose running CV mean trails the best trial's at the same fold by more
     than this study's fold-to-fold spread (the median, over complete trials, of the standard
@@ -154,19 +123,23 @@ def create_study(settings: Settings, study_name: str) -> optuna.Study:
     fit in 3 minutes, and ten random ones took as long as RandomizedSearchCV took to find its
     best (docs/training.md has the measurements).
     """
-    with warnings.catch_warnings():  # multivariate/group TPE is "experimental" since 2.x
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        sampler = optuna.samplers.TPESampler(
-            seed=settings.seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS
-        )
     return optuna.create_study(
         study_name=study_name,
         storage=study_storage(settings.optuna_storage),
         load_if_exists=True,
         direction=direction(settings.tuning_metric),
-        sampler=sampler,
+        sampler=tpe_sampler(settings.seed),
         pruner=FoldGapPruner(),
     )
+
+
+def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
+    """Multivariate TPE that models each family's parameters together (`group`)."""
+    with warnings.catch_warnings():  # multivariate/group TPE is "experimental" since 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, n_startup_trials=STARTUP_TRIALS
+        )
 
 
 def enqueue_defaults(study: optuna.Study, families: list[str]) -> None:
@@ -228,7 +201,7 @@ class Objective:
         split: Split,
         feature_types: dict[str, FeatureType],
         settings: Settings,
-        tracking: "TrialTracker | None",
+        tracking: TrialTracker | None,
     ) -> None:
         self.settings = settings
         self.tracking = tracking
@@ -237,14 +210,12 @@ class Objective:
             PreparedFold.fit(feature_types, split.X_train, split.y_train, train, valid)
             for train, valid in folds.split(split.X_train, split.y_train)
         ]
-        # Parallel trials share the cores: each trial's OpenMP team (the boosted trees) gets
-        # its slice, as joblib gives its workers. Two teams as wide as the machine on 2 cores
-        # made two concurrent boosted fits take 2.4 s instead of 1.6 s. The limit is set in the
-        # trial's own thread: OpenMP's thread count is a per-thread setting. joblib counts the
-        # cores a container's CPU quota allows, not the host's.
-        self.omp_threads = (
-            max(1, joblib.cpu_count() // settings.n_jobs) if settings.n_jobs > 1 else None
-        )
+        # Parallel trials run in forked workers with one OpenMP thread each (the boosted
+        # trees). GNU OpenMP is not fork-safe: a child that asks for a team of two after its
+        # parent has run one hangs for good, while a team of one runs. One thread per worker
+        # is also the share joblib gives its workers when there are as many jobs as cores (two
+        # machine-wide teams on 2 cores made concurrent boosted fits take 2.4 s, not 1.6 s).
+        self.omp_threads = None if settings.n_jobs == 1 else 1
 
     def __call__(self, trial: optuna.Trial) -> float:
         with threadpool_limits(self.omp_threads, user_api="openmp"):
@@ -275,110 +246,19 @@ class Objective:
             trial.set_user_attr("fold_scores", fold_scores)  # FoldGapPruner's noise estimate
             if self.tracking is not None:
                 self.tracking.log_trial(
-                    trial, params, fold_scores, state, time.perf_counter() - started
+                    trial.number,
+                    trial.study.study_name,
+                    params,
+                    fold_scores,
+                    state,
+                    time.perf_counter() - started,
                 )
 
 
-class TrialTracker:
-    """Logs each trial as a child run of the study's parent run, off the trial's critical path.
-
-    A single background worker makes the three tracking calls per trial (create, log_batch,
-    terminate), so trials never wait on the store's disk writes; `close()` drains it. The
-    calls' Python (about 20 ms of CPU per trial on the local SQLite store) still shares the
-    GIL with the trials: docs/training.md has what that costs.
-    """
-
-    def __init__(
-        self, client: MlflowClient, experiment_id: str, parent_run_id: str, metric: str
-    ) -> None:
-        self.client = client
-        self.experiment_id = experiment_id
-        self.parent_run_id = parent_run_id
-        self.metric = metric
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trial-tracking")
-        self._pending: list[Future[None]] = []
-        self.write_cpu_s = 0.0  # CPU the worker spent writing trial runs: tracking's own cost
-
-    def log_trial(
-        self,
-        trial: optuna.Trial,
-        params: dict[str, Any],
-        fold_scores: list[float],
-        state: str,
-        duration_s: float,
-    ) -> None:
-        """Hand the finished trial to the tracking worker and return at once."""
-        record = TrialRecord(
-            trial.number,
-            trial.study.study_name,
-            dict(params),
-            list(fold_scores),
-            state,
-            duration_s,
-            int(time.time() * 1000),
-        )
-        self._pending.append(self._worker.submit(self._write, record))
-
-    def close(self) -> None:
-        """Wait for every trial run to be written; report (not raise) tracking failures."""
-        self._worker.shutdown(wait=True)
-        failures = [future.exception() for future in self._pending if future.exception()]
-        self._pending.clear()
-        if failures:
-            log.warning(
-                "%d trial runs could not be logged to MLflow; first error: %s",
-                len(failures),
-                failures[0],
-            )
-
-    def _write(self, record: "TrialRecord") -> None:
-        started = time.thread_time()
-        try:
-            self._write_run(record)
-        finally:
-            self.write_cpu_s += time.thread_time() - started
-
-    def _write_run(self, record: "TrialRecord") -> None:
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=f"trial-{record.number:03d}-{record.params['family']}",
-            tags={
-                MLFLOW_PARENT_RUN_ID: self.parent_run_id,
-                "optuna.trial": str(record.number),
-                "optuna.state": record.state,
-                "optuna.study": record.study_name,
-                "mlops.kind": "trial",
-            },
-        )
-        stamp = record.finished_ms
-        metrics = [
-            Metric(f"cv_{self.metric}", value, stamp, step)
-            for step, value in enumerate(record.fold_scores)
-        ]
-        if record.state == "COMPLETE":
-            mean = float(np.mean(record.fold_scores))
-            metrics.append(Metric(f"cv_{self.metric}_mean", mean, stamp, 0))
-        metrics.append(Metric("duration_s", record.duration_s, stamp, 0))
-        params = [Param(key, str(value)) for key, value in record.params.items()]
-        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
-        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(record.state, "FAILED")
-        self.client.set_terminated(run.info.run_id, status=status, end_time=stamp)
+CATCH = (ValueError, ArithmeticError)  # one bad configuration fails its trial, not the study
 
 
-@dataclass(frozen=True)
-class TrialRecord:
-    """What one finished trial hands to the tracking worker."""
-
-    number: int
-    study_name: str
-    params: dict[str, Any]
-    fold_scores: list[float]
-    state: str
-    duration_s: float
-    finished_ms: int
-
-
-def tune(
+def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     split: Split,
     feature_types: dict[str, FeatureType],
     settings: Settings,
@@ -392,18 +272,20 @@ def tune(
     objective = Objective(split, feature_types, settings, tracker)
     try:
         # One BLAS thread for the whole study: this model space's matrix products are too
-        # small to gain from more, and OpenBLAS's idle threads spin on the cores that trials
-        # and the tracking thread need (30 sequential trials: 11.7 -> 7.2 s CPU). The limit
-        # is process-wide in OpenBLAS, so it is set once here, not per trial.
+        # small to gain from more, and OpenBLAS's idle threads spin on the cores that other
+        # trials need (30 sequential trials: 11.7 -> 7.2 s CPU). The limit is process-wide in
+        # OpenBLAS, so it is set once here, and forked workers inherit it.
         with threadpool_limits(1, user_api="blas"):
-            study.optimize(
-                objective,
-                n_trials=settings.trials,
-                timeout=settings.timeout_s,
-                n_jobs=settings.n_jobs,
-                callbacks=callbacks or [],
-                catch=(ValueError, ArithmeticError),  # one bad configuration must not end it
-            )
+            if settings.n_jobs == 1:
+                study.optimize(
+                    objective,
+                    n_trials=settings.trials,
+                    timeout=settings.timeout_s,
+                    callbacks=callbacks or [],
+                    catch=CATCH,
+                )
+            else:
+                optimize_in_processes(study, objective, settings, callbacks or [])
     finally:
         if tracker is not None:
             tracker.close()
@@ -423,6 +305,102 @@ def tune(
         pruned=states.count(optuna.trial.TrialState.PRUNED),
         failed=states.count(optuna.trial.TrialState.FAIL),
     )
+
+
+def optimize_in_processes(
+    study: optuna.Study, objective: Objective, settings: Settings, callbacks: list[TrialCallback]
+) -> None:
+    """`settings.n_jobs` forked workers share the study through its storage; the callbacks
+    run here, as each worker reports a finished trial.
+
+    Workers claim trials from a shared count, so exactly `settings.trials` run, and start no
+    trial after the timeout (a running one finishes, as with Optuna's own timeout). The first
+    worker error stops the others and is raised here.
+    """
+    deadline = None if settings.timeout_s is None else time.monotonic() + settings.timeout_s
+    unclaimed = FORK.Value("i", settings.trials)
+    finished = FORK.Queue()
+    workers = [
+        FORK.Process(
+            target=_trial_worker,
+            args=(study.study_name, objective, settings.seed + index, unclaimed, deadline),
+            kwargs={"finished": finished},
+            name=f"trial-worker-{index}",
+            daemon=True,
+        )
+        for index in range(settings.n_jobs)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        running = len(workers)
+        while running:
+            number, error = _next_report(finished, workers)
+            if error is not None:
+                raise RuntimeError(f"study {study.study_name!r}: trial worker failed: {error}")
+            if number is None:
+                running -= 1
+            elif callbacks:  # reading the trial back costs a query: only for a listener
+                trial = study.get_trials(deepcopy=False)[number]
+                for callback in callbacks:
+                    callback(study, trial)
+    finally:
+        for worker in workers:
+            if worker.is_alive():
+                worker.terminate()  # only after an error or an interrupt
+            worker.join()
+
+
+def _next_report(finished: Any, workers: list[Any]) -> tuple[int | None, str | None]:
+    """(trial number, None) per finished trial, (None, None) when a worker is done, and
+    (None, error) when one failed or died without saying."""
+    while True:
+        try:
+            return finished.get(timeout=1.0)
+        except queue.Empty:
+            dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
+            if dead:
+                return None, f"{dead[0].name} exited with code {dead[0].exitcode}"  # killed
+
+
+def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arguments
+    study_name: str,
+    objective: Objective,
+    seed: int,
+    unclaimed: Any,
+    deadline: float | None,
+    finished: Any,
+) -> None:
+    """One worker process: claim a trial, run it, report it; until none is left or time is up."""
+    try:
+        # Its own storage connections (the parent's do not survive a fork) and its own sampler
+        # seed: two workers with one seed would propose the same configurations.
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=study_storage(objective.settings.optuna_storage),
+            sampler=tpe_sampler(seed),
+            pruner=FoldGapPruner(),
+        )
+        while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
+            study.optimize(
+                objective,
+                n_trials=1,
+                catch=CATCH,
+                callbacks=[lambda _study, trial: finished.put((trial.number, None))],
+            )
+        finished.put((None, None))
+    except BaseException as error:  # the parent raises it; the traceback goes to stderr
+        name = FORK.current_process().name
+        finished.put((None, f"{name}: {''.join(traceback.format_exception_only(error)).strip()}"))
+        raise
+
+
+def _claim(unclaimed: Any) -> bool:
+    with unclaimed.get_lock():
+        if unclaimed.value <= 0:
+            return False
+        unclaimed.value -= 1
+        return True
 
 
 def study_figures(study_name: str, settings: Settings) -> dict[str, Any]:

@@ -92,7 +92,7 @@ def test_trial_tracker_writes_nested_runs_and_counts_its_cpu(tmp_path, demo_spli
     """Real MLflow SQLite store: every trial becomes a child run; the worker's CPU is counted."""
     from mlflow.tracking import MlflowClient
 
-    from ml.tuning import TrialTracker
+    from ml.tracking import TrialTracker
 
     dataset, data_split = demo_split
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -106,6 +106,7 @@ def test_trial_tracker_writes_nested_runs_and_counts_its_cpu(tmp_path, demo_spli
     assert len(children) == 2
     assert all(len(run.data.metrics) >= 2 for run in children)  # fold scores, duration
     assert tracker.write_cpu_s > 0
+    assert tracker.written == 2
 
 
 def _finished(fold_scores: list[float]) -> optuna.trial.FrozenTrial:
@@ -174,36 +175,97 @@ def test_cheap_defaults_run_first_once_and_only_for_configured_families(tmp_path
     assert trial.user_attrs == {"start": "scikit-learn default"}
 
 
-def test_parallel_trials_each_get_a_share_of_native_threads(
+def test_parallel_trials_run_in_worker_processes_with_one_native_thread_each(
     tmp_path, demo_split, monkeypatch
 ) -> None:
-    """Two trials at once must not each start an OpenMP team as wide as the machine, and no
-    trial gets threaded BLAS (its idle threads spin on the trials' cores); both limits are
-    lifted when the study ends."""
-    import joblib
+    """Parallel trials run in forked processes, each fit with one OpenMP thread (GNU OpenMP
+    hangs in a forked child that asks for more once its parent has used a team) and one
+    BLAS thread; the parent's own limits are untouched afterwards."""
+    import json
+    import os
+
     from threadpoolctl import threadpool_info
 
     import ml.tuning
 
-    def threads(api: str) -> set[int]:
-        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == api}
+    def threads(api: str) -> list[int]:
+        return sorted(
+            {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == api}
+        )
 
     dataset, data_split = demo_split
-    seen: dict[str, set[int]] = {"openmp": set(), "blas": set()}
+    seen = tmp_path / "seen.jsonl"
     build = ml.tuning.build_classifier
 
-    def build_and_record(*args, **kwargs):  # runs in the trial's thread, as the fits do
-        for api, counts in seen.items():
-            counts.update(threads(api))
+    def build_and_record(*args, **kwargs):  # runs where the fits run: in a worker
+        with seen.open("a", encoding="utf-8") as out:
+            out.write(json.dumps([os.getpid(), threads("openmp"), threads("blas")]) + "\n")
         return build(*args, **kwargs)
 
     monkeypatch.setattr(ml.tuning, "build_classifier", build_and_record)
     blas_before = threads("blas")
-    settings = Settings(var_dir=tmp_path, families=["hist_gb"], trials=2, n_jobs=2)
+    # The parent runs an OpenMP team first, as the CLI's second study or a test run would.
+    build(PARAMS["hist_gb"], 0).fit(data_split.X_train.iloc[:, :5], data_split.y_train)
+    settings = Settings(var_dir=tmp_path, families=["hist_gb"], trials=4, n_jobs=2)
     tune(data_split, dataset.feature_types, settings, "threads", None)
-    assert seen["openmp"] == {max(1, joblib.cpu_count() // 2)}
-    assert seen["blas"] == {1}
+    fits = [json.loads(line) for line in seen.read_text(encoding="utf-8").splitlines()]
+    assert len(fits) >= 4 * settings.cv_folds - 2  # every fold of every trial (some pruned)
+    assert os.getpid() not in {pid for pid, _, _ in fits}
+    assert {tuple(omp) for _, omp, _ in fits} == {(1,)}
+    assert {tuple(blas) for _, _, blas in fits} == {(1,)}
     assert threads("blas") == blas_before
+
+
+def test_parallel_study_runs_exactly_its_trials_and_reports_each_to_the_callbacks(
+    tmp_path, demo_split
+) -> None:
+    """Workers claim trials from one count; the parent's callbacks see every finished trial
+    once, with the study's best so far; every worker's trial reaches the one MLflow writer."""
+    from mlflow.tracking import MlflowClient
+
+    from ml.tracking import TrialTracker
+
+    dataset, data_split = demo_split
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("p", (tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id).info.run_id
+    tracker = TrialTracker(client, experiment_id, parent, "roc_auc")
+    reported: list[int] = []
+    settings = Settings(var_dir=tmp_path, families=["logreg"], trials=7, n_jobs=2)
+    result = tune(
+        data_split,
+        dataset.feature_types,
+        settings,
+        "parallel",
+        tracker,
+        [lambda study, trial: reported.append(trial.number)],
+    )
+    assert sorted(reported) == list(range(7))
+    assert result.complete + result.pruned + result.failed == 7
+    study = optuna.load_study(study_name="parallel", storage=settings.optuna_storage)
+    assert len(study.trials) == 7
+    runs = client.search_runs([experiment_id], "tags.`mlops.kind` = 'trial'")
+    assert sorted(int(run.data.tags["optuna.trial"]) for run in runs) == list(range(7))
+    assert tracker.written == 7
+
+
+def test_a_failing_trial_worker_stops_the_study_with_its_error(
+    tmp_path, demo_split, monkeypatch
+) -> None:
+    """An error that is not a bad configuration (not ValueError/ArithmeticError) must not
+    leave the parent waiting: it is raised there, with the worker's traceback."""
+    import ml.tuning
+
+    def broken(*_args, **_kwargs):
+        raise TypeError("a bug, not a bad configuration")
+
+    monkeypatch.setattr(ml.tuning, "build_classifier", broken)
+    dataset, data_split = demo_split
+    settings = Settings(var_dir=tmp_path, families=["logreg"], trials=4, n_jobs=2)
+    with pytest.raises(
+        RuntimeError, match=r"trial worker failed: trial-worker-\d: TypeError: a bug"
+    ):
+        tune(data_split, dataset.feature_types, settings, "broken", None)
 
 
 @pytest.mark.parametrize("family", sorted(PARAMS))
@@ -235,13 +297,35 @@ def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
     assert study.trials[0].user_attrs["fold_scores"] == expected
 
 
+def test_sqlite_study_reads_run_beside_a_writer(tmp_path) -> None:
+    """Only writes take SQLite's write lock up front: the sampler's and the pruner's reads
+    (the heaviest queries) must not queue behind another process's write. With every
+    transaction immediate, two worker processes ran no faster than one."""
+    import sqlite3
+
+    from ml.storage import study_storage
+
+    path = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="s", storage=study_storage(f"sqlite:///{path}"))
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
+    try:
+        reader = optuna.load_study(study_name="s", storage=study_storage(f"sqlite:///{path}"))
+        assert [trial.value for trial in reader.trials] == [1.0]
+        assert reader.best_value == 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
 QUEUED = 60
 
 
 def test_parallel_workers_start_each_queued_trial_once(tmp_path) -> None:
     """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers started the
     same queued trial and `optimize` crashed (optuna/optuna#4002; 5 of 5 runs of this test)."""
-    from ml.tuning import study_storage
+    from ml.storage import study_storage
 
     study = optuna.create_study(storage=study_storage(f"sqlite:///{tmp_path / 'queue.db'}"))
     for value in range(QUEUED):
