@@ -104,10 +104,10 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
         report = self._wait_for_report()
         self._writer.join(timeout=30)
         self.write_cpu_s, self.written = report.cpu_s, report.written
-        if report.failures:
+        if report.first_error is not None:
             log.warning(
                 "%s trial runs could not be logged to MLflow; first error: %s",
-                "some" if report.failures < 0 else report.failures,
+                report.failures or "some",
                 report.first_error,
             )
 
@@ -123,7 +123,7 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
                 except queue.Empty:
                     self._records.cancel_join_thread()  # nobody reads the rest: do not hang
                     return WriterReport(
-                        0.0, 0, -1, f"the writer process exited with code {self._writer.exitcode}"
+                        0.0, 0, 0, f"the writer process exited with code {self._writer.exitcode}"
                     )
 
     def _write_all(self) -> None:

@@ -266,11 +266,12 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     tracker: TrialTracker | None,
     callbacks: list[TrialCallback] | None = None,
 ) -> TuningResult:
-    """Run `settings.trials` trials (or until the timeout) and return the best."""
-    study = create_study(settings, study_name)
-    enqueue_defaults(study, list(settings.families))
-    objective = Objective(split, feature_types, settings, tracker)
+    """Run `settings.trials` trials (or until the timeout) and return the best; closes the
+    tracker whatever happens."""
     try:
+        study = create_study(settings, study_name)
+        enqueue_defaults(study, list(settings.families))
+        objective = Objective(split, feature_types, settings, tracker)
         # One BLAS thread for the whole study: this model space's matrix products are too
         # small to gain from more, and OpenBLAS's idle threads spin on the cores that other
         # trials need (30 sequential trials: 11.7 -> 7.2 s CPU). The limit is process-wide in
