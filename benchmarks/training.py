@@ -307,14 +307,15 @@ def warm_up(dataset: Dataset, settings: Settings) -> None:
     this the first seed measured start-up, not search."""
     _tracker(settings).close()
     data_split = split(dataset, settings.test_size, settings.seed)
+    estimator = Pipeline(
+        [
+            ("preprocess", build_preprocessor(dataset.feature_types)),
+            ("model", LogisticRegression(max_iter=2000)),
+        ]
+    )
     RandomizedSearchCV(
-        LogisticRegression(),
-        {"C": loguniform(1e-3, 1e2)},
-        n_iter=2,
-        cv=2,
-        n_jobs=settings.n_jobs,
-        random_state=0,
-    ).fit(data_split.X_train.select_dtypes("number"), data_split.y_train)
+        estimator, {"model__C": loguniform(1e-3, 1e2)}, n_iter=2, cv=2, n_jobs=settings.n_jobs
+    ).fit(data_split.X_train, data_split.y_train)
 
 
 def races(demo: Dataset, large: Dataset, settings: Settings, args: argparse.Namespace) -> None:
