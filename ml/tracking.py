@@ -12,9 +12,6 @@ Trial workers forked later inherit the queue, so trials from every process reach
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import queue
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -25,8 +22,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from ml.forking import FORK, next_message, start
+
 log = logging.getLogger(__name__)
-FORK = multiprocessing.get_context("fork")  # the point: the child has MLflow imported
 
 
 @dataclass(frozen=True)
@@ -71,10 +69,8 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
         self.written = 0
         self._records: Any = FORK.Queue()
         self._reports: Any = FORK.Queue()
-        sys.stdout.flush()  # a forked child would print an unflushed buffer a second time
-        sys.stderr.flush()
         self._writer = FORK.Process(target=self._write_all, name="trial-tracking", daemon=True)
-        self._writer.start()
+        start(self._writer)
 
     def log_trial(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         self,
@@ -101,7 +97,13 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
     def close(self) -> None:
         """Wait for every trial run to be written; report (not raise) tracking failures."""
         self._records.put(None)
-        report = self._wait_for_report()
+        try:
+            report: WriterReport = next_message(self._reports, [self._writer])
+        except ChildProcessError:
+            self._records.cancel_join_thread()  # nobody reads the rest: do not hang on exit
+            report = WriterReport(
+                0.0, 0, 0, f"the writer process exited with code {self._writer.exitcode}"
+            )
         self._writer.join(timeout=30)
         self.write_cpu_s, self.written = report.cpu_s, report.written
         if report.first_error is not None:
@@ -110,21 +112,6 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
                 report.failures or "some",
                 report.first_error,
             )
-
-    def _wait_for_report(self) -> WriterReport:
-        while True:
-            try:
-                return self._reports.get(timeout=1.0)
-            except queue.Empty:
-                if self._writer.is_alive():
-                    continue  # still writing
-                try:  # it may have reported just before exiting
-                    return self._reports.get(timeout=1.0)
-                except queue.Empty:
-                    self._records.cancel_join_thread()  # nobody reads the rest: do not hang
-                    return WriterReport(
-                        0.0, 0, 0, f"the writer process exited with code {self._writer.exitcode}"
-                    )
 
     def _write_all(self) -> None:
         """The writer process: one child run per record until the closing None."""

@@ -9,7 +9,6 @@ Forked workers start with everything imported and every fold prepared (a spawned
 from __future__ import annotations
 
 import logging
-import queue
 import statistics
 import time
 import traceback
@@ -29,7 +28,8 @@ from ml.data import FeatureType, Split
 from ml.evaluation import direction, score
 from ml.features import build_classifier, build_preprocessor
 from ml.storage import study_storage
-from ml.tracking import FORK, TrialTracker
+from ml.forking import FORK, next_message, start
+from ml.tracking import TrialTracker
 
 log = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
@@ -332,11 +332,14 @@ def optimize_in_processes(
         for index in range(settings.n_jobs)
     ]
     for worker in workers:
-        worker.start()
+        start(worker)
     try:
         running = len(workers)
         while running:
-            number, error = _next_report(finished, workers)
+            try:
+                number, error = next_message(finished, workers)
+            except ChildProcessError as died:  # killed, with nothing said
+                error = str(died)
             if error is not None:
                 raise RuntimeError(f"study {study.study_name!r}: trial worker failed: {error}")
             if number is None:
@@ -350,18 +353,6 @@ def optimize_in_processes(
             if worker.is_alive():
                 worker.terminate()  # only after an error or an interrupt
             worker.join()
-
-
-def _next_report(finished: Any, workers: list[Any]) -> tuple[int | None, str | None]:
-    """(trial number, None) per finished trial, (None, None) when a worker is done, and
-    (None, error) when one failed or died without saying."""
-    while True:
-        try:
-            return finished.get(timeout=1.0)
-        except queue.Empty:
-            dead = [worker for worker in workers if worker.exitcode not in (None, 0)]
-            if dead:
-                return None, f"{dead[0].name} exited with code {dead[0].exitcode}"  # killed
 
 
 def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arguments

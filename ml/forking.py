@@ -1,0 +1,37 @@
+"""Forked child processes: trial workers and the MLflow writer.
+
+Forked, not spawned: a child starts in milliseconds with scikit-learn, MLflow and the prepared
+folds already in memory, where a spawned one spends 4-8 s importing them. Linux only.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import sys
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+FORK = multiprocessing.get_context("fork")
+
+
+def start(process: BaseProcess) -> None:
+    """Start a forked child; flush first, or the child prints an unflushed buffer again."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    process.start()
+
+
+def next_message(messages: Any, processes: Sequence[BaseProcess], poll_s: float = 1.0) -> Any:
+    """The next message from `processes`; ChildProcessError once one of them has died
+    (non-zero exit) with nothing left to read, so the reader never waits for a dead child."""
+    while True:
+        try:
+            return messages.get(timeout=poll_s)
+        except queue.Empty:
+            for process in processes:
+                if process.exitcode not in (None, 0):
+                    raise ChildProcessError(
+                        f"{process.name} exited with code {process.exitcode}"
+                    ) from None
