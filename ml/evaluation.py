@@ -8,6 +8,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
@@ -59,8 +60,22 @@ def holdout_metrics(
 
 def _roc_auc(y: pd.Series, proba: Any, classes: list[Any]) -> float:
     if len(classes) == 2:
-        return float(skm.roc_auc_score(y == classes[1], proba[:, 1]))
+        return binary_roc_auc(np.asarray(y == classes[1]), proba[:, 1])
     return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
+
+
+def binary_roc_auc(positive: np.ndarray, scores: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic: the chance that a positive outscores a negative,
+    ties counting half, from the positives' average ranks. The same number as scikit-learn's
+    `roc_auc_score`, which spends 2 ms per call checking its inputs: a tuning trial scores
+    every CV fold, and on the bundled data that was a tenth of a trial.
+    """
+    positives = int(positive.sum())
+    negatives = len(positive) - positives
+    if positives == 0 or negatives == 0:
+        raise ValueError("ROC AUC is undefined when y holds only one class")
+    rank_sum = float(rankdata(scores)[positive].sum())
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
 def is_better(metric: str, candidate: float, incumbent: float, margin: float = 0.0) -> bool:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
-from ml.evaluation import direction, holdout_metrics, is_better, roc_curve_figure
+from ml.evaluation import binary_roc_auc, direction, holdout_metrics, is_better, roc_curve_figure
 
 
 def test_direction_and_margin() -> None:
@@ -13,6 +16,23 @@ def test_direction_and_margin() -> None:
     assert is_better("roc_auc", 0.95, 0.94) and not is_better("roc_auc", 0.95, 0.94, margin=0.02)
     assert is_better("log_loss", 0.20, 0.30) and not is_better("log_loss", 0.30, 0.20)
     assert not is_better("accuracy", 0.9, 0.9)  # a tie keeps the champion
+
+
+@pytest.mark.parametrize("rows", [2, 7, 91, 1000])
+def test_binary_roc_auc_matches_scikit_learn_with_ties(rows) -> None:
+    rng = np.random.default_rng(rows)
+    for _ in range(20):
+        positive = rng.random(rows) < 0.4
+        positive[:2] = [True, False]  # both classes, always
+        scores = np.round(rng.random(rows), 1)  # coarse: many ties, within and across classes
+        assert binary_roc_auc(positive, scores) == pytest.approx(
+            roc_auc_score(positive, scores), abs=1e-12
+        )
+
+
+def test_binary_roc_auc_refuses_one_class() -> None:
+    with pytest.raises(ValueError, match="only one class"):
+        binary_roc_auc(np.array([True, True]), np.array([0.2, 0.9]))
 
 
 def test_multiclass_metrics_and_roc_plot() -> None:
