@@ -110,14 +110,12 @@ def test_trial_tracker_writes_nested_runs_and_counts_its_cpu(tmp_path, demo_spli
 
 
 def _finished(fold_scores: list[float]) -> optuna.trial.FrozenTrial:
-    """A complete trial with these fold scores, reported as running means like Objective."""
-    means = [sum(fold_scores[: k + 1]) / (k + 1) for k in range(len(fold_scores))]
+    """A complete trial with these fold scores, reported one per fold like Objective."""
     return optuna.trial.create_trial(
         params={},
         distributions={},
-        value=means[-1],
-        intermediate_values=dict(enumerate(means)),
-        user_attrs={"fold_scores": fold_scores},
+        value=sum(fold_scores) / len(fold_scores),
+        intermediate_values=dict(enumerate(fold_scores)),
     )
 
 
@@ -139,6 +137,35 @@ def test_fold_gap_pruner_bar_follows_the_fold_noise(fold_scores, first_fold, pru
     trial = study.ask()
     trial.report(first_fold, 0)
     assert trial.should_prune() is pruned
+
+
+def test_fold_gap_pruner_compares_running_means() -> None:
+    """Fold scores are reported one by one; the bar is on their running mean."""
+    study = optuna.create_study(direction="maximize", pruner=FoldGapPruner())
+    for offset in (0.0, -0.002):
+        study.add_trial(_finished([s + offset for s in (0.9931, 0.9933, 0.9925)]))
+    trial = study.ask()
+    trial.report(0.9940, 0)  # ahead of the best's first fold
+    assert not trial.should_prune()
+    trial.report(0.9900, 1)  # 0.9920 after two folds, 0.0012 behind the best's 0.9932
+    assert trial.should_prune()
+
+
+def test_fold_gap_pruner_reads_the_bar_once_per_trial() -> None:
+    """A trial keeps the bar of its first check; a better trial completing meanwhile raises
+    the bar from the next trial on."""
+    study = optuna.create_study(direction="maximize", pruner=FoldGapPruner())
+    for offset in (0.0, -0.002):
+        study.add_trial(_finished([s + offset for s in (0.9931, 0.9933, 0.9925)]))
+    running = study.ask()
+    running.report(0.9929, 0)
+    assert not running.should_prune()  # 0.0002 behind the best; folds spread 0.0004
+    study.add_trial(_finished([0.9990, 0.9992, 0.9988]))
+    running.report(0.9929, 1)
+    assert not running.should_prune()  # still measured against the bar it started with
+    following = study.ask()
+    following.report(0.9929, 0)
+    assert following.should_prune()  # 0.0061 behind the new best
 
 
 def test_fold_gap_pruner_minimizing_prunes_the_higher_loss() -> None:
@@ -294,7 +321,7 @@ def test_fold_preprocessing_fitted_once_gives_the_full_pipelines_scores(
         pipeline = build_pipeline(PARAMS[family], dataset.feature_types, settings.seed)
         pipeline.fit(X.iloc[train], y.iloc[train])
         expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
-    assert study.trials[0].user_attrs["fold_scores"] == expected
+    assert list(study.trials[0].intermediate_values.values()) == expected
 
 
 def test_sqlite_study_reads_run_beside_a_writer(tmp_path) -> None:
