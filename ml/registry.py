@@ -65,22 +65,26 @@ def run_gate(
         metric, load_version(name, challenger), split.X_holdout, split.y_holdout
     )
     incumbent = champion_version(client, name)
-    if incumbent is None:
+    # The SQLite store answers versions as ints, a tracking server as strings.
+    incumbent_version = None if incumbent is None else str(incumbent.version)
+    if incumbent_version is None:
         decision = GateDecision(
             True, "no champion yet", metric, challenger, challenger_score, None, None
         )
-    elif incumbent.version == challenger:
+    elif incumbent_version == challenger:
         decision = GateDecision(
             False,
             "already champion",
             metric,
             challenger,
             challenger_score,
-            incumbent.version,
+            incumbent_version,
             challenger_score,
         )
     else:
-        decision = _compare(name, metric, margin, challenger, challenger_score, incumbent, split)
+        decision = _compare(
+            name, metric, margin, challenger, challenger_score, incumbent_version, split
+        )
     _record(client, name, decision)
     return decision
 
@@ -91,11 +95,11 @@ def _compare(
     margin: float,
     challenger: str,
     challenger_score: float,
-    incumbent: ModelVersion,
+    incumbent: str,
     split: Split,
 ) -> GateDecision:
     try:
-        champion_model = load_version(name, incumbent.version)
+        champion_model = load_version(name, incumbent)
         champion_score = score(metric, champion_model, split.X_holdout, split.y_holdout)
     except (MlflowException, ValueError, KeyError) as exc:
         # A champion trained on other columns cannot score today's data: it must yield.
@@ -105,7 +109,7 @@ def _compare(
             metric,
             challenger,
             challenger_score,
-            incumbent.version,
+            incumbent,
             None,
         )
     wins = is_better(metric, challenger_score, champion_score, margin)
@@ -115,7 +119,7 @@ def _compare(
         f"{champion_score:.4f} by more than margin {margin}"
     )
     return GateDecision(
-        wins, reason, metric, challenger, challenger_score, incumbent.version, champion_score
+        wins, reason, metric, challenger, challenger_score, incumbent, champion_score
     )
 
 
@@ -155,5 +159,5 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
     client.set_model_version_tag(name, version, "gate.decision", "promoted")
     client.set_model_version_tag(name, version, "gate.reason", reason)
     client.set_model_version_tag(
-        name, version, "gate.champion_version", previous.version if previous else "-"
+        name, version, "gate.champion_version", str(previous.version) if previous else "-"
     )
