@@ -48,7 +48,16 @@ def write(tmp_path: Path, name: str, content: str) -> str:
 BAD_INPUTS = {
     "missing file": (lambda p: str(p / "nope.csv"), "y", "no such file"),
     "empty file": (lambda p: write(p, "empty.csv", ""), "y", "is empty"),
-    "unreadable csv": (lambda p: write(p, "bin.parquet", "not parquet"), "y", "cannot be read"),
+    "unreadable csv": (
+        lambda p: write(p, "quote.csv", 'a,y\n1,"x\n2,y\n'),  # a quote that never closes
+        "y",
+        "cannot be read as CSV",
+    ),
+    "unreadable parquet": (
+        lambda p: write(p, "bin.parquet", "not parquet"),
+        "y",
+        "cannot be read as Parquet",
+    ),
     "missing target": (lambda p: write(p, "t.csv", "a,b\n1,2\n"), "y", "'y' not found"),
     "single class": (lambda p: write(p, "one.csv", "a,y\n" + "1,x\n" * 20), "y", "two classes"),
     "class too small": (
