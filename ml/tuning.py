@@ -368,17 +368,16 @@ def optimize_in_processes(
         running = len(workers)
         while running:
             try:
-                number, error = next_message(finished, workers)
+                trial, error = next_message(finished, workers)
             except ChildProcessError as died:  # killed, with nothing said
                 error = str(died)
             if error is not None:
                 raise RuntimeError(f"study {study.study_name!r}: trial worker failed: {error}")
-            if number is None:
+            if trial is None:  # that worker is done
                 running -= 1
-            elif callbacks:  # reading the trial back costs a query: only for a listener
-                trial = study.get_trials(deepcopy=False)[number]
-                for callback in callbacks:
-                    callback(study, trial)
+                continue
+            for callback in callbacks:
+                callback(study, trial)
     finally:
         for worker in workers:
             if worker.is_alive():
@@ -409,7 +408,9 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
                 objective,
                 n_trials=1,
                 catch=CATCH,
-                callbacks=[lambda _study, trial: finished.put((trial.number, None))],
+                # The finished trial itself: reading it back here would cost the tuning
+                # process a storage query per trial, on the cores the workers need.
+                callbacks=[lambda _study, trial: finished.put((trial, None))],
             )
         finished.put((None, None))
     except BaseException as error:  # the parent raises it; the traceback goes to stderr

@@ -247,7 +247,7 @@ def test_parallel_study_runs_exactly_its_trials_and_reports_each_to_the_callback
     tmp_path, demo_split
 ) -> None:
     """Workers claim trials from one count; the parent's callbacks see every finished trial
-    once, with the study's best so far; every worker's trial reaches the one MLflow writer."""
+    once, as the storage holds it; every worker's trial reaches the one MLflow writer."""
     from mlflow.tracking import MlflowClient
 
     from ml.tracking import TrialTracker
@@ -257,7 +257,7 @@ def test_parallel_study_runs_exactly_its_trials_and_reports_each_to_the_callback
     experiment_id = client.create_experiment("p", (tmp_path / "artifacts").as_uri())
     parent = client.create_run(experiment_id).info.run_id
     tracker = TrialTracker(client, experiment_id, parent, "roc_auc")
-    reported: list[int] = []
+    reported: list[optuna.trial.FrozenTrial] = []
     settings = Settings(var_dir=tmp_path, families=["logreg"], trials=7, n_jobs=2)
     result = tune(
         data_split,
@@ -265,12 +265,15 @@ def test_parallel_study_runs_exactly_its_trials_and_reports_each_to_the_callback
         settings,
         "parallel",
         tracker,
-        [lambda study, trial: reported.append(trial.number)],
+        [lambda study, trial: reported.append(trial)],
     )
-    assert sorted(reported) == list(range(7))
+    assert sorted(trial.number for trial in reported) == list(range(7))
     assert result.complete + result.pruned + result.failed == 7
     study = optuna.load_study(study_name="parallel", storage=settings.optuna_storage)
     assert len(study.trials) == 7
+    stored = {trial.number: (trial.state, trial.value, trial.params) for trial in study.trials}
+    assert {trial.number: (trial.state, trial.value, trial.params) for trial in reported} == stored
+    assert all(trial.state.is_finished() for trial in reported)
     runs = client.search_runs([experiment_id], "tags.`mlops.kind` = 'trial'")
     assert sorted(int(run.data.tags["optuna.trial"]) for run in runs) == list(range(7))
     assert tracker.written == 7
