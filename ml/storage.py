@@ -83,8 +83,21 @@ for _name in WRITES:
     )
 
 
-def _sqlite_connect(connection: Any, _record: Any) -> None:
+def _sqlite_connect(connection: Any, record: Any) -> None:
     connection.isolation_level = None  # the driver must not BEGIN on its own: we do
+    _wal(connection, record)
+
+
+def use_wal(engine: Any) -> None:
+    """WAL with normal syncing on every new connection of a SQLite `engine`: a commit no
+    longer waits for an fsync. The mode stays with the file, so use it for local files only
+    (WAL needs every process on one host)."""
+    if engine.url.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _wal)
+        engine.dispose(close=False)  # pooled connections predate the listener
+
+
+def _wal(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
