@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import logging
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +35,7 @@ WRITES = (
     "record_heartbeat",
     "upgrade",
 )
+log = logging.getLogger(__name__)
 _writing = contextvars.ContextVar("optuna_storage_writing", default=False)
 
 
@@ -89,12 +92,19 @@ def _sqlite_connect(connection: Any, record: Any) -> None:
 
 
 def use_wal(engine: Any) -> None:
-    """WAL with normal syncing on every new connection of a SQLite `engine`: a commit no
-    longer waits for an fsync. The mode stays with the file, so use it for local files only
-    (WAL needs every process on one host)."""
+    """WAL with normal syncing on every new connection of a SQLite `engine`, where it can be
+    had: a commit no longer waits for an fsync. The mode stays with the file, so use it for
+    local files only (WAL needs every process on one host)."""
     if engine.url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _wal)
+        event.listen(engine, "connect", _wal_if_possible)
         engine.dispose(close=False)  # pooled connections predate the listener
+
+
+def _wal_if_possible(connection: Any, record: Any) -> None:
+    try:
+        _wal(connection, record)
+    except sqlite3.OperationalError as exc:  # another process holds the file: keep its mode
+        log.debug("SQLite stays in its journal mode: %s", exc)
 
 
 def _wal(connection: Any, _record: Any) -> None:
