@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import mlflow
-from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -42,10 +41,11 @@ class GateDecision:
         }
 
 
-def champion_version(client: MlflowClient, name: str) -> ModelVersion | None:
-    """The version holding the `champion` alias, or None before the first promotion."""
+def champion_version(client: MlflowClient, name: str) -> str | None:
+    """The number of the version holding the `champion` alias, or None before the first
+    promotion. A string whatever the store: the SQLite store answers ints, a server strings."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return str(client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as exc:
         if exc.error_code in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
             return None
@@ -65,26 +65,22 @@ def run_gate(
         metric, load_version(name, challenger), split.X_holdout, split.y_holdout
     )
     incumbent = champion_version(client, name)
-    # The SQLite store answers versions as ints, a tracking server as strings.
-    incumbent_version = None if incumbent is None else str(incumbent.version)
-    if incumbent_version is None:
+    if incumbent is None:
         decision = GateDecision(
             True, "no champion yet", metric, challenger, challenger_score, None, None
         )
-    elif incumbent_version == challenger:
+    elif incumbent == challenger:
         decision = GateDecision(
             False,
             "already champion",
             metric,
             challenger,
             challenger_score,
-            incumbent_version,
+            incumbent,
             challenger_score,
         )
     else:
-        decision = _compare(
-            name, metric, margin, challenger, challenger_score, incumbent_version, split
-        )
+        decision = _compare(name, metric, margin, challenger, challenger_score, incumbent, split)
     _record(client, name, decision)
     return decision
 
@@ -158,6 +154,4 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
     client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "gate.decision", "promoted")
     client.set_model_version_tag(name, version, "gate.reason", reason)
-    client.set_model_version_tag(
-        name, version, "gate.champion_version", str(previous.version) if previous else "-"
-    )
+    client.set_model_version_tag(name, version, "gate.champion_version", previous or "-")
