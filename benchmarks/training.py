@@ -126,7 +126,9 @@ def run_random_search(dataset: Dataset, settings: Settings, budget_s: float) -> 
         )
         search.fit(data_split.X_train, data_split.y_train)
         finished += _finishing_times(search.cv_results_, folds.n_splits, started)
-        # Next search: about CHUNK_S of candidates at this one's pace, whole rounds of n_jobs.
+        # Next search: about CHUNK_S of candidates at this one's pace, whole rounds of n_jobs,
+        # at most 32 rounds: a search of cheap draws must not make the next one, of forests,
+        # run far past the budget (what ends after it is discarded).
         per_candidate = (time.time() - search_started) / n_iter
         rounds = max(1, round(CHUNK_S / per_candidate / settings.n_jobs))
         n_iter = settings.n_jobs * min(rounds, 32)
