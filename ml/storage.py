@@ -86,9 +86,9 @@ for _name in WRITES:
     )
 
 
-def _sqlite_connect(connection: Any, record: Any) -> None:
+def _sqlite_connect(connection: Any, _record: Any) -> None:
     connection.isolation_level = None  # the driver must not BEGIN on its own: we do
-    _wal(connection, record)
+    _wal(connection)
 
 
 def use_wal(engine: Any) -> None:
@@ -100,14 +100,14 @@ def use_wal(engine: Any) -> None:
         engine.dispose(close=False)  # pooled connections predate the listener
 
 
-def _wal_if_possible(connection: Any, record: Any) -> None:
+def _wal_if_possible(connection: Any, _record: Any) -> None:
     try:
-        _wal(connection, record)
+        _wal(connection)
     except sqlite3.OperationalError as exc:  # another process holds the file: keep its mode
         log.debug("SQLite stays in its journal mode: %s", exc)
 
 
-def _wal(connection: Any, _record: Any) -> None:
+def _wal(connection: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
