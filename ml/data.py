@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,7 +116,9 @@ def _load_file(path: Path) -> pd.DataFrame:
         if suffix in {".parquet", ".pq"}:
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep=None, engine="python")
+            frame = _read_csv(path)
+    except pd.errors.ParserWarning as exc:
+        raise DataError(f"{path}: its rows have more fields than the header ({exc})") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot be read as {_kind(suffix)}: {_first_line(exc)}") from exc
     except (OSError, ValueError) as exc:
@@ -123,6 +126,17 @@ def _load_file(path: Path) -> pd.DataFrame:
     if frame.empty:
         raise DataError(f"{path}: has a header but no rows")
     return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Any delimiter; rows longer than the header are an error, not data to guess at.
+
+    By default pandas takes a row's extra leading field as an index, which shifts every value
+    onto the next column's name; with `index_col=False` it drops the extra field and warns.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(path, sep=None, engine="python", index_col=False)
 
 
 def _load_sql(url: str, table: str | None) -> pd.DataFrame:

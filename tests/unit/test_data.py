@@ -76,6 +76,10 @@ def test_parquet_and_sql_sources_load_the_same_data(tmp_path: Path) -> None:
         ("", "y", "the file is empty"),
         ("a,b\n", "b", "header but no rows"),
         ("\x00\xff\xfe garbage \x00", "y", "cannot be read"),
+        # Every row one field longer than the header: pandas would take the first field as
+        # an index and shift each value onto the next column's name.
+        ("a,b,y\n" + "1,2,x,9\n3,4,z,9\n" * 10, "y", "more fields than the header"),
+        ("a,b,y\n1,2,x\n3,4,z,9\n" + "5,6,x\n" * 10, "y", "cannot be read"),
         ("a,b\n1,x\n2,y\n", "missing", "target column 'missing' not found"),
         ("a,b\n" + "1,x\n" * 30, "b", "at least two classes"),
         ("a,b\n" + "1,x\n" * 30 + "2,y\n", "b", "fewer than"),
