@@ -118,10 +118,10 @@ def _load_file(path: Path) -> pd.DataFrame:
         else:
             frame = _read_csv(path)
     except pd.errors.ParserWarning as exc:
-        raise DataError(f"{path}: its rows have more fields than the header ({exc})") from exc
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot be read as {_kind(suffix)}: {_first_line(exc)}") from exc
-    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: its rows have more fields than the header ({_first_line(exc)})"
+        ) from exc
+    except (OSError, ValueError) as exc:  # pandas' ParserError, EmptyDataError, bad encodings
         raise DataError(f"{path}: cannot be read as {_kind(suffix)}: {_first_line(exc)}") from exc
     if frame.empty:
         raise DataError(f"{path}: has a header but no rows")
