@@ -237,16 +237,17 @@ def compare(
                 f"{reach:.1f}" if reach is not None else "not reached",
             )
     console.print(table)
-    ratios = [race.ratio for race in races]
-    shown = ", ".join("not reached" if ratio is None else f"{ratio:.2f}" for ratio in ratios)
-    ranked = sorted(float("inf") if ratio is None else ratio for ratio in ratios)
+    ratios = [float("inf") if race.ratio is None else race.ratio for race in races]
+    shown = ", ".join(_ratio(ratio) for ratio in ratios)
+    ranked = sorted(ratios)
     verdict = _ratio(statistics.median(ranked))
     console.print(
         f"Optuna time to RandomizedSearchCV's best / RandomizedSearchCV's time: {shown}; "
         f"median [bold]{verdict}[/] (target <= 0.5)"
     )
     if len(ranked) >= 4:  # how far one draw of the races moves the verdict
-        low, high = ranked[len(ranked) // 4], ranked[3 * len(ranked) // 4]  # no arithmetic on inf
+        # Order statistics, not interpolated quantiles: no arithmetic on "not reached" (inf).
+        low, high = ranked[len(ranked) // 4], ranked[-1 - len(ranked) // 4]
         console.print(
             f"sorted: {', '.join(_ratio(r) for r in ranked)}; quartiles {_ratio(low)} - "
             f"{_ratio(high)}"
@@ -262,6 +263,7 @@ def compare(
 
 
 def _ratio(value: float) -> str:
+    """A time ratio as printed; inf is a race Optuna never reached RandomizedSearchCV's best in."""
     return "not reached" if value == float("inf") else f"{value:.2f}"
 
 
