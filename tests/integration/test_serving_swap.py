@@ -124,7 +124,11 @@ def test_promotion_under_load_swaps_without_a_failed_request(
     loop.start()
     try:
         time.sleep(3)
-        promote(MlflowClient(), SWAP_MODEL, "2", reason="swap under load test")
+        # Both URIs given: the module fixture's `set_tracking_uri` is reset after each test,
+        # and a bare client would open MLflow's default store, ./mlflow.db in the checkout.
+        store = swap_settings.mlflow_tracking_uri
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
+        promote(client, SWAP_MODEL, "2", reason="swap under load test")
         after_promote(swap_settings, "2")  # what `mlops promote` runs: waits for the swap
         time.sleep(3)
     finally:
