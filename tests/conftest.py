@@ -39,3 +39,14 @@ def _reset_mlflow_globals() -> Iterator[None]:
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_stays_clean() -> Iterator[None]:
+    """No test may leave MLflow's default stores in the checkout: a client without URIs opens
+    ./mlflow.db (and ./mlruns for artifacts) in the working directory."""
+    strays = [REPO_ROOT / "mlflow.db", REPO_ROOT / "mlruns"]
+    before = {path for path in strays if path.exists()}
+    yield
+    left = sorted(str(path) for path in strays if path.exists() and path not in before)
+    assert not left, f"tests left MLflow's default store in the checkout: {left}"
