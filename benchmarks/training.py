@@ -289,7 +289,7 @@ def tracking_overhead(  # pylint: disable=too-many-arguments,too-many-positional
     tune(data_split, dataset.feature_types, fixed, f"{name}-warm-up", None)  # imports, caches
     _tracker(settings).close()  # the first client creates MLflow's tables: not per-trial cost
     repeat = 0
-    while repeat < repeats or sum(wall["off"]) < min_side_s or repeat % 2:
+    while repeat < repeats or min(map(sum, wall.values())) < min_side_s or repeat % 2:
         for mode in ("off", "on") if repeat % 2 == 0 else ("on", "off"):
             study = f"{name}-{mode}-{repeat}"
             storage = f"sqlite:///{settings.var_dir / f'{study}.db'}"
