@@ -63,7 +63,7 @@ ENV PATH=/opt/venv/bin:${PATH} \
     MLOPS_SERVE_HOST=0.0.0.0 \
     RAY_USAGE_STATS_ENABLED=0 \
     MLFLOW_DISABLE_TELEMETRY=true
-# Ray's environment as `mlops serve` sets it (serving.deploy.ray_env): HAProxy mode in place of
+# Ray's environment as `mlops serve` sets it (serving.local_cluster.ray_env): HAProxy mode in place of
 # Ray's Python HTTP proxy without its per-request log-line metrics, Serve's throughput-optimized
 # request path, proxy readiness checks that tolerate a slow start, and replicas at normal
 # priority (Ray runs workers at nice 15).

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -207,27 +209,18 @@ def bench_mlflow(
             process.wait(30)
 
 
-def start_ours(settings: Settings, version: str, log_dir: Path) -> str:
+@contextmanager
+def our_server(settings: Settings, version: str, log_dir: Path) -> Iterator[str]:
+    """Our app on an in-process Ray, as serving/serve_config.yaml has it (2 x 1 CPU here)."""
     from serving.cli import start_serving
-    from serving.deploy import init_local_ray, ray_env
+    from serving.local_cluster import in_process_cluster
 
-    os.environ.update(ray_env(haproxy=settings.serve_haproxy))
-    init_local_ray(num_cpus=2)
-    port = free_port()
-    local = settings.model_copy(
-        update={"var_dir": log_dir, "log_dir": log_dir / "log", "serve_port": port}
-    )
-    # Replicas and CPUs as serving/serve_config.yaml has them (2 x 1 CPU on this machine).
-    serving = start_serving(local, version=version, port=port, local_cluster=False)
-    return serving.base_url
-
-
-def stop_ours() -> None:
-    import ray
-    from ray import serve
-
-    serve.shutdown()
-    ray.shutdown()
+    with in_process_cluster(num_cpus=2, haproxy=settings.serve_haproxy):
+        port = free_port()
+        local = settings.model_copy(
+            update={"var_dir": log_dir, "log_dir": log_dir / "log", "serve_port": port}
+        )
+        yield start_serving(local, version=version, port=port, local_cluster=False).base_url
 
 
 # --- batch scoring ---------------------------------------------------------------------------
@@ -359,14 +352,11 @@ def main() -> None:
     )
     print(f"model {model.uri} ({type(model.model[-1]).__name__}); work dir {work}")
     mlflow_results = bench_mlflow(settings, version, body, args.duration, work)
-    base_url = start_ours(settings, version, work)
-    try:
-        ours = run_levels(f"{base_url}/invocations", body, args.duration, "ours")
+    with our_server(settings, version, work) as base_url:
+        our_results = run_levels(f"{base_url}/invocations", body, args.duration, "ours")
         rows = sample.sample(BATCH_ROWS, replace=True, random_state=0).reset_index(drop=True)
         batch = batch_scoring(base_url, model, rows, args.batch_repeats)
-    finally:
-        stop_ours()
-    print_report(mlflow_results, ours, batch, model.uri)
+    print_report(mlflow_results, our_results, batch, model.uri)
     report = (
         settings.var_dir.parent / "reports"
         if settings.var_dir.name == "bench"
@@ -378,7 +368,7 @@ def main() -> None:
             {
                 "model_uri": model.uri,
                 "duration_s": args.duration,
-                "load": [asdict(result) for result in mlflow_results + ours],
+                "load": [asdict(result) for result in mlflow_results + our_results],
                 "batch": batch,
             },
             indent=2,

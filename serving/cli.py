@@ -8,6 +8,7 @@ returns with serving left running; `mlops serve-stop` ends it.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -77,10 +78,11 @@ def start_serving(
 ) -> Serving:
     """Deploy the champion (or `version`). With `local_cluster`, start/attach the detached local
     Ray cluster; without it, use the Ray this process is already connected to (tests)."""
-    import ray
+    from serving import deploy, local_cluster as cluster
 
-    from serving import deploy
-
+    state_dir = serve_dir(settings)
+    if local_cluster:
+        cluster.prepare_driver(state_dir)  # before anything below imports Ray
     model_uri = resolve_model_uri(settings, version)
     rendered = deploy.render_config(
         deploy.read_config(config_path(settings)),
@@ -92,18 +94,18 @@ def start_serving(
     )
     dashboard = None
     if local_cluster:
-        deploy.start_local_cluster(
-            serve_dir(settings),
-            settings.serve_num_cpus,
-            settings.ray_dashboard_port,
-            settings.serve_haproxy,
+        cluster.start_local_cluster(
+            state_dir, settings.serve_num_cpus, settings.ray_dashboard_port, settings.serve_haproxy
         )
-        deploy.connect(serve_dir(settings))
+        cluster.connect(state_dir)
         dashboard = f"http://127.0.0.1:{settings.ray_dashboard_port}"
-    elif not ray.is_initialized():
-        raise deploy.ServeError("not connected to a Ray cluster")
+    else:
+        import ray
+
+        if not ray.is_initialized():
+            raise deploy.ServeError("not connected to a Ray cluster")
     deploy.deploy(rendered, timeout_s=timeout_s)
-    deploy.write_config(rendered, serve_dir(settings) / DEPLOYED_CONFIG)
+    deploy.write_config(rendered, state_dir / DEPLOYED_CONFIG)
     url = base_url(settings, rendered["http_options"]["port"])
     deploy.wait_version(url, model_uri.rsplit("/", 1)[1], timeout_s)
     return Serving(url, model_uri, model_uri.rsplit("/", 1)[1], dashboard)
@@ -114,9 +116,7 @@ def update_serving(
 ) -> Serving:
     """Redeploy the running app with the champion (or `version`): a user_config change, so
     replicas reload in place one at a time and keep serving."""
-    import ray
-
-    from serving import deploy
+    from serving import deploy, local_cluster as cluster
 
     deployed_path = serve_dir(settings) / DEPLOYED_CONFIG
     if not deployed_path.is_file():
@@ -130,8 +130,8 @@ def update_serving(
         raise deploy.ServeError(f"nothing answers at {url}: start serving with `mlops serve`")
     model_uri = resolve_model_uri(settings, version)
     deploy.model_deployment(rendered)["user_config"]["model_uri"] = model_uri
-    if not ray.is_initialized():
-        deploy.connect(serve_dir(settings))
+    if not _connected_to_ray():
+        cluster.connect(serve_dir(settings))
     deploy.deploy(rendered, timeout_s=timeout_s)
     deploy.write_config(rendered, deployed_path)
     target = model_uri.rsplit("/", 1)[1]
@@ -139,27 +139,35 @@ def update_serving(
     return Serving(url, model_uri, target, None)
 
 
+def _connected_to_ray() -> bool:
+    """Asked without importing Ray: a process that has not imported it is not connected, and
+    must set the cluster's auth mode before it does (`local_cluster.connect`)."""
+    ray = sys.modules.get("ray")
+    return ray is not None and bool(ray.is_initialized())
+
+
 def stop_serving(settings: Settings) -> str:
     """Shut Serve down and stop the local Ray cluster `mlops serve` started here."""
-    import ray
-    from ray import serve
-
-    from serving import deploy
+    from serving import local_cluster as cluster
 
     state_dir = serve_dir(settings)
     (state_dir / DEPLOYED_CONFIG).unlink(missing_ok=True)
-    if not deploy.local_cluster_running(state_dir):
-        deploy.cluster_file(state_dir).unlink(missing_ok=True)
+    if not cluster.local_cluster_running(state_dir):
+        cluster.stop_local_cluster(state_dir)  # forgets a dead cluster and its HAProxy state
         return "nothing was running"
+    cluster.prepare_driver(state_dir)
+    import ray
+    from ray import serve
+
     note = ""
     try:
-        deploy.connect(state_dir)
+        cluster.connect(state_dir)
         serve.shutdown()
     except Exception as exc:  # pylint: disable=broad-exception-caught
         # Serve that does not answer is stopped with its cluster below all the same.
         note = f" (Serve did not shut down cleanly: {exc})"
     ray.shutdown()
-    deploy.stop_local_cluster(state_dir)
+    cluster.stop_local_cluster(state_dir)
     return "Serve and the local Ray cluster stopped" + note
 
 
@@ -186,6 +194,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve the champion with Ray Serve (detached); --update swaps in a new champion."""
         from serving.deploy import ServeError
+        from serving.local_cluster import ClusterError
 
         settings = load_settings(model_name=model_name, serve_port=port)
         _quiet()
@@ -195,7 +204,7 @@ def register(app: typer.Typer) -> None:
                     serving = update_serving(settings, version)
                 else:
                     serving = start_serving(settings, version=version, num_replicas=replicas)
-        except ServeError as exc:
+        except (ServeError, ClusterError) as exc:
             fail(str(exc))
         console.print(f"[green]serving {serving.model_uri}[/]")
         for name, url in serving.urls().items():

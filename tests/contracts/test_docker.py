@@ -340,17 +340,23 @@ def test_haproxy_for_serve_haproxy_mode_comes_from_the_venv() -> None:
 
 
 def test_image_runs_ray_as_mlops_serve_does() -> None:
-    """The image's Ray environment is the one `mlops serve` uses (serving.deploy.ray_env):
+    """The image's Ray environment is the one `mlops serve` uses (serving.local_cluster.ray_env):
     HAProxy mode on, same proxy timeouts and worker priority; only the haproxy path is the
-    image's own. The auth mode is the exception: KubeRay sets it from the RayService's
-    `rayClusterConfig.authOptions`, so the image must not pin it."""
-    from serving.deploy import AUTH_MODE_ENV, HAPROXY_BINARY_ENV, HAPROXY_ENV, ray_env
+    image's own. Auth is not part of it: KubeRay sets the mode and token from the RayService's
+    `rayClusterConfig.authOptions`, so the image must pin neither."""
+    from serving.local_cluster import (
+        AUTH_MODE_ENV,
+        AUTH_TOKEN_ENV,
+        AUTH_TOKEN_PATH_ENV,
+        HAPROXY_BINARY_ENV,
+        HAPROXY_ENV,
+        ray_env,
+    )
 
     envs = serving_dockerfile().envs
-    assert AUTH_MODE_ENV not in envs
+    for name in (AUTH_MODE_ENV, AUTH_TOKEN_ENV, AUTH_TOKEN_PATH_ENV):
+        assert name not in envs, name
     for name, value in ray_env(haproxy=True).items():
-        if name == AUTH_MODE_ENV:
-            continue
         if name == HAPROXY_BINARY_ENV:
             assert envs[name] == "/usr/local/bin/haproxy"
         elif name == HAPROXY_ENV:

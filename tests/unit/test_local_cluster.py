@@ -1,0 +1,113 @@
+"""The local Ray cluster's own state: token file, runtime paths, HAProxy isolation, auth env.
+
+No cluster is started here (tests/integration/test_local_cluster.py starts real ones).
+"""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from serving import local_cluster
+from serving.local_cluster import ClusterError, ClusterLayout
+
+# Ray Serve adds the node id (56 hex characters) as a directory below each HAProxy path, and
+# HAProxy refuses socket paths longer than this.
+NODE_ID_LENGTH = 56
+HAPROXY_SOCKET_LIMIT = 97
+PORTS = {"stats_port": 18404, "metrics_port": 19101, "fallback_port": 18500}
+
+
+def test_token_is_created_once_random_and_private(tmp_path: Path) -> None:
+    path = local_cluster.ensure_token(tmp_path / "serve" / "ray_auth_token")
+    token = path.read_text()
+    assert len(token) == 64 and int(token, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert local_cluster.ensure_token(path).read_text() == token  # kept, not regenerated
+    other = local_cluster.ensure_token(tmp_path / "other" / "ray_auth_token").read_text()
+    assert other != token
+
+
+def test_an_existing_token_gets_a_private_mode(tmp_path: Path) -> None:
+    path = tmp_path / "ray_auth_token"
+    path.write_text("a-token")
+    path.chmod(0o644)
+    local_cluster.ensure_token(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == "a-token"
+
+
+def test_an_empty_token_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "ray_auth_token"
+    path.write_text("")
+    with pytest.raises(ClusterError, match="ray_auth_token"):
+        local_cluster.ensure_token(path)
+
+
+def test_each_state_dir_has_its_own_short_runtime_dir(tmp_path: Path) -> None:
+    first = ClusterLayout(tmp_path / "a" / "var" / "serve")
+    second = ClusterLayout(tmp_path / "b" / "var" / "serve")
+    assert first.runtime_dir != second.runtime_dir
+    assert first.runtime_dir == ClusterLayout(tmp_path / "a" / "var" / "serve").runtime_dir
+    env = local_cluster.haproxy_env(first.haproxy_dir, PORTS)
+    longest = max(
+        len(str(Path(value).parent / ("x" * NODE_ID_LENGTH) / Path(value).name))
+        for name, value in env.items()
+        if name.endswith(("_PATH", "_FILE", "_LOC"))
+    )
+    assert longest <= HAPROXY_SOCKET_LIMIT
+    assert first.token.parent == first.state_dir  # the token stays with the checkout
+
+
+def test_every_machine_wide_haproxy_default_is_overridden(tmp_path: Path) -> None:
+    """Ray Serve's HAProxy defaults are machine-wide (/tmp/haproxy-serve/, ports 8404, 9101,
+    8500). A Ray upgrade that adds another such path fails here, not in a collision."""
+    from ray.serve._private import constants
+
+    env = local_cluster.haproxy_env(tmp_path / "haproxy", PORTS)
+    machine_wide = {
+        name
+        for name, value in vars(constants).items()
+        if name.startswith("RAY_SERVE_HAPROXY_")
+        and isinstance(value, str)
+        and value.startswith("/tmp/haproxy-serve")
+    }
+    assert machine_wide and machine_wide <= set(env)
+    assert all(str(tmp_path) in env[name] for name in machine_wide)
+    # the fixed defaults we move away from, each to its own port
+    assert constants.RAY_SERVE_HAPROXY_STATS_PORT == 8404
+    assert constants.RAY_SERVE_HAPROXY_METRICS_PORT == 9101
+    assert constants.RAY_SERVE_FALLBACK_PROXY_HTTP_PORT == 8500
+    assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
+    assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
+    assert env["RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"] == "18500"
+
+
+def test_an_inherited_ray_auth_token_is_not_passed_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """RAY_AUTH_TOKEN takes precedence over RAY_AUTH_TOKEN_PATH in Ray: one left in a user's
+    shell would make our cluster use someone else's token."""
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "somebody-elses")
+    env = local_cluster.child_env(local_cluster.auth_env(Path("/x/ray_auth_token")))
+    assert "RAY_AUTH_TOKEN" not in env
+    assert env["RAY_AUTH_MODE"] == "token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == "/x/ray_auth_token"
+
+
+def test_the_private_ray_auth_hook_still_exists() -> None:
+    """`use_driver_auth` refreshes an already imported Ray through these names; an upgrade
+    that moves them must fail here, loudly, rather than in `mlops serve`."""
+    from ray._private.authentication import authentication_token_setup
+    from ray._raylet import AuthenticationTokenLoader
+
+    assert callable(authentication_token_setup._enable_token_auth)  # pylint: disable=W0212
+    assert callable(AuthenticationTokenLoader.instance().reset_cache)
+
+
+def test_no_cluster_recorded_means_not_running(tmp_path: Path) -> None:
+    assert local_cluster.local_cluster_address(tmp_path) is None
+    (tmp_path / "cluster.json").write_text('{"gcs_port": 1}')
+    assert not local_cluster.local_cluster_running(tmp_path)
+    with pytest.raises(ClusterError, match="mlops serve"):
+        local_cluster.connect(tmp_path)
