@@ -15,7 +15,9 @@ REPORTS_DIR ?= $(CURDIR)/reports
 export CACHE_DIR VAR_DIR REPORTS_DIR PYTHON VENV
 export MLOPS_VAR_DIR ?= $(VAR_DIR)
 export UV_CACHE_DIR := $(CACHE_DIR)/uv
-# No usage reports from our runs (Ray's are off in serving.deploy.ray_env); `=false` opts in.
+# Matplotlib's font cache (and config) with the other caches, not in ~/.cache or ~/.config.
+export MPLCONFIGDIR ?= $(CACHE_DIR)/matplotlib
+# No usage reports from our runs (Ray's are off in serving.local_cluster.ray_env); `=false` opts in.
 export MLFLOW_DISABLE_TELEMETRY ?= true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
@@ -194,6 +196,7 @@ sonar: setup ## SonarQube analysis + quality gate wait (SONAR_HOST_URL, SONAR_TO
 		exit 2; }
 	SONAR_TOKEN="$${SONAR_TOKEN:-$$SONAR_AUTH_TOKEN}" $(BIN)/pysonar \
 		--sonar-host-url "$(SONAR_HOST_URL)" --skip-jre-provisioning \
+		--sonar-user-home "$(CACHE_DIR)/sonar" \
 		--sonar-scanner-java-exe-path "$(SONAR_JAVA)" --sonar-qualitygate-wait \
 		--sonar-qualitygate-timeout 600
 

@@ -9,26 +9,34 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import REPO_ROOT
 from tests.fixtures.mlflow_server import free_port, wait_http
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.timeout(1500)]  # fmt: skip
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 MODEL = "mlops-classifier"
 
 
 def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["make", target], cwd=REPO_ROOT, env=env, capture_output=True,
-                          text=True, timeout=900, check=False)  # fmt: skip
+    return subprocess.run(
+        ["make", target],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def served_version(base: str) -> str:
@@ -37,15 +45,21 @@ def served_version(base: str) -> str:
 
 @pytest.fixture
 def run_env(tmp_path: Path):
+    """A new user's shell: an empty HOME (nothing an earlier run or test left in ~/.ray,
+    ~/.cache or ~/.config), none of this session's settings, nor the Ray/HAProxy environment
+    the Ray Serve session fixture exports. Only the download cache is shared (content, not
+    state), as .ci/run shares it."""
     var_dir = tmp_path / "var"
-    # A user's shell: none of this session's settings, nor the Ray/HAProxy environment the
-    # Ray Serve session fixture exports (its HAProxy config file, socket and ports).
+    home = tmp_path / "home"
+    home.mkdir()
     env = {
         key: value for key, value in os.environ.items() if not key.startswith(("MLOPS_", "RAY_"))
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.update(
         {
+            "HOME": str(home),
+            "CACHE_DIR": os.environ.get("CACHE_DIR", str(Path.home() / ".cache" / "mlops")),
             "VAR_DIR": str(var_dir),
             "MLOPS_TRIALS": "4",  # the README's defaults, with a smaller budget for CI
             "MLOPS_SERVE_PORT": str(free_port()),
@@ -54,8 +68,15 @@ def run_env(tmp_path: Path):
         }
     )
     yield env, var_dir
+    cluster = _cluster_record(var_dir)
     stopped = make("stop", env)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
+    # `make stop` leaves no Ray process of ours and no listening port behind
+    ports = [int(env["MLOPS_SERVE_PORT"]), int(env["MLOPS_RAY_DASHBOARD_PORT"])]
+    ports += [value for key, value in cluster.items() if key.endswith("_port")]
+    assert not [port for port in ports if _listening(port)]
+    assert not _processes_of_cluster(cluster.get("gcs_port"))
+    assert not (home / ".ray").exists(), "Ray state was written to the user's home"
 
 
 def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
@@ -88,12 +109,33 @@ def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
     assert served_version(base) == champion
 
     experiment = client.get_experiment_by_name("mlops-chain")
-    runs = client.search_runs([experiment.experiment_id], "tags.`mlops.kind` = 'trial'",
-                              max_results=100)  # fmt: skip
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`mlops.kind` = 'trial'", max_results=100
+    )
     assert len(runs) == 8
     cpu_events = var_dir / "log" / "mlops-system.cpu.ndjson"  # the collector make run started
     lines = cpu_events.read_text().splitlines()
     assert lines and 0.0 <= json.loads(lines[-1])["system"]["cpu"]["total"]["norm"]["pct"] <= 1.0
+
+
+def _cluster_record(var_dir: Path) -> dict[str, int]:
+    path = var_dir / "serve" / "cluster.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _processes_of_cluster(gcs_port: int | None) -> list[int]:
+    flag_suffix = f":{gcs_port}"
+    return [
+        process.pid
+        for process in psutil.process_iter(["cmdline"])
+        for arg in process.info["cmdline"] or []
+        if arg.startswith("--gcs-address=") and arg.endswith(flag_suffix)
+    ]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _demo_row() -> dict[str, float]:
