@@ -289,6 +289,83 @@ def test_secrets_are_required_from_the_environment() -> None:
     assert "PASSWORD" in result.stderr
 
 
+ENV_EXAMPLE = REPO_ROOT / ".env.example"
+
+
+def env_file_values(path: Path) -> dict[str, str]:
+    """KEY=value lines, as the README's `cp .env.example .env` hands them to compose."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value
+    return values
+
+
+def compose_variables(files: list[Path]) -> tuple[set[str], set[str]]:
+    """(every variable the compose files read, the ones they require)."""
+    texts = "\n".join(path.read_text() for path in files)
+    used = set(re.findall(r"\$\{(\w+)", texts))
+    return used, set(re.findall(r"\$\{(\w+):?\?", texts))
+
+
+def render_with_env_file(env_file: Path) -> subprocess.CompletedProcess[str]:
+    """`docker compose config` with nothing but the env file: no variable from this shell."""
+    return subprocess.run(
+        [compose_binary(), "--env-file", str(env_file), "-f", str(ROOT_COMPOSE), "config"],
+        cwd=REPO_ROOT,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_env_example_documents_exactly_what_compose_reads() -> None:
+    """Every variable of the root stack and the files it includes is in .env.example, and
+    nothing else is; the secrets are there without a value (no default password)."""
+    used, required = compose_variables(compose_files())
+    documented = env_file_values(ENV_EXAMPLE)
+    assert set(documented) == used, (
+        f"missing from .env.example: {sorted(used - set(documented))}; "
+        f"read by no compose file: {sorted(set(documented) - used)}"
+    )
+    assert required == {
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "JENKINS_ADMIN_PASSWORD",
+        "SONAR_DB_PASSWORD",
+    }
+    assert all(documented[name] == "" for name in required), "a secret has a value in the repo"
+    secretish = [name for name in documented if name.endswith(("PASSWORD", "TOKEN"))]
+    assert all(documented[name] == "" for name in secretish)
+
+
+def test_the_readme_compose_steps_render_the_stack(tmp_path: Path) -> None:
+    """`cp .env.example .env`, set the four secrets, `docker compose up`: the stack renders
+    from exactly that file. With a secret left empty it refuses and names it."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "cp .env.example .env" in readme and "docker compose up -d --build" in readme
+    _, required = compose_variables(compose_files())
+    values = env_file_values(ENV_EXAMPLE)
+    filled = {**values, **{name: f"value-of-{name.lower()}" for name in required}}
+    env_file = tmp_path / ".env"
+    env_file.write_text("".join(f"{key}={value}\n" for key, value in filled.items()))
+    rendered = render_with_env_file(env_file)
+    assert rendered.returncode == 0, rendered.stderr
+    config = yaml.safe_load(rendered.stdout)
+    assert config["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == (
+        "value-of-postgres_password"
+    )
+    assert config["services"]["serving"]["image"] == "mlops-serving:0.1.0"
+    for name in sorted(required):
+        env_file.write_text(
+            "".join(f"{key}={'' if key == name else value}\n" for key, value in filled.items())
+        )
+        refused = render_with_env_file(env_file)
+        assert refused.returncode != 0 and name in refused.stderr, (name, refused.stderr)
+
+
 def run_instructions() -> list[str]:
     return [i["value"] for i in final_stage(serving_dockerfile()) if i["instruction"] == "RUN"]
 
