@@ -42,7 +42,7 @@ from ml.config import Settings  # noqa: E402
 from ml.data import load_frame  # noqa: E402
 from ml.predict import LoadedModel, load_version  # noqa: E402
 from ml.registry import RegistryError  # noqa: E402
-from tests.fixtures.mlflow_server import free_port, wait_http  # noqa: E402
+from ml.common.net import free_port, wait_http  # noqa: E402
 
 LEVELS = (1, 16, 64)
 BATCH_ROWS = 10_000

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,17 +28,12 @@ from elk import events
 from elk.collectors.host import HostCollector
 from elk.sinks import Emitter, NdjsonSink, ship
 from elk.stack import install_templates
+from ml.common.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TARGET_BULK_DOCS_S = 10_000
 TARGET_ENQUEUE_P99_US = 50.0
 TARGET_COLLECTOR_CORE = 0.01
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -50,8 +44,8 @@ def elasticsearch(url: str | None) -> Iterator[str]:
         return
     home = Path(tempfile.mkdtemp(prefix="mlops-es-bench-"))
     home.chmod(0o755)
-    port = _free_port()
-    env = {**os.environ, "ES_PORT": str(port), "ES_TRANSPORT_PORT": str(_free_port()),
+    port = free_port()
+    env = {**os.environ, "ES_PORT": str(port), "ES_TRANSPORT_PORT": str(free_port()),
            "ES_HOME_DIR": str(home / "es"), "VAR_DIR": str(home)}  # fmt: skip
     script = str(REPO_ROOT / "scripts" / "elasticsearch.sh")
     subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)

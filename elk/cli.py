@@ -1,6 +1,6 @@
 """`mlops monitor ...`: collectors, Elasticsearch/Kibana setup, NDJSON shipping, drift checks.
 
-Registered through the `mlops.cli` entry point group; the `after_train` and `after_promote`
+Added to `mlops` by its root (serving.main); the `after_train` and `after_promote`
 hooks turn a finished training run or a manual promotion into training events.
 """
 
@@ -73,7 +73,7 @@ def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
 
 
 def _settings(**overrides: Any) -> Settings:
-    from ml.cli import load_settings
+    from ml.common.cli import load_settings
 
     return load_settings(**overrides)
 
@@ -211,7 +211,7 @@ def drift(
 ) -> None:
     """Compare recent inputs with the training profile; emit drift events; email on drift."""
     from elk.drift_check import DriftInputError, check_drift
-    from ml.cli import user_errors
+    from ml.common.cli import user_errors
     from ml.drift import DriftError
 
     settings = _settings(model_name=model_name, drift_window=window)

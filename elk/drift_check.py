@@ -49,7 +49,7 @@ def resolve_version(settings: Settings, version: str | None) -> tuple[str, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from ml.pipeline import configure_tracking
+    from ml.common.tracking import configure_tracking
 
     configure_tracking(settings)
     client = MlflowClient()

@@ -1,5 +1,8 @@
-"""`mlops`: one CLI for the chain. `serving` and `elk` add their commands through the
-`mlops.cli` entry point group, so `ml` never imports them."""
+"""The training side of `mlops`: data, train, pipeline, promote, predict, notify, config.
+
+The `mlops` command itself is `serving.main`, in the top layer: it adds the `elk` and
+`serving` commands to this app and subscribes them to what these commands do (`subscribe`),
+so `ml` never imports them, not even at run time."""
 
 from __future__ import annotations
 
@@ -8,17 +11,15 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Protocol
 
 import optuna
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ml.common.cli import console, err_console, fail, load_settings, user_errors
 from ml.config import Settings
 
 app = typer.Typer(
@@ -28,10 +29,6 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-console = Console()
-err_console = Console(stderr=True)
-
-USAGE_ERROR = 2
 
 DataOpt = Annotated[str | None, typer.Option("--data", help="CSV/Parquet path, SQL URL or 'demo'")]
 TargetOpt = Annotated[str | None, typer.Option("--target", help="target column")]
@@ -40,45 +37,6 @@ ModelOpt = Annotated[str | None, typer.Option("--model-name", help="registered m
 TrialsOpt = Annotated[int | None, typer.Option("--trials", min=1, help="Optuna trials")]
 TimeoutOpt = Annotated[float | None, typer.Option("--timeout", help="tuning budget, seconds")]
 JobsOpt = Annotated[int | None, typer.Option("--n-jobs", min=1, help="parallel trials")]
-
-
-def fail(message: str) -> NoReturn:
-    """One clear line on stderr and exit code 2: the user's input was at fault."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(USAGE_ERROR)
-
-
-def _describe_validation(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
-        secret = any(word in where for word in ("password", "token", "key"))
-        got = "" if secret or "input" not in error else f" (got {error['input']!r})"
-        problems.append(f"{where}: {error['msg']}{got}")
-    return "settings: " + "; ".join(problems)
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from env/YAML with the CLI's options on top; bad settings exit 2."""
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        fail(_describe_validation(exc))
-    except FileNotFoundError as exc:
-        fail(str(exc))
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into one message and exit 2, never a traceback."""
-    from ml.data import DataError
-    from ml.registry import RegistryError
-
-    try:
-        yield
-    except (DataError, RegistryError) as exc:
-        fail(str(exc))
 
 
 def _quiet_libraries() -> None:
@@ -177,7 +135,7 @@ def promote(
     """Make VERSION the champion by hand (recorded as a manual decision)."""
     from mlflow.tracking import MlflowClient
 
-    from ml.pipeline import configure_tracking
+    from ml.common.tracking import configure_tracking
     from ml.registry import promote as promote_version
 
     settings = load_settings(model_name=model_name)
@@ -197,7 +155,7 @@ def predict(
 ) -> None:
     """Score a file with the champion, in this process."""
     from ml.data import load_frame
-    from ml.pipeline import configure_tracking
+    from ml.common.tracking import configure_tracking
     from ml.predict import load_champion
 
     settings = load_settings(model_name=model_name)
@@ -315,32 +273,30 @@ def _print_summary(result: Any, settings: Settings) -> None:
         )
 
 
-# --- plugins -------------------------------------------------------------------------------
+# --- listeners ---------------------------------------------------------------------------
 
 
-def _plugins() -> list[Any]:
-    """Modules registered under the `mlops.cli` entry point group."""
-    return [entry.load() for entry in entry_points(group="mlops.cli")]
+class Listener(Protocol):
+    """A layer above that reacts to these commands (elk records events, serving swaps the
+    served model); it defines `after_train(settings, result)` and/or
+    `after_promote(settings, version)`."""
+
+
+listeners: list[Listener] = []
+
+
+def subscribe(listener: Listener) -> None:
+    """Called by the `mlops` root (serving.main) for each layer above ml, in order."""
+    listeners.append(listener)
 
 
 def _run_hooks(event: str, *args: Any) -> None:
-    """Let plugins react (e.g. serving redeploys after a promotion); never fatal."""
-    for plugin in _plugins():
-        hook = getattr(plugin, event, None)
+    """Let the layers above react (e.g. serving redeploys after a promotion); never fatal."""
+    for listener in listeners:
+        hook = getattr(listener, event, None)
         if hook is not None:
             try:
                 hook(*args)
             except Exception as exc:  # pylint: disable=broad-exception-caught
-                err_console.print(f"[yellow]warning:[/] {event} hook of {plugin.__name__}: {exc}")
-
-
-def _register_plugins() -> None:
-    for plugin in _plugins():
-        plugin.register(app)
-
-
-_register_plugins()
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+                name = getattr(listener, "__name__", type(listener).__name__)
+                err_console.print(f"[yellow]warning:[/] {event} hook of {name}: {exc}")

@@ -20,6 +20,7 @@ from matplotlib import pyplot as plt
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
+from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
 from ml.registry import GateDecision, run_gate
@@ -70,23 +71,6 @@ def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
             timings[name],
             extra={"mlops_stage": name, "mlops_status": status, "mlops_duration_s": timings[name]},
         )
-
-
-def configure_tracking(settings: Settings) -> str:
-    """Point MLflow at the configured store; create the experiment; return its id."""
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(settings.experiment_name)
-    if experiment is not None:
-        experiment_id = experiment.experiment_id
-    else:
-        # A local store keeps artifacts under var/ rather than ./mlruns in whatever cwd.
-        location = settings.artifact_root.as_uri() if settings.uses_local_tracking else None
-        experiment_id = client.create_experiment(settings.experiment_name, location)
-    mlflow.set_experiment(experiment_id=experiment_id)
-    return experiment_id
 
 
 def load_data(settings: Settings) -> Dataset:

@@ -59,7 +59,7 @@ def config_path(settings: Settings) -> Path:
 
 def resolve_model_uri(settings: Settings, version: str | None = None) -> str:
     """`models:/<name>/<version>` for the given version, or for the current champion."""
-    from ml.pipeline import configure_tracking
+    from ml.common.tracking import configure_tracking
     from ml.predict import resolve_version
 
     configure_tracking(settings)
@@ -171,12 +171,12 @@ def stop_serving(settings: Settings) -> str:
     return "Serve and the local Ray cluster stopped" + note
 
 
-# --- the `mlops.cli` plugin ------------------------------------------------------------------
+# --- what `mlops` (serving.main) adds: commands and the after-promotion swap ---------------
 
 
 def register(app: typer.Typer) -> None:
     """Add `serve` and `serve-stop` to the `mlops` CLI."""
-    from ml.cli import console, fail, load_settings, user_errors
+    from ml.common.cli import console, fail, load_settings, user_errors
 
     @app.command("serve")
     def serve_command(
@@ -226,7 +226,7 @@ def after_train(settings: Settings, result: Any) -> None:
 
 def after_promote(settings: Settings, version: str) -> None:
     """After `mlops promote`: swap the served model if serving is up for this model."""
-    from ml.cli import console
+    from ml.common.cli import console
     from serving import deploy
 
     deployed_path = serve_dir(settings) / DEPLOYED_CONFIG

@@ -25,7 +25,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ml.common.net import free_port
 
 SERVE_NAMESPACE = "serve"
 CLUSTER_FILE = "cluster.json"
@@ -425,9 +426,3 @@ def _init_local_ray(num_cpus: int, attempts: int = 3) -> None:
             ray.shutdown()
             if attempt == attempts or "timed out during startup" not in str(exc):
                 raise
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

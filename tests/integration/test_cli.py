@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from ml.cli import app
+from serving.main import app  # the `mlops` command, all layers
 from tests.unit.test_data import mixed_frame
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from ml.config import Settings
 from ml.data import Dataset, Split, load_dataset, split
-from ml.pipeline import configure_tracking
+from ml.common.tracking import configure_tracking
 from ml.registry import CHAMPION, GateDecision, RegistryError, promote, run_gate
 from ml.training import fit_best, log_and_register
 

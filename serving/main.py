@@ -1,0 +1,22 @@
+"""`mlops`, the one command of the chain, composed from the three layers.
+
+The only module that sees all of them, so it sits in the top one: `ml.cli` brings the training
+commands, `elk.cli` adds `monitor ...` and `serving.cli` adds `serve` and `serve-stop`; both
+subscribe to what `ml.cli`'s commands do, in this order: elk records a finished run or a
+promotion as events, then serving swaps the served model to a new champion.
+"""
+
+from __future__ import annotations
+
+from elk import cli as elk_cli
+from ml import cli as ml_cli
+from serving import cli as serving_cli
+
+app = ml_cli.app
+for layer in (elk_cli, serving_cli):
+    layer.register(app)
+    ml_cli.subscribe(layer)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
