@@ -7,9 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from ml.data import load_dataset, split
-from ml.drift import DriftError, build_profile, compare, psi, summary
+from ml.drift import KS_ALPHA, DriftError, build_profile, compare, psi, summary
 
 
 @pytest.fixture(scope="module")
@@ -72,3 +73,38 @@ def test_inputs_without_profile_features_are_a_clear_error(demo) -> None:
         compare(profile, pd.DataFrame({"unrelated": [1, 2, 3]}))
     with pytest.raises(DriftError, match="no rows"):
         compare(profile, parts.X_train.head(0))
+
+
+def _normal_profile(rows: int) -> dict:
+    reference = pd.DataFrame({"x": np.random.default_rng(0).normal(0.0, 1.0, rows)})
+    return build_profile(reference, {"x": "numeric"})
+
+
+@pytest.mark.parametrize(("reference_rows", "shift"), [(455, 0.25), (5000, 0.15)])
+def test_ks_detects_a_small_shift_that_201_quantiles_as_a_sample_missed(
+    reference_rows: int, shift: float
+) -> None:
+    """A small shift on 2,000 rows: the old test (ks_2samp against the 201 stored quantiles)
+    answers p = 0.017 and 0.44 here, no drift at KS_ALPHA; against the reference's CDF the
+    shift is found, more surely the larger the reference."""
+    profile = _normal_profile(reference_rows)
+    shifted = pd.DataFrame({"x": np.random.default_rng(7).normal(shift, 1.0, 2000)})
+    pvalue = compare(profile, shifted)[0].ks_pvalue
+    assert pvalue is not None and pvalue < KS_ALPHA
+    quantiles = np.asarray(profile["features"]["x"]["quantiles"])
+    assert stats.ks_2samp(shifted["x"].to_numpy(), quantiles).pvalue > KS_ALPHA
+
+
+def test_ks_stays_quiet_without_a_shift() -> None:
+    """Unshifted draws, as many as the reference and 10x more: false alarms at most at the
+    test's own rate (0 or 1 of 20 at alpha 0.01), since the reference's own sampling error
+    counts (two-sample distribution with the profile's row count)."""
+    profile = _normal_profile(1000)
+    alarms = 0
+    for seed in range(20):
+        for rows in (1000, 10_000):
+            same = pd.DataFrame({"x": np.random.default_rng(100 + seed).normal(0.0, 1.0, rows)})
+            pvalue = compare(profile, same)[0].ks_pvalue
+            assert pvalue is not None
+            alarms += pvalue < KS_ALPHA
+    assert alarms <= 1
