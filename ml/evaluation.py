@@ -33,6 +33,14 @@ def holdout_metrics(
     needs_proba = {"roc_auc", "log_loss"} & set(only)
     proba = model.predict_proba(X) if needs_proba else None
     predicted = model.predict(X) if set(only) - {"roc_auc", "log_loss"} else None
+    return prediction_metrics(y, predicted, proba, classes, only)
+
+
+def prediction_metrics(
+    y: Any, predicted: Any, proba: Any, classes: list[Any], only: tuple[str, ...] = ALL_METRICS
+) -> dict[str, float]:
+    """The same metrics from predictions already made (labels, and probabilities in `classes`
+    order for roc_auc and log_loss): how live quality is scored from served predictions."""
     binary = len(classes) == 2
     average = "binary" if binary else "macro"
     pos_label = classes[1] if binary else 1
@@ -60,7 +68,7 @@ def holdout_metrics(
 
 def _roc_auc(y: pd.Series, proba: Any, classes: list[Any]) -> float:
     if len(classes) == 2:
-        return binary_roc_auc(np.asarray(y == classes[1]), proba[:, 1])
+        return binary_roc_auc(np.asarray(y) == classes[1], proba[:, 1])
     return float(skm.roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes))
 
 

@@ -1,0 +1,242 @@
+"""Served predictions and the outcomes users report for them, kept where they can be joined.
+
+One relational store (SQLite under `var/` by default, PostgreSQL through `MLOPS_CT_DATABASE`):
+`predictions` holds what serving answered (features, label, class probabilities, model
+version), `outcomes` what really happened, keyed by the same `prediction_id`. Continuous
+training reads both: live quality for the performance trigger, recent inputs for drift, and the
+labelled rows a retrain can learn from. Values are stored as JSON text, so labels keep their
+type (`"malignant"`, `1`, `true`) and features their names.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+predictions = sa.Table(
+    "predictions",
+    metadata,
+    sa.Column("prediction_id", sa.String(64), primary_key=True),
+    sa.Column("model_name", sa.String(256), nullable=False),
+    sa.Column("model_version", sa.String(32), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("features", sa.Text, nullable=False),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("probabilities", sa.Text, nullable=True),
+)
+outcomes = sa.Table(
+    "outcomes",
+    metadata,
+    sa.Column("prediction_id", sa.String(64), primary_key=True),
+    sa.Column("label", sa.Text, nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    """One served prediction, as serving hands it over (off the request path)."""
+
+    prediction_id: str
+    model_name: str
+    model_version: str
+    features: dict[str, Any]
+    label: Any
+    probabilities: dict[str, float] | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What became of one reported outcome: stored, or why not (per item, never all-or-none)."""
+
+    prediction_id: str
+    stored: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class LabelledRows:
+    """Predictions joined with their outcomes, oldest first."""
+
+    features: pd.DataFrame
+    predicted: list[Any]
+    truth: list[Any]
+    probabilities: list[dict[str, float] | None]
+    model_versions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.truth)
+
+    def probability_matrix(self, classes: Sequence[Any]) -> np.ndarray | None:
+        """Probabilities in `classes` order, or None when any row lacks them."""
+        if any(row is None for row in self.probabilities):
+            return None
+        names = [str(label) for label in classes]
+        return np.array([[row[name] for name in names] for row in self.probabilities if row])
+
+
+class OutcomeStore:
+    """The predictions/outcomes database; tables are created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = _engine(url)
+        metadata.create_all(self.engine)
+
+    def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
+        """Insert a batch; a prediction id seen before is left as it was."""
+        rows = [_prediction_row(record) for record in records]
+        if not rows:
+            return 0
+        statement = _insert(self.engine, predictions).on_conflict_do_nothing(
+            index_elements=["prediction_id"]
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement, rows)
+        return len(rows)
+
+    def record_feedback(self, items: Sequence[tuple[str, Any]]) -> list[FeedbackResult]:
+        """Store (prediction_id, label) outcomes. An id this store never recorded (or no longer
+        keeps) is an error for that item only; a repeated id replaces its label."""
+        ids = [prediction_id for prediction_id, _ in items]
+        with self.engine.begin() as connection:
+            known = set(
+                connection.execute(
+                    sa.select(predictions.c.prediction_id).where(
+                        predictions.c.prediction_id.in_(ids)
+                    )
+                ).scalars()
+            )
+            now = datetime.now(UTC)
+            rows = [
+                {"prediction_id": pid, "label": json.dumps(_plain(label)), "received_at": now}
+                for pid, label in items
+                if pid in known
+            ]
+            if rows:
+                insert = _insert(self.engine, outcomes)
+                connection.execute(
+                    insert.on_conflict_do_update(
+                        index_elements=["prediction_id"],
+                        set_={"label": insert.excluded.label, "received_at": now},
+                    ),
+                    rows,
+                )
+        return [
+            (
+                FeedbackResult(pid, True)
+                if pid in known
+                else FeedbackResult(pid, False, "unknown prediction_id (never issued, or expired)")
+            )
+            for pid in ids
+        ]
+
+    def labelled(self, model_name: str, limit: int) -> LabelledRows:
+        """The `limit` most recent predictions of `model_name` that have an outcome."""
+        query = (
+            sa.select(
+                predictions.c.features,
+                predictions.c.label,
+                predictions.c.probabilities,
+                predictions.c.model_version,
+                outcomes.c.label.label("truth"),
+            )
+            .join(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id)
+            .where(predictions.c.model_name == model_name)
+            .order_by(predictions.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = list(reversed(connection.execute(query).all()))
+        return LabelledRows(
+            features=pd.DataFrame([json.loads(row.features) for row in rows]),
+            predicted=[json.loads(row.label) for row in rows],
+            truth=[json.loads(row.truth) for row in rows],
+            probabilities=[
+                json.loads(row.probabilities) if row.probabilities else None for row in rows
+            ],
+            model_versions=[row.model_version for row in rows],
+        )
+
+    def recent_inputs(self, model_name: str, limit: int) -> pd.DataFrame:
+        """Features of the `limit` most recent predictions of `model_name` (for drift)."""
+        query = (
+            sa.select(predictions.c.features)
+            .where(predictions.c.model_name == model_name)
+            .order_by(predictions.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            features = [json.loads(text) for text in connection.execute(query).scalars()]
+        return pd.DataFrame(list(reversed(features)))
+
+    def prune(self, keep: timedelta) -> int:
+        """Delete predictions (and their outcomes) older than `keep`; the retention policy."""
+        cutoff = datetime.now(UTC) - keep
+        old = sa.select(predictions.c.prediction_id).where(predictions.c.created_at < cutoff)
+        with self.engine.begin() as connection:
+            connection.execute(outcomes.delete().where(outcomes.c.prediction_id.in_(old)))
+            return int(
+                connection.execute(
+                    predictions.delete().where(predictions.c.created_at < cutoff)
+                ).rowcount
+            )
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _wal(dbapi_connection: Any, _record: Any) -> None:
+            # Replicas write while CT reads: WAL lets readers and one writer overlap.
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _insert(engine: Engine, table: sa.Table) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL both do)."""
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if engine.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"CT database: {engine.dialect.name} is not supported (SQLite, PostgreSQL)")
+
+
+def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
+    return {
+        "prediction_id": record.prediction_id,
+        "model_name": record.model_name,
+        "model_version": str(record.model_version),
+        "created_at": record.created_at or datetime.now(UTC),
+        "features": json.dumps({key: _plain(value) for key, value in record.features.items()}),
+        "label": json.dumps(_plain(record.label)),
+        "probabilities": (
+            json.dumps({str(key): float(value) for key, value in record.probabilities.items()})
+            if record.probabilities is not None
+            else None
+        ),
+    }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and NaN as JSON can hold them."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and np.isnan(value):
+        return None
+    return value
