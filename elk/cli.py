@@ -67,6 +67,30 @@ def after_promote(settings: Settings, version: str) -> None:
         emitter.close()
 
 
+def after_ct_check(settings: Settings, report: Any) -> None:
+    """One `mlops.ct` event per trigger verdict of a continuous-training check."""
+    from elk import events
+    from elk.sinks import build_emitter
+
+    version = report.champion.version if report.champion else None
+    emitter = build_emitter(settings, "mlops-ct")
+    try:
+        for result in report.results:
+            emitter.emit(
+                events.ct_event(
+                    model_name=settings.model_name,
+                    model_version=version,
+                    trigger=result.trigger,
+                    fired=result.fired,
+                    enough_evidence=result.enough_evidence,
+                    reason=result.reason,
+                    evidence=result.evidence,
+                )
+            )
+    finally:
+        emitter.close()
+
+
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)

@@ -10,6 +10,7 @@ once (`create` with `_id = event.id`).
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import socket
 import uuid
@@ -36,11 +37,12 @@ DATASET_STUDY = "mlops.study"
 DATASET_PROMOTION = "mlops.promotion"
 DATASET_STAGE = "mlops.stage"
 DATASET_DRIFT = "mlops.drift"
+DATASET_CT = "mlops.ct"
 
 ALL_DATASETS: tuple[str, ...] = (
     DATASET_CPU, DATASET_LOAD, DATASET_MEMORY, DATASET_FILESYSTEM, DATASET_NETWORK,
     DATASET_PROCESS, DATASET_CONTAINER, DATASET_PREDICTION, DATASET_SERVE, DATASET_TRIAL,
-    DATASET_STUDY, DATASET_PROMOTION, DATASET_STAGE, DATASET_DRIFT,
+    DATASET_STUDY, DATASET_PROMOTION, DATASET_STAGE, DATASET_DRIFT, DATASET_CT,
 )  # fmt: skip
 
 
@@ -413,4 +415,40 @@ def drift_event(*, model_name: str, model_version: str, feature: str, feature_ty
     if ks_pvalue is not None:
         drift["ks_pvalue"] = float(ks_pvalue)
     event["mlops"] = {"drift": drift, "model": {"name": model_name, "version": str(model_version)}}
+    return event
+
+
+# --- continuous training ----------------------------------------------------------------------
+
+
+def ct_event(
+    *,
+    model_name: str,
+    model_version: str | None,
+    trigger: str,
+    fired: bool,
+    enough_evidence: bool,
+    reason: str,
+    evidence: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One trigger's verdict in a continuous-training check (`mlops ct check`). The evidence
+    differs per trigger, so it is kept whole as JSON text; the scores panels chart are fields."""
+    event = base_event(DATASET_CT, kind="event")
+    event["event"]["outcome"] = "success" if fired else "unknown"
+    ct: dict[str, Any] = {
+        "trigger": trigger,
+        "fired": fired,
+        "enough_evidence": enough_evidence,
+        "reason": reason,
+        "evidence": json.dumps(evidence, sort_keys=True, default=str),
+    }
+    live = evidence.get("live")
+    if isinstance(live, Mapping):
+        ct["live"] = {key: float(value) for key, value in live.items()}
+    if isinstance(evidence.get("holdout"), (int, float)):
+        ct["holdout_score"] = float(evidence["holdout"])
+    model: dict[str, Any] = {"name": model_name}
+    if model_version is not None:
+        model["version"] = str(model_version)
+    event["mlops"] = {"ct": ct, "model": model}
     return event

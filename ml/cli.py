@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ml.common.cli import console, err_console, fail, load_settings, user_errors
+from ml.common.tracking import configure_tracking
 from ml.config import Settings
 
 app = typer.Typer(
@@ -29,6 +30,11 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the effective settings.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+ct_app = typer.Typer(
+    help="Continuous training: evaluate the retrain triggers against the champion.",
+    no_args_is_help=True,
+)
+app.add_typer(ct_app, name="ct")
 
 DataOpt = Annotated[str | None, typer.Option("--data", help="CSV/Parquet path, SQL URL or 'demo'")]
 TargetOpt = Annotated[str | None, typer.Option("--target", help="target column")]
@@ -135,7 +141,6 @@ def promote(
     """Make VERSION the champion by hand (recorded as a manual decision)."""
     from mlflow.tracking import MlflowClient
 
-    from ml.common.tracking import configure_tracking
     from ml.registry import promote as promote_version
 
     settings = load_settings(model_name=model_name)
@@ -155,7 +160,6 @@ def predict(
 ) -> None:
     """Score a file with the champion, in this process."""
     from ml.data import load_frame
-    from ml.common.tracking import configure_tracking
     from ml.predict import load_champion
 
     settings = load_settings(model_name=model_name)
@@ -192,6 +196,48 @@ def notify(
     console.print(
         ", ".join(f"{channel}: {'sent' if ok else 'not sent'}" for channel, ok in delivered.items())
     )
+
+
+@ct_app.command("check")
+def ct_check(
+    model_name: ModelOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the verdicts as JSON on stdout")] = False,
+) -> None:
+    """Evaluate new-data, schedule, drift and performance triggers; exit 0 whatever fired."""
+    from ml import ct
+
+    settings = load_settings(model_name=model_name)
+    _quiet_libraries()
+    configure_tracking(settings)
+    with user_errors():
+        report = ct.check(settings)
+    _run_hooks("after_ct_check", settings, report)
+    if as_json:
+        sys.stdout.write(json.dumps(_ct_json(report), indent=2, default=str) + "\n")
+        return
+    champion = report.champion
+    title = f"CT check: {settings.model_name}" + (
+        f" version {champion.version}" if champion else " (no champion)"
+    )
+    table = Table("trigger", "fires", "evidence", "reason", title=title)
+    for result in report.results:
+        fires = "[bold red]yes[/]" if result.fired else "no"
+        table.add_row(
+            result.trigger,
+            fires,
+            "enough" if result.enough_evidence else "too little",
+            result.reason,
+        )
+    console.print(table)
+
+
+def _ct_json(report: Any) -> dict[str, Any]:
+    champion = report.champion
+    return {
+        "champion": None if champion is None else {"version": champion.version},
+        "fired": [result.trigger for result in report.fired],
+        "results": [vars(result) for result in report.results],
+    }
 
 
 # --- output helpers ------------------------------------------------------------------------
@@ -278,8 +324,8 @@ def _print_summary(result: Any, settings: Settings) -> None:
 
 class Listener(Protocol):
     """A layer above that reacts to these commands (elk records events, serving swaps the
-    served model); it defines `after_train(settings, result)` and/or
-    `after_promote(settings, version)`."""
+    served model); it defines any of `after_train(settings, result)`,
+    `after_promote(settings, version)` and `after_ct_check(settings, report)`."""
 
 
 listeners: list[Listener] = []

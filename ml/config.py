@@ -115,6 +115,17 @@ class Settings(BaseSettings):
     )
     drift_window: int = Field(1000, ge=10, description="recent predictions compared for drift")
 
+    # --- continuous training (ml/ct.py) ------------------------------------------------
+    ct_database: str = Field(
+        "", description="predictions and outcomes (SQLAlchemy URL); default var/ct.db"
+    )
+    ct_max_age_h: float = Field(168.0, gt=0, description="schedule: retrain an older champion")
+    ct_min_drift_rows: int = Field(200, ge=10, description="recent inputs drift needs")
+    ct_min_labels: int = Field(200, ge=1, description="labelled predictions performance needs")
+    ct_performance_margin: float = Field(
+        0.05, ge=0.0, description="live promotion metric below the holdout's by more: fires"
+    )
+
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))
     smtp_port: int = Field(587, validation_alias=_env("SMTP_PORT", "MLOPS_SMTP_PORT"))
@@ -153,6 +164,8 @@ class Settings(BaseSettings):
             self.optuna_storage = self._default_optuna_storage()
         if self.log_dir is None:
             self.log_dir = self.var_dir / "log"
+        if not self.ct_database:
+            self.ct_database = f"sqlite:///{self.var_dir / 'ct.db'}"
         if not self.families:
             raise ValueError("families: name at least one model family")
         return self

@@ -98,6 +98,9 @@ BUILT = [
                        window_end="2026-01-01T01:00:00Z", window_size=100, threshold=0.2),
     events.prediction_event(model_name="m", model_version="1", prediction_id="p", label="a",
                             probability=0.5, latency_ms=1.0, route="/predict"),
+    events.ct_event(model_name="m", model_version="1", trigger="performance", fired=True,
+                    enough_evidence=True, reason="live f1 dropped",
+                    evidence={"live": {"f1": 0.5, "labelled": 300}, "holdout": 0.9}),
 ]  # fmt: skip
 
 
