@@ -1,0 +1,191 @@
+"""The HTTP protocol of the scoring routes: content types, request bodies in, response bodies
+out, for `/predict` (records keyed by feature name) and MLflow's `/invocations`.
+
+MLflow's protocol is parsed with MLflow's own scoring-server functions, so it is exactly
+theirs; only the plain numeric `dataframe_split` takes a faster path to the same matrix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from io import StringIO
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.data import DataError
+from serving.model import Rows, Scored, ServedModel
+from serving.schemas import RequestError, check_frame, check_row_count, data_error_field
+
+JSON_TYPE = "application/json"
+CSV_TYPE = "text/csv"
+LARGE_BODY_BYTES = 64 * 1024  # parsed in a worker thread, so the event loop keeps serving
+
+
+def media_type(content_type: str) -> str:
+    """`application/json; charset=utf-8` -> `application/json`."""
+    return content_type.split(";")[0].strip().lower()
+
+
+def require_content_type(content_type: str, expected: str) -> None:
+    """415 naming what came, for a body that is not `expected`."""
+    if media_type(content_type) != expected:
+        raise RequestError(
+            "content-type", f"expected {expected}, got {content_type or 'none'!r}", 415
+        )
+
+
+def parse_json(body: bytes) -> Any:
+    """A `/predict` body: empty is a 422 (nothing to score), malformed a 400."""
+    if not body.strip():
+        raise RequestError("body", "the request body is empty")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError("body", f"not valid JSON: {exc}", 400) from exc
+
+
+def as_request_error(error: RequestError | DataError) -> RequestError:
+    """The model's own coercion errors (`DataError`) as a 422 naming the column at fault."""
+    if isinstance(error, RequestError):
+        return error
+    return RequestError(data_error_field(error), str(error))
+
+
+# --- /invocations: MLflow's scoring protocol ---------------------------------------------
+
+
+async def invocation_rows(
+    model: ServedModel, content_type: str, body: bytes, max_rows: int
+) -> Rows:
+    """The plain numeric `dataframe_split` straight to a matrix; every other body through
+    MLflow's own parser. Either way within the row limit."""
+    matrix = None
+    if media_type(content_type) == JSON_TYPE:
+        matrix = (
+            await asyncio.to_thread(model.validator.split_matrix, body)
+            if len(body) > LARGE_BODY_BYTES
+            else model.validator.split_matrix(body)
+        )
+    if matrix is None:
+        frame = mlflow_frame(content_type, body, model.validator.columns)
+        check_frame(frame, max_rows)
+        return frame
+    check_row_count(len(matrix), max_rows)
+    return matrix
+
+
+async def model_rows(model: ServedModel, inputs: Rows, batch_size: int) -> Rows:
+    """Parsed rows as model input: a matrix as it is, a frame through `frame_rows` (in a
+    worker thread when larger than a batch, so the event loop keeps serving)."""
+    if isinstance(inputs, np.ndarray):
+        return inputs
+    if len(inputs) > batch_size:
+        return await asyncio.to_thread(model.frame_rows, inputs)
+    return model.frame_rows(inputs)
+
+
+def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataFrame:
+    """Parse with MLflow's own scoring-server functions, so the protocol is exactly theirs."""
+    from mlflow.pyfunc import scoring_server
+
+    mime = media_type(content_type)
+    if not body.strip():
+        raise RequestError("body", "the request body is empty", 400)
+    if mime == CSV_TYPE:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RequestError("body", "CSV must be UTF-8", 400) from exc
+        return scoring_server.parse_csv_input(StringIO(text))
+    if mime != JSON_TYPE:
+        raise RequestError(
+            "content-type",
+            f"expected {JSON_TYPE} or {CSV_TYPE}, got " f"{content_type or 'none'!r}",
+            415,
+        )
+    decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
+    data = {key: value for key, value in decoded.items() if key != "params"}
+    return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+
+
+def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
+    """What MLflow's parser returns for the four JSON formats -> one frame of rows: a frame
+    (dataframe_*), a dict of columns (instances/inputs as columns), a list of records with 0-d
+    arrays (inputs as records), or a matrix (instances/inputs as lists, in feature order)."""
+    try:
+        if isinstance(parsed, pd.DataFrame):
+            return parsed
+        if isinstance(parsed, dict):
+            return pd.DataFrame({key: np.atleast_1d(value) for key, value in parsed.items()})
+        if isinstance(parsed, list) and all(isinstance(row, dict) for row in parsed):
+            return pd.DataFrame.from_records([scalars(row) for row in parsed])
+        matrix = np.asarray(parsed)
+        if matrix.ndim == 2 and matrix.shape[1] == len(columns):
+            return pd.DataFrame(matrix, columns=columns)
+    except (ValueError, TypeError) as exc:
+        raise RequestError("body", f"cannot be read as rows of features: {exc}", 400) from exc
+    raise RequestError(
+        "body",
+        f"expected records keyed by feature name, or rows of "
+        f"{len(columns)} values in feature order",
+        400,
+    )
+
+
+def scalars(row: dict[str, Any]) -> dict[str, Any]:
+    """A record whose values are 0-d arrays -> plain values; a nested value is a 400."""
+    values = {}
+    for key, value in row.items():
+        if np.ndim(value) != 0:
+            raise RequestError(str(key), "must be a single value", 400)
+        values[key] = value.item() if isinstance(value, np.ndarray) else value
+    return values
+
+
+# --- response bodies ----------------------------------------------------------------------
+
+
+def predict_body(scored: Scored, ids: list[str]) -> dict[str, Any]:
+    """`/predict` and `/ws/predict`: per row its id, label and every class's probability."""
+    loaded = scored.model.loaded
+    class_names = [str(label) for label in scored.model.classes]
+    labels = plain_list(scored.labels)
+    predictions = [
+        {
+            "prediction_id": prediction_id,
+            "label": label,
+            "probabilities": dict(zip(class_names, row)),
+        }
+        for prediction_id, label, row in zip(ids, labels, scored.proba.tolist())
+    ]
+    return {"model_name": loaded.name, "model_version": loaded.version, "predictions": predictions}
+
+
+def invocations_body(scored: Scored) -> dict[str, Any]:
+    """MLflow's answer: the labels only."""
+    return {"predictions": plain_list(scored.labels)}
+
+
+def plain_list(values: list[Any]) -> list[Any]:
+    """numpy scalars (e.g. `numpy.bool_` labels) as the JSON values they hold."""
+    return [value.item() if isinstance(value, np.generic) else value for value in values]
+
+
+def mlflow_status(error: RequestError) -> int:
+    """MLflow answers a bad value with 400 where `/predict` says 422."""
+    return error.status if error.status != 422 else 400
+
+
+def mlflow_error_body(error: RequestError) -> dict[str, str]:
+    """MLflow's error shape: `error_code` and `message`."""
+    return {"error_code": mlflow_code(mlflow_status(error)), "message": str(error)}
+
+
+def mlflow_code(status: int) -> str:
+    """MLflow's `error_code` for an HTTP status."""
+    return {413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST", 503: "TEMPORARILY_UNAVAILABLE"}.get(
+        status, "BAD_REQUEST"
+    )
