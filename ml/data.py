@@ -305,6 +305,27 @@ def _as_boolean(values: pd.Series) -> pd.Series | None:
     return mapped.where(values.notna(), np.nan).astype(float)
 
 
+def _boolean_feature(column: str, values: pd.Series) -> pd.Series:
+    """A known boolean feature as 1.0/0.0/NaN: true/false words, booleans, or the 0/1 numbers
+    an earlier coercion made (serving coerces request rows, then the model's `prepare` does
+    again: coercion must take its own output)."""
+    as_bool = _as_boolean(values)
+    if as_bool is not None:
+        return as_bool
+    present = values.dropna()
+    if present.empty:
+        return pd.Series(np.nan, index=values.index, dtype=float)
+    if pd.api.types.is_numeric_dtype(values):
+        valid = present.isin([0, 1])
+        if valid.all():
+            return values.astype(float)
+    else:
+        valid = present.astype(str).str.strip().str.lower().isin(TRUE_WORDS | FALSE_WORDS)
+    bad = present[~valid].iloc[0]
+    bad = bad.item() if isinstance(bad, np.generic) else bad
+    raise DataError(f"column {column!r} must be true/false, got {bad!r}")
+
+
 def coerce_features(frame: pd.DataFrame, feature_types: dict[str, FeatureType]) -> pd.DataFrame:
     """Give each feature the dtype training saw; serving calls this on request rows too.
 
@@ -322,14 +343,7 @@ def coerce_features(frame: pd.DataFrame, feature_types: dict[str, FeatureType]) 
                 raise DataError(f"column {column!r} must be numeric, got {values[bad].iloc[0]!r}")
             coerced[column] = converted.astype(float)
         elif kind == "boolean":
-            as_bool = _as_boolean(values)
-            if as_bool is None:
-                bad_value = values.dropna().iloc[0] if values.notna().any() else None
-                if bad_value is None:
-                    as_bool = pd.Series(np.nan, index=values.index, dtype=float)
-                else:
-                    raise DataError(f"column {column!r} must be true/false, got {bad_value!r}")
-            coerced[column] = as_bool
+            coerced[column] = _boolean_feature(column, values)
         else:
             # NaN (not None) marks missing text: SimpleImputer and OneHotEncoder expect it.
             coerced[column] = values.map(lambda value: np.nan if pd.isna(value) else str(value))

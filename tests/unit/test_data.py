@@ -147,3 +147,18 @@ def test_coerce_features_names_the_bad_column() -> None:
         coerce_features(pd.DataFrame({"age": ["old"], "member": [True], "plan": ["a"]}), types)
     with pytest.raises(DataError, match="column 'member' must be true/false"):
         coerce_features(pd.DataFrame({"age": [1], "member": ["maybe"], "plan": ["a"]}), types)
+
+
+def test_coercion_takes_its_own_output() -> None:
+    """Serving coerces request rows, then the model's prepare coerces them again: a boolean
+    feature's 1.0/0.0 must read as the same booleans, and other numbers stay refused."""
+    types = {"plan": "boolean", "x": "numeric", "state": "categorical"}
+    raw = pd.DataFrame(
+        {"plan": ["yes", "no", None], "x": ["1", "2.5", None], "state": ["a", None, "b"]}
+    )
+    once = coerce_features(raw, types)
+    twice = coerce_features(once, types)
+    pd.testing.assert_frame_equal(once, twice)
+    assert once["plan"].tolist()[:2] == [1.0, 0.0]
+    with pytest.raises(DataError, match="'plan' must be true/false, got 2"):
+        coerce_features(pd.DataFrame({"plan": [1, 2], "x": [1, 2], "state": ["a", "b"]}), types)

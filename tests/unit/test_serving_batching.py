@@ -247,15 +247,15 @@ def test_matrices_and_frames_merge_in_one_batch(
     np.testing.assert_allclose(_proba(second), served.predict_proba(_matrix(2, 5)), rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known, left as it was: a boolean feature is coerced twice (input_rows, then "
-    "LoadedModel.predict_proba), and the second pass refuses its 0.0/1.0",
-)
 def test_a_model_with_a_boolean_feature_scores_records(tmp_path: Path) -> None:
-    model = ServedModel.of(mixed_model(with_boolean=True))
-    records = json.loads(mixed_records(2, with_boolean=True).to_json(orient="records"))
-    model.score(model.input_rows(records))
+    """Request rows are coerced once by serving and again by the model's `prepare`; the
+    second pass must take the first's 0.0/1.0 (every request to such a model was a 422)."""
+    loaded = mixed_model(with_boolean=True)
+    model = ServedModel.of(loaded)
+    frame = mixed_records(4, with_boolean=True)
+    records = json.loads(frame.to_json(orient="records"))
+    proba = model.score(model.input_rows(records))
+    np.testing.assert_allclose(proba, loaded.predict_proba(frame), rtol=1e-12)
 
 
 # --- the idle gate ---------------------------------------------------------------------------
