@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,8 @@ AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
 HAPROXY_PORTS = ("stats_port", "metrics_port", "fallback_port")
 CLUSTER_PORTS = ("gcs_port", "client_port", "agent_port", *HAPROXY_PORTS)
 # Fixed, not tempfile.gettempdir(): a long TMPDIR would push the sockets past HAProxy's limit.
-RUNTIME_ROOT = Path("/tmp")
+# A predictable name under /tmp is safe only as a directory of ours: ensure_private_dir.
+RUNTIME_ROOT = Path("/tmp")  # nosec B108
 HAPROXY_SUBDIR = "hap"  # /tmp/mlops-<10>/hap/<node id>/metrics.sock: 95 characters
 
 
@@ -170,6 +172,21 @@ def ensure_token(path: Path) -> Path:
     return path
 
 
+def ensure_private_dir(path: Path) -> Path:
+    """`path` as a directory only this user can enter: created 0700, or, when it exists,
+    refused unless it is a real directory (not a symlink) of this user's. Its name under /tmp
+    is predictable, so another user could otherwise plant it, or a link, first."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise ClusterError(f"{path}: exists, but is not a directory of this user's; remove it")
+    path.chmod(0o700)
+    return path
+
+
 def auth_env(token: Path) -> dict[str, str]:
     return {AUTH_MODE_ENV: "token", AUTH_TOKEN_PATH_ENV: str(token)}
 
@@ -195,6 +212,7 @@ def start_local_cluster(state_dir: Path, num_cpus: int, dashboard_port: int, hap
     layout = ClusterLayout(state_dir)
     if local_cluster_address(state_dir) is not None:
         return False
+    ensure_private_dir(layout.runtime_dir)
     # A cluster that died without `mlops serve-stop` leaves HAProxy sockets and state behind.
     shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
     ports = free_ports(*CLUSTER_PORTS)

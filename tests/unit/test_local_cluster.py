@@ -111,3 +111,27 @@ def test_no_cluster_recorded_means_not_running(tmp_path: Path) -> None:
     assert not local_cluster.local_cluster_running(tmp_path)
     with pytest.raises(ClusterError, match="mlops serve"):
         local_cluster.connect(tmp_path)
+
+
+def test_the_runtime_dir_is_private_and_a_planted_one_is_refused(tmp_path: Path) -> None:
+    """/tmp/mlops-<hash> is a predictable name: another user's directory, or a link planted
+    there, must not become our cluster's socket directory."""
+    made = local_cluster.ensure_private_dir(tmp_path / "runtime")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
+    assert local_cluster.ensure_private_dir(made) == made  # ours already: fine
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    planted = tmp_path / "planted"
+    planted.symlink_to(elsewhere)
+    with pytest.raises(ClusterError, match="planted"):
+        local_cluster.ensure_private_dir(planted)
+
+
+def test_ports_come_from_outside_the_ephemeral_range() -> None:
+    """Listeners bind a while after their port is chosen; the OS hands ephemeral ports to
+    outgoing connections meanwhile (a HAProxy stats port was taken that way)."""
+    from ml.common import net
+
+    ephemeral = net._ephemeral_range()  # pylint: disable=protected-access
+    ports = local_cluster.free_ports(*local_cluster.CLUSTER_PORTS)
+    assert all(port in net.LISTEN_PORTS and port not in ephemeral for port in ports.values())
