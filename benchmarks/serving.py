@@ -218,7 +218,12 @@ def our_server(settings: Settings, version: str, log_dir: Path) -> Iterator[str]
     with in_process_cluster(num_cpus=2, haproxy=settings.serve_haproxy):
         port = free_port()
         local = settings.model_copy(
-            update={"var_dir": log_dir, "log_dir": log_dir / "log", "serve_port": port}
+            update={
+                "var_dir": log_dir,
+                "log_dir": log_dir / "log",
+                "ct_database": f"sqlite:///{log_dir / 'ct.db'}",
+                "serve_port": port,
+            }
         )
         yield start_serving(local, version=version, port=port, local_cluster=False).base_url
 

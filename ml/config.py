@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     serve_config: Path = Path("serving/serve_config.yaml")
     admin_token: SecretStr | None = None
+    feedback_token: SecretStr | None = Field(
+        None, description="bearer token of POST /feedback; the admin token works too"
+    )
+    feedback_rate_per_s: float = Field(
+        100.0, gt=0, description="outcomes one replica accepts per second (bursts of 10 s)"
+    )
     max_batch_rows: int = Field(10_000, ge=1)
     serve_haproxy: bool = Field(True, description="Ray Serve HAProxy mode when haproxy exists")
     serve_num_cpus: int = Field(2, ge=1, description="CPUs of the local Ray cluster")
@@ -118,6 +124,9 @@ class Settings(BaseSettings):
     # --- continuous training (ml/ct.py) ------------------------------------------------
     ct_database: str = Field(
         "", description="predictions and outcomes (SQLAlchemy URL); default var/ct.db"
+    )
+    ct_record_predictions: bool = Field(
+        True, description="serving records each prediction there, for feedback and drift"
     )
     ct_max_age_h: float = Field(168.0, gt=0, description="schedule: retrain an older champion")
     ct_min_drift_rows: int = Field(200, ge=10, description="recent inputs drift needs")

@@ -69,6 +69,7 @@ class FeedbackResult:
 class LabelledRows:
     """Predictions joined with their outcomes, oldest first."""
 
+    prediction_ids: list[str]
     features: pd.DataFrame
     predicted: list[Any]
     truth: list[Any]
@@ -146,6 +147,7 @@ class OutcomeStore:
         """The `limit` most recent predictions of `model_name` that have an outcome."""
         query = (
             sa.select(
+                predictions.c.prediction_id,
                 predictions.c.features,
                 predictions.c.label,
                 predictions.c.probabilities,
@@ -160,6 +162,7 @@ class OutcomeStore:
         with self.engine.connect() as connection:
             rows = list(reversed(connection.execute(query).all()))
         return LabelledRows(
+            prediction_ids=[row.prediction_id for row in rows],
             features=pd.DataFrame([json.loads(row.features) for row in rows]),
             predicted=[json.loads(row.label) for row in rows],
             truth=[json.loads(row.truth) for row in rows],

@@ -9,6 +9,7 @@ response bodies) and `serving.model.ServedModel` (the model and its fast path).
 """
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from starlette.background import BackgroundTask
 from elk.events import new_ids
 from ml.config import Settings
 from ml.data import DataError
+from ml.outcomes import OutcomeStore
 from ml.predict import load_version
 from serving.batching import Scheduler
 from serving.model import Rows, Scored
@@ -44,6 +46,7 @@ from serving.service import Answer, InputRows, ModelService
 from serving.telemetry import PredictionTelemetry
 
 SERVICE_NAME = "mlops-serving"
+logger = logging.getLogger("ray.serve")
 
 api = FastAPI(
     title="mlops-chain model server",
@@ -54,6 +57,29 @@ api = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+
+
+_OUTCOME = {
+    "type": "object",
+    "required": ["prediction_id", "label"],
+    "additionalProperties": False,
+    "properties": {
+        "prediction_id": {"type": "string", "minLength": 1, "maxLength": 64},
+        "label": {"type": ["string", "number", "boolean"]},
+    },
+}
+FEEDBACK_SCHEMA = {"oneOf": [_OUTCOME, {"type": "array", "items": _OUTCOME, "minItems": 1}]}
+
+
+def _outcome_store(settings: Settings) -> OutcomeStore | None:
+    """Where predictions are recorded and outcomes stored; serving goes on without it."""
+    if not settings.ct_record_predictions:
+        return None
+    try:
+        return OutcomeStore(settings.ct_database)
+    except Exception:  # pylint: disable=broad-exception-caught
+        logger.exception("no outcome store: predictions are not recorded, /feedback answers 503")
+        return None
 
 
 def _send(answer: Answer) -> JSONResponse:
@@ -71,8 +97,9 @@ class ModelServer:
         settings = Settings()
         mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
         mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-        self._telemetry = PredictionTelemetry(settings, SERVICE_NAME)
-        self._service = ModelService(settings, load_version, self._telemetry)
+        outcomes = _outcome_store(settings)
+        self._telemetry = PredictionTelemetry(settings, SERVICE_NAME, outcomes)
+        self._service = ModelService(settings, load_version, self._telemetry, outcomes)
         self._scheduler = Scheduler(self._service, self._score_batch)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
@@ -221,6 +248,28 @@ class ModelServer:
     async def reload(self, request: Request) -> Response:
         """Reload the configured model version on this replica (bearer token required)."""
         return _send(await self._service.reload(request.headers.get("authorization")))
+
+    @api.post(
+        "/feedback",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": FEEDBACK_SCHEMA}}}
+        },
+        responses={
+            401: {"description": "no bearer token"},
+            403: {"description": "wrong token, or feedback disabled"},
+            413: {"description": "more outcomes than a request may carry"},
+            422: {"description": "a malformed outcome; `field` names it"},
+            429: {"description": "too many outcomes; see Retry-After"},
+        },
+    )
+    async def feedback(self, request: Request) -> Response:
+        """What really happened to predictions `/predict` answered (`prediction_id`), one or a
+        list; bearer token `MLOPS_FEEDBACK_TOKEN` or the admin one. A result per item: an id
+        not recorded (never issued, expired, or not yet written: retry after a second) fails
+        alone; a repeated id replaces its label."""
+        return _send(
+            await self._service.feedback(request.headers.get("authorization"), await request.body())
+        )
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self) -> Response:

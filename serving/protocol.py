@@ -189,3 +189,30 @@ def mlflow_code(status: int) -> str:
     return {413: "RESOURCE_LIMIT_EXCEEDED", 415: "BAD_REQUEST", 503: "TEMPORARILY_UNAVAILABLE"}.get(
         status, "BAD_REQUEST"
     )
+
+
+def feedback_items(body: bytes, max_items: int) -> list[tuple[str, Any]]:
+    """`{"prediction_id": ..., "label": ...}` or a list of them -> (id, label) pairs; the
+    error names the item and field at fault."""
+    parsed = parse_json(body)
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if not items:
+        raise RequestError("body", "no outcomes: send an object or a non-empty list")
+    if len(items) > max_items:
+        raise RequestError("body", f"{len(items)} outcomes, at most {max_items} a request", 413)
+    return [_feedback_item(item, f"items[{index}]") for index, item in enumerate(items)]
+
+
+def _feedback_item(item: Any, where: str) -> tuple[str, Any]:
+    if not isinstance(item, dict):
+        raise RequestError(where, "must be an object with prediction_id and label")
+    unknown = sorted(set(item) - {"prediction_id", "label"})
+    if unknown:
+        raise RequestError(f"{where}.{unknown[0]}", "unknown field")
+    prediction_id = item.get("prediction_id")
+    if not isinstance(prediction_id, str) or not prediction_id or len(prediction_id) > 64:
+        raise RequestError(f"{where}.prediction_id", "must be the id /predict answered")
+    label = item.get("label")
+    if label is None or isinstance(label, (dict, list)):
+        raise RequestError(f"{where}.label", "must be a string, number or boolean")
+    return prediction_id, label

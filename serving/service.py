@@ -13,17 +13,21 @@ import asyncio
 import gc
 import hmac
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
-from pydantic import ValidationError
+import numpy as np
+from pydantic import SecretStr, ValidationError
 
 from elk.events import utc_now_iso
 from ml.config import Settings
+from ml.outcomes import OutcomeStore
 from ml.predict import LoadedModel
 from serving.model import Rows, Scored, ServedModel
+from serving.protocol import feedback_items
 from serving.schemas import RequestError, ServingOptions
 
 logger = logging.getLogger("ray.serve")
@@ -46,12 +50,13 @@ class Telemetry(Protocol):
         model: LoadedModel,
         prediction_ids: Sequence[str],
         labels: Sequence[Any],
-        probabilities: Sequence[float],
+        proba: np.ndarray,
         latency_ms: float,
         route: str,
         inputs: tuple[InputRows, list[str]],
     ) -> None:
-        """Queue the events of one scored request."""
+        """Queue the events (and prediction records) of one scored request; `proba` has a
+        column per class of `model.classes`."""
 
     def failure(
         self, route: str, error: Exception, started: float, served: ServedModel | None
@@ -71,10 +76,20 @@ class Answer:
 class ModelService:
     """The model one replica serves, and what it answers about it."""
 
-    def __init__(self, settings: Settings, loader: Loader, telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loader: Loader,
+        telemetry: Telemetry,
+        outcomes: OutcomeStore | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._settings = settings
         self._loader = loader
         self._telemetry = telemetry
+        self._outcomes = outcomes
+        rate = settings.feedback_rate_per_s
+        self._feedback_limit = TokenBucket(rate, burst=rate * 10, clock=clock)
         self._model: ServedModel | None = None
         self._options: ServingOptions | None = None
         self._last_load: dict[str, Any] = {"status": "not started"}
@@ -213,22 +228,45 @@ class ModelService:
 
     def admin_denial(self, authorization: str | None) -> Answer | None:
         """Why an `Authorization` header may not use the admin routes; None when it may."""
-        token = self._settings.admin_token
-        if token is None or not token.get_secret_value():
+        return _bearer_denial(
+            authorization, [self._settings.admin_token], "admin is disabled: set MLOPS_ADMIN_TOKEN"
+        )
+
+    async def feedback(self, authorization: str | None, body: bytes) -> Answer:
+        """Store reported outcomes of served predictions (`POST /feedback`): a token (the
+        feedback one or the admin one), a per-replica rate limit, and a result per item."""
+        denied = _bearer_denial(
+            authorization,
+            [self._settings.feedback_token, self._settings.admin_token],
+            "feedback is disabled: set MLOPS_FEEDBACK_TOKEN (or MLOPS_ADMIN_TOKEN)",
+        )
+        if denied is not None:
+            return denied
+        if self._outcomes is None:
+            return Answer({"detail": "no outcome store here", "field": "feedback"}, 503)
+        try:
+            items = feedback_items(body, self.max_rows)
+        except RequestError as exc:
+            return Answer(exc.body(), exc.status)
+        wait_s = self._feedback_limit.take(len(items))
+        if wait_s > 0:
             return Answer(
-                {"detail": "admin is disabled: set MLOPS_ADMIN_TOKEN", "field": "authorization"},
-                403,
+                {"detail": f"too many outcomes: retry in {wait_s:.1f} s", "field": "body"},
+                429,
+                {"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            return Answer(
-                {"detail": "a bearer token is required", "field": "authorization"},
-                401,
-                {"WWW-Authenticate": "Bearer"},
-            )
-        if not hmac.compare_digest(given.encode(), token.get_secret_value().encode()):
-            return Answer({"detail": "wrong token", "field": "authorization"}, 403)
-        return None
+        results = await asyncio.to_thread(self._outcomes.record_feedback, items)
+        stored = sum(result.stored for result in results)
+        return Answer(
+            {
+                "stored": stored,
+                "rejected": len(results) - stored,
+                "results": [
+                    {"prediction_id": r.prediction_id, "stored": r.stored, "error": r.error}
+                    for r in results
+                ],
+            }
+        )
 
     # --- telemetry ------------------------------------------------------------------------
 
@@ -242,7 +280,7 @@ class ModelService:
             scored.model.loaded,
             ids,
             scored.labels,
-            scored.proba.max(axis=1),
+            scored.proba,
             latency_ms,
             route,
             (rows, scored.model.validator.columns),
@@ -251,3 +289,46 @@ class ModelService:
     def rejected(self, route: str, error: RequestError, started: float) -> None:
         """One failure event for a rejected request: dashboards count bad input too."""
         self._telemetry.failure(route, error, started, self._model)
+
+
+def _bearer_denial(
+    authorization: str | None, tokens: Sequence[SecretStr | None], disabled: str
+) -> Answer | None:
+    """Why `authorization` may not pass, compared in constant time with each configured token;
+    None when it may."""
+    accepted = [token.get_secret_value().encode() for token in tokens if token is not None]
+    accepted = [token for token in accepted if token]
+    if not accepted:
+        return Answer({"detail": disabled, "field": "authorization"}, 403)
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        return Answer(
+            {"detail": "a bearer token is required", "field": "authorization"},
+            401,
+            {"WWW-Authenticate": "Bearer"},
+        )
+    if not any([hmac.compare_digest(given.encode(), token) for token in accepted]):
+        return Answer({"detail": "wrong token", "field": "authorization"}, 403)
+    return None
+
+
+class TokenBucket:
+    """`rate` units a second, saved up to `burst`: how much one client may send in a while."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._clock = clock
+        self._tokens = burst
+        self._updated = clock()
+
+    def take(self, amount: float) -> float:
+        """Take `amount` if there is enough and answer 0; else take nothing and answer how
+        many seconds until there would be."""
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate)
+        self._updated = now
+        if amount <= self._tokens:
+            self._tokens -= amount
+            return 0.0
+        return (amount - self._tokens) / self._rate

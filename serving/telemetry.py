@@ -1,9 +1,15 @@
-"""Prediction telemetry: one ECS event per scored row, never on the request's critical path.
+"""Prediction telemetry and the prediction record, never on the request's critical path.
 
-Handlers hand over one small tuple per request to a bounded queue (dropped and counted when
-full); a daemon thread expands it into per-row events with `elk.events.prediction_event` and
-passes them to the observability sink (`elk.sinks.build_emitter`: NDJSON files by default,
-Elasticsearch bulk when configured), which has its own bounded, non-blocking queue.
+Handlers hand over one small item per request to a bounded queue (dropped and counted when
+full). A daemon thread expands each into per-row ECS events (`elk.events.prediction_event`,
+to the observability sink: NDJSON files by default, Elasticsearch bulk when configured) and,
+when a recorder is given, into rows of the predictions/outcomes store (`ml.outcomes`), which
+continuous training joins with the outcomes `/feedback` reports.
+
+The store is written in one transaction per drain of the queue (up to `RECORD_BATCH` requests),
+so a replica under load writes a few times a second, not once per row. Durability: what is
+queued and not yet written (at most the queue, usually well under a second of traffic) is lost
+if the replica dies; an outcome reported for such a prediction is answered as unknown.
 """
 
 from __future__ import annotations
@@ -13,42 +19,76 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from elk.events import utc_now_iso
+from elk.sinks import Emitter
 from ml.config import Settings
+from ml.outcomes import OutcomeStore, PredictionRecord
 
 logger = logging.getLogger("ray.serve")
 QUEUE_SIZE = 10_000
+RECORD_BATCH = 256
 _STOP = object()
 
+InputRows = list[dict[str, Any]] | pd.DataFrame | np.ndarray
 
-class Emitter(Protocol):
-    """What `elk.sinks.build_emitter` returns."""
 
-    dropped: int
+@dataclass(frozen=True)
+class ServedRequest:
+    """One scored request: ids, labels and class probabilities per row, and its inputs."""
 
-    def emit(self, event: dict[str, Any]) -> None: ...
+    model_name: str
+    model_version: str
+    classes: list[Any]
+    prediction_ids: Sequence[str]
+    labels: Sequence[Any]
+    proba: np.ndarray
+    latency_ms: float
+    route: str
+    rows: InputRows
+    columns: list[str]
+    served_at: str
 
-    def emit_many(self, events: list[dict[str, Any]]) -> None: ...
+    def __len__(self) -> int:
+        return len(self.prediction_ids)
 
-    def close(self) -> None: ...
+
+@dataclass(frozen=True)
+class RejectedRequest:
+    """One request answered with a 4xx."""
+
+    model_name: str
+    model_version: str
+    error: str
+    latency_ms: float
+    route: str
+
+    def __len__(self) -> int:
+        return 1
 
 
 class PredictionTelemetry:
     """Per-replica telemetry; `dropped` counts events lost here or in the sink."""
 
-    def __init__(self, settings: Settings, service_name: str) -> None:
+    def __init__(
+        self, settings: Settings, service_name: str, recorder: OutcomeStore | None = None
+    ) -> None:
         from elk.events import prediction_event
         from elk.sinks import build_emitter
 
         self._event = prediction_event
         self._emitter: Emitter = build_emitter(settings, service_name)
+        self._recorder = recorder
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
         self._dropped_here = 0
+        self.recorded = 0
+        self.record_failures = 0
         self._closed = False
         self._worker = threading.Thread(target=self._run, name="prediction-telemetry", daemon=True)
         self._worker.start()
@@ -62,95 +102,138 @@ class PredictionTelemetry:
         model: Any,
         prediction_ids: Sequence[str],
         labels: Sequence[Any],
-        probabilities: Sequence[float],
+        proba: np.ndarray,
         latency_ms: float,
         route: str,
-        inputs: tuple[list[dict[str, Any]] | pd.DataFrame | np.ndarray, list[str]],
+        inputs: tuple[InputRows, list[str]],
     ) -> None:
-        """Queue the events of one scored request; returns at once. `inputs` (the rows, as
-        records, a frame or a matrix, and the feature names; kept for drift checks) become
-        per-row dicts on the telemetry thread."""
+        """Queue one scored request; returns at once. `proba` has a column per class of
+        `model.classes`; `inputs` (the rows, as records, a frame or a matrix, and the feature
+        names) become per-row dicts on the telemetry thread."""
+        rows, columns = inputs
         self._offer(
-            (
-                "ok",
-                model.name,
-                model.version,
-                prediction_ids,
-                labels,
-                probabilities,
-                latency_ms,
-                route,
-                inputs,
-                utc_now_iso(),  # when it was served, not when the telemetry thread gets to it
+            ServedRequest(
+                model_name=model.name,
+                model_version=model.version,
+                classes=list(model.classes),
+                prediction_ids=prediction_ids,
+                labels=labels,
+                proba=proba,
+                latency_ms=latency_ms,
+                route=route,
+                rows=rows,
+                columns=columns,
+                served_at=utc_now_iso(),  # when it was served, not when the thread gets to it
             )
         )
 
     def failure(self, route: str, error: Exception, started: float, served: Any) -> None:
         """One failure event for a rejected request (4xx): dashboards count bad input too."""
-        latency_ms = (time.perf_counter() - started) * 1000
         loaded = getattr(served, "loaded", None)
         self._offer(
-            (
-                "failed",
-                getattr(loaded, "name", ""),
-                getattr(loaded, "version", ""),
-                str(error),
-                latency_ms,
-                route,
+            RejectedRequest(
+                model_name=getattr(loaded, "name", ""),
+                model_version=getattr(loaded, "version", ""),
+                error=str(error),
+                latency_ms=(time.perf_counter() - started) * 1000,
+                route=route,
             )
         )
 
-    def _offer(self, item: tuple[Any, ...]) -> None:
+    def _offer(self, item: ServedRequest | RejectedRequest) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
-            self._dropped_here += 1 if item[0] == "failed" else len(item[3])
+            self._dropped_here += len(item)
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
+            items = self._drain()
+            requests = [item for item in items if item is not _STOP]
+            # Each request's rows as per-row dicts, once, for both the events and the record.
+            features = [
+                _records(item.rows, item.columns) if isinstance(item, ServedRequest) else []
+                for item in requests
+            ]
             try:
-                self._emitter.emit_many(self._events(item))
+                events: list[dict[str, Any]] = []
+                for item, rows in zip(requests, features):
+                    events.extend(self._events(item, rows))
+                self._emitter.emit_many(events)
             except Exception:  # pylint: disable=broad-exception-caught
                 logger.exception("prediction telemetry: could not emit an event")
+            if self._recorder is not None:
+                self._record(requests, features)
+            if len(requests) < len(items):
+                return
 
-    def _events(self, item: tuple[Any, ...]) -> list[dict[str, Any]]:
-        if item[0] == "failed":
-            _, name, version, error, latency_ms, route = item
+    def _drain(self) -> list[Any]:
+        """The next item, and whatever else is already waiting (up to RECORD_BATCH)."""
+        items = [self._queue.get()]
+        while len(items) < RECORD_BATCH and items[-1] is not _STOP:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return items
+
+    def _record(
+        self, requests: list[ServedRequest | RejectedRequest], features: list[list[dict]]
+    ) -> None:
+        assert self._recorder is not None
+        records = [
+            record
+            for item, rows in zip(requests, features)
+            if isinstance(item, ServedRequest)
+            for record in _prediction_records(item, rows)
+        ]
+        if not records:
+            return
+        try:
+            self.recorded += self._recorder.record_predictions(records)
+        except Exception:  # pylint: disable=broad-exception-caught
+            self.record_failures += len(records)
+            logger.exception("prediction record: could not write %d predictions", len(records))
+
+    def _events(
+        self, item: ServedRequest | RejectedRequest, rows: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        if isinstance(item, RejectedRequest):
             return [
                 self._event(
-                    model_name=name,
-                    model_version=version,
+                    model_name=item.model_name,
+                    model_version=item.model_version,
                     prediction_id="",
                     label=None,
                     probability=0.0,
-                    latency_ms=latency_ms,
-                    route=route,
+                    latency_ms=item.latency_ms,
+                    route=item.route,
                     status="failure",
-                    error=error,
+                    error=item.error,
                 )
             ]
-        _, name, version, ids, labels, probabilities, latency_ms, route, inputs, timestamp = item
-        rows = _records(*inputs)
         return [
             self._event(
-                model_name=name,
-                model_version=version,
+                model_name=item.model_name,
+                model_version=item.model_version,
                 prediction_id=prediction_id,
                 label=label,
                 probability=float(probability),
-                latency_ms=latency_ms,
-                route=route,
+                latency_ms=item.latency_ms,
+                route=item.route,
                 features=features,
-                timestamp=timestamp,
+                timestamp=item.served_at,
             )
-            for prediction_id, label, probability, features in zip(ids, labels, probabilities, rows)
+            for prediction_id, label, probability, features in zip(
+                item.prediction_ids,
+                item.labels,
+                item.proba.max(axis=1),
+                rows,
+            )
         ]
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Drain the queue into the sink and flush it."""
+        """Drain the queue into the sink (and the store) and flush it."""
         if self._closed:
             return
         self._closed = True
@@ -162,9 +245,26 @@ class PredictionTelemetry:
         self._emitter.close()
 
 
-def _records(
-    rows: list[dict[str, Any]] | pd.DataFrame | np.ndarray, columns: list[str]
-) -> list[dict[str, Any]]:
+def _prediction_records(item: ServedRequest, rows: list[dict[str, Any]]) -> list[PredictionRecord]:
+    names = [str(label) for label in item.classes]
+    served_at = datetime.fromisoformat(item.served_at.replace("Z", "+00:00"))
+    return [
+        PredictionRecord(
+            prediction_id=prediction_id,
+            model_name=item.model_name,
+            model_version=item.model_version,
+            features=features,
+            label=label,
+            probabilities=dict(zip(names, row)),
+            created_at=served_at,
+        )
+        for prediction_id, label, row, features in zip(
+            item.prediction_ids, item.labels, item.proba.tolist(), rows
+        )
+    ]
+
+
+def _records(rows: InputRows, columns: list[str]) -> list[dict[str, Any]]:
     """Rows as one dict per row (a matrix by plain zips: pandas' `to_dict` costs far more)."""
     if isinstance(rows, np.ndarray):
         return [dict(zip(columns, row)) for row in rows.tolist()]

@@ -379,3 +379,40 @@ def test_each_prediction_emits_an_ecs_event(
     assert event["mlops"]["prediction"]["route"] == "/predict"
     assert event["mlops"]["prediction"]["features"].keys() == set(rows.columns)
     assert http.get("/health").json()["telemetry_dropped"] == 0
+
+
+def test_feedback_joins_outcomes_to_served_predictions(
+    http: httpx.Client, serve_app: ServeApp, rows: pd.DataFrame
+) -> None:
+    """/predict ids, recorded by the replica off the request path, take outcomes on /feedback
+    (admin token here); the store then joins them, probabilities included."""
+    from ml.outcomes import OutcomeStore
+
+    answer = http.post("/predict", json=json.loads(rows.head(3).to_json(orient="records")))
+    predictions = answer.json()["predictions"]
+    outcomes = [{"prediction_id": p["prediction_id"], "label": p["label"]} for p in predictions]
+    assert http.post("/feedback", json=outcomes).status_code == 401
+    auth = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+    deadline = time.monotonic() + 30
+    while True:  # the replica records predictions within moments; until then an id is unknown
+        stored = http.post("/feedback", json=outcomes, headers=auth).json()
+        if stored["stored"] == 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert stored["stored"] == 3, stored
+    store = OutcomeStore(serve_app.settings.ct_database)
+    joined = store.labelled(serve_app.model.name, limit=1000)
+    truth = dict(zip(joined.prediction_ids, joined.truth))
+    assert {p["prediction_id"]: truth.get(p["prediction_id"]) for p in predictions} == {
+        p["prediction_id"]: p["label"] for p in predictions
+    }
+    mine = [
+        row
+        for pid, row in zip(joined.prediction_ids, joined.probabilities)
+        if pid in truth and pid in {p["prediction_id"] for p in predictions}
+    ]
+    assert len(mine) == 3 and all(row and sum(row.values()) == pytest.approx(1.0) for row in mine)
+    unknown = http.post(
+        "/feedback", json={"prediction_id": "never-issued", "label": "x"}, headers=auth
+    ).json()
+    assert unknown["results"][0]["stored"] is False

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
@@ -122,7 +123,7 @@ class TelemetryCollector:
         model: LoadedModel,
         prediction_ids: Sequence[str],
         labels: Sequence[Any],
-        probabilities: Sequence[float],
+        proba: np.ndarray,
         latency_ms: float,
         route: str,
         inputs: tuple[Any, list[str]],
@@ -132,7 +133,7 @@ class TelemetryCollector:
                 "model": model,
                 "ids": list(prediction_ids),
                 "labels": list(labels),
-                "probabilities": list(probabilities),
+                "proba": proba,
                 "latency_ms": latency_ms,
                 "route": route,
                 "inputs": inputs,

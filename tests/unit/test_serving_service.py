@@ -290,7 +290,7 @@ def test_a_scored_request_is_handed_to_telemetry(
         scored.labels,
         "/invocations",
     )
-    np.testing.assert_array_equal(event["probabilities"], scored.proba.max(axis=1))
+    np.testing.assert_array_equal(event["proba"], scored.proba)
     assert event["inputs"][0] is rows and event["inputs"][1] == model.validator.columns
     assert event["latency_ms"] > 0
 
