@@ -17,7 +17,8 @@ from ml.config import Settings
 from ml.data import Dataset, Split
 from ml.drift import build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
-from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
+from ml.families import family
+from ml.features import build_pipeline
 
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
@@ -86,7 +87,7 @@ def log_and_register(
         input_example=example,
         registered_model_name=settings.model_name,
         serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES[params["family"]],
+        skops_trusted_types=list(family(params["family"]).skops_trusted_types),
         pip_requirements=pinned_requirements(),
         metadata=model_metadata(dataset, model, params),
     )
