@@ -19,6 +19,7 @@ from ml.drift import build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.families import family
 from ml.features import build_pipeline
+from ml.model_ref import ModelRef
 
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
@@ -37,9 +38,18 @@ class TrainedModel:
     """The refit pipeline and where it is registered."""
 
     model: Pipeline
-    version: str
-    model_uri: str
+    ref: ModelRef
     holdout: dict[str, float]
+
+    @property
+    def version(self) -> str:
+        """The registered version number."""
+        return self.ref.version
+
+    @property
+    def model_uri(self) -> str:
+        """`models:/<name>/<version>` of the registered version."""
+        return self.ref.uri
 
 
 def fit_best(params: dict[str, Any], dataset: Dataset, split: Split, seed: int) -> Pipeline:
@@ -101,12 +111,7 @@ def log_and_register(
         client.set_model_version_tag(
             settings.model_name, version, f"holdout.{name}", f"{value:.6f}"
         )
-    return TrainedModel(
-        model=model,
-        version=version,
-        model_uri=f"models:/{settings.model_name}/{version}",
-        holdout=holdout,
-    )
+    return TrainedModel(model=model, ref=ModelRef(settings.model_name, version), holdout=holdout)
 
 
 def _plain(label: Any) -> Any:
