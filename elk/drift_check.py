@@ -19,9 +19,7 @@ import pandas as pd
 from elk import events
 from elk.sinks import build_client, build_emitter
 from ml.config import Settings
-from ml.drift import FeatureDrift, compare, summary
-
-PROFILE_ARTIFACT = "reference_profile.json"
+from ml.drift import PROFILE_ARTIFACT, FeatureDrift, compare, summary
 
 
 class DriftInputError(ValueError):

@@ -13,9 +13,10 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
+from ml.common.values import plain
 from ml.config import Settings
 from ml.data import Dataset, Split
-from ml.drift import build_profile
+from ml.drift import PROFILE_ARTIFACT, build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.families import family
 from ml.features import build_pipeline
@@ -63,7 +64,7 @@ def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) ->
     return {
         "target": dataset.target,
         "feature_types": dataset.feature_types,
-        "classes": [_plain(label) for label in model.classes_],
+        "classes": [plain(label) for label in model.classes_],
         "family": params["family"],
         "data_fingerprint": dataset.report.fingerprint,
     }
@@ -80,7 +81,7 @@ def log_and_register(
     holdout = holdout_metrics(model, split.X_holdout, split.y_holdout)
     mlflow.log_metrics({f"holdout_{name}": value for name, value in holdout.items()})
     # The drift check compares serving inputs with the data this version was trained on.
-    mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), "reference_profile.json")
+    mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), PROFILE_ARTIFACT)
     for name, figure in (
         ("confusion_matrix", confusion_matrix_figure(model, split.X_holdout, split.y_holdout)),
         ("roc_curve", roc_curve_figure(model, split.X_holdout, split.y_holdout)),
@@ -112,8 +113,3 @@ def log_and_register(
             settings.model_name, version, f"holdout.{name}", f"{value:.6f}"
         )
     return TrainedModel(model=model, ref=ModelRef(settings.model_name, version), holdout=holdout)
-
-
-def _plain(label: Any) -> Any:
-    """numpy scalars to Python ones, so metadata serialises to YAML/JSON."""
-    return label.item() if hasattr(label, "item") else label
