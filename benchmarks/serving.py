@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ml.config import Settings  # noqa: E402
 from ml.data import load_frame  # noqa: E402
+from ml.model_ref import ModelRef  # noqa: E402
 from ml.predict import LoadedModel, load_version  # noqa: E402
 from ml.registry import RegistryError  # noqa: E402
 from ml.common.net import free_port, wait_http  # noqa: E402
@@ -186,7 +187,7 @@ def bench_mlflow(
         "models",
         "serve",
         "-m",
-        f"models:/{settings.model_name}/{version}",
+        ModelRef(settings.model_name, version).uri,
         "-h",
         "127.0.0.1",
         "-p",

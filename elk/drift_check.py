@@ -19,9 +19,7 @@ import pandas as pd
 from elk import events
 from elk.sinks import build_client, build_emitter
 from ml.config import Settings
-from ml.drift import FeatureDrift, compare, summary
-
-PROFILE_ARTIFACT = "reference_profile.json"
+from ml.drift import PROFILE_ARTIFACT, FeatureDrift, compare, summary
 
 
 class DriftInputError(ValueError):
@@ -44,12 +42,14 @@ class DriftReport:
         return [drift for drift in self.drifts if drift.drifted(self.threshold)]
 
 
-def resolve_version(settings: Settings, version: str | None) -> tuple[str, str]:
-    """(version, run id) of `version`, or of the champion when none is given."""
+def version_and_run(settings: Settings, version: str | None) -> tuple[str, str]:
+    """(version, run id) of `version`, or of the champion when none is given: the run holds
+    the version's reference profile."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from ml.common.tracking import configure_tracking
+    from ml.registry import CHAMPION
 
     configure_tracking(settings)
     client = MlflowClient()
@@ -57,7 +57,7 @@ def resolve_version(settings: Settings, version: str | None) -> tuple[str, str]:
         if version:
             found = client.get_model_version(settings.model_name, version)
         else:
-            found = client.get_model_version_by_alias(settings.model_name, "champion")
+            found = client.get_model_version_by_alias(settings.model_name, CHAMPION)
     except MlflowException as exc:
         wanted = f"version {version}" if version else "champion (alias 'champion')"
         raise DriftInputError(f"model {settings.model_name!r} has no {wanted}") from exc
@@ -146,7 +146,7 @@ def read_input_file(path: Path) -> pd.DataFrame:
 def check_drift(settings: Settings, version: str | None = None, input_path: Path | None = None,
                 window: int | None = None, notify: bool = True) -> DriftReport:  # fmt: skip
     """Compare, emit one drift event per feature, email when a feature drifted."""
-    model_version, run_id = resolve_version(settings, version)
+    model_version, run_id = version_and_run(settings, version)
     profile = load_profile(run_id, settings.model_name, model_version)
     if input_path is not None:
         frame = read_input_file(input_path)

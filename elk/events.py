@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from typing import Any
 
+from ml.common.values import plain
+
 ECS_VERSION = "8.11.0"
 INDEX_PREFIX = "mlops-"
 
@@ -167,24 +169,15 @@ def prediction_event(
 
 
 def _plain_features(features: Mapping[str, Any]) -> dict[str, Any]:
-    """`_plain` over a row, inlined for Python floats: it runs for every feature of every
+    """`plain` over a row, inlined for Python floats: it runs for every feature of every
     served row (a 10,000-row request is 300,000 values here)."""
-    plain = {}
+    row = {}
     for key, value in features.items():
         if type(value) is float:  # noqa: E721 - exact type: numpy floats subclass float
-            plain[str(key)] = None if value != value else value
+            row[str(key)] = None if value != value else value
         else:
-            plain[str(key)] = _plain(value)
-    return plain
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars to Python ones; NaN to None (JSON has no NaN)."""
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
+            row[str(key)] = plain(value)
+    return row
 
 
 def serve_metrics_event(

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -23,14 +24,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-ModelFamily = Literal["logreg", "random_forest", "hist_gb"]
+from ml.families import FAMILIES, UnknownFamilyError
+
 Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
-ALL_FAMILIES: tuple[str, ...] = ("logreg", "random_forest", "hist_gb")
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
 
 
-def _all_families() -> list[ModelFamily]:
-    return ["logreg", "random_forest", "hist_gb"]
+def _all_families() -> list[str]:
+    return list(FAMILIES)
 
 
 def _env(*names: str) -> AliasChoices:
@@ -63,7 +64,9 @@ class Settings(BaseSettings):
     model_name: str = "mlops-classifier"
 
     # --- tuning ------------------------------------------------------------------------
-    families: Annotated[list[ModelFamily], NoDecode] = Field(default_factory=_all_families)
+    families: Annotated[list[str], NoDecode] = Field(
+        default_factory=_all_families, description="model families to search (ml/families.py)"
+    )
     trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(600.0, gt=0)
     n_jobs: int = Field(1, ge=1)
@@ -161,6 +164,18 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, value: list[str]) -> list[str]:
+        """Only names in the family table (`ml.families.FAMILIES`); the error lists them."""
+        for name in value:
+            if name not in FAMILIES:
+                # A custom error: pydantic would prefix a ValueError's text with "Value error".
+                raise PydanticCustomError(
+                    "unknown_family", "{message}", {"message": str(UnknownFamilyError(name))}
+                )
         return value
 
     @model_validator(mode="after")

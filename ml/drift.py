@@ -18,6 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+# The artifact each model version's run logs the profile as (ml.training), read back by the
+# drift check (elk.drift_check).
+PROFILE_ARTIFACT = "reference_profile.json"
 PROFILE_VERSION = 1
 NUMERIC_BINS = 10
 KS_QUANTILES = 201

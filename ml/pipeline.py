@@ -20,6 +20,7 @@ from matplotlib import pyplot as plt
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
+from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
@@ -28,7 +29,7 @@ from ml.training import TrainedModel, fit_best, log_and_register
 from ml.tracking import TrialTracker
 from ml.tuning import TrialCallback, TuningResult, study_figures, tune
 
-stage_log = logging.getLogger("ml.stages")
+stage_log = logging.getLogger(STAGE_LOGGER)
 
 
 @dataclass

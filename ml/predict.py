@@ -18,6 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ml.data import DataError, FeatureType, coerce_features
+from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
 
 FORESTS = (RandomForestClassifier, ExtraTreesClassifier)
@@ -37,9 +38,14 @@ class LoadedModel:
     loaded_at: str
 
     @property
+    def ref(self) -> ModelRef:
+        """The exact registered version, never an alias."""
+        return ModelRef(self.name, self.version)
+
+    @property
     def uri(self) -> str:
         """`models:/name/version`: the exact version, never an alias."""
-        return f"models:/{self.name}/{self.version}"
+        return self.ref.uri
 
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Raw request rows -> the dtypes training saw; DataError names the bad column."""
@@ -205,8 +211,14 @@ def resolve_version(name: str, alias: str = CHAMPION) -> str:
 
 def load_version(name: str, version: str) -> LoadedModel:
     """Download `models:/name/version` once; load the sklearn flavor (skops, trusted types
-    from the MLmodel file), its metadata and its input example from that copy."""
-    uri = f"models:/{name}/{version}"
+    from the MLmodel file), its metadata and its input example from that copy.
+
+    Scoring raw rows needs all of it; the promotion gate needs only the pipeline
+    (`ml.registry.load_pipeline`)."""
+    try:
+        uri = ModelRef(name, str(version)).uri
+    except ValueError as exc:  # no such version can exist
+        raise RegistryError(f"cannot load {name!r} version {version!r}: {exc}") from exc
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
         model = mlflow.sklearn.load_model(local_path)

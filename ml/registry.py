@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sklearn.pipeline import Pipeline
 
 from ml.data import Split
 from ml.evaluation import is_better, score
+from ml.model_ref import ModelRef
 
 CHAMPION = "champion"
 log = logging.getLogger(__name__)
@@ -52,9 +53,11 @@ def champion_version(client: MlflowClient, name: str) -> str | None:
         raise
 
 
-def load_version(name: str, version: str) -> Any:
-    """The fitted sklearn pipeline of one registered version."""
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+def load_pipeline(ref: ModelRef) -> Pipeline:
+    """The bare fitted sklearn pipeline of one registered version, for scoring a holdout
+    (serving's `ml.predict.load_version` adds what scoring raw request rows needs)."""
+    pipeline: Pipeline = mlflow.sklearn.load_model(ref.uri)
+    return pipeline
 
 
 def run_gate(
@@ -62,7 +65,7 @@ def run_gate(
 ) -> GateDecision:
     """Score challenger and champion on one holdout; promote only on a clear win."""
     challenger_score = score(
-        metric, load_version(name, challenger), split.X_holdout, split.y_holdout
+        metric, load_pipeline(ModelRef(name, challenger)), split.X_holdout, split.y_holdout
     )
     incumbent = champion_version(client, name)
     if incumbent is None:
@@ -95,7 +98,7 @@ def _compare(
     split: Split,
 ) -> GateDecision:
     try:
-        champion_model = load_version(name, incumbent)
+        champion_model = load_pipeline(ModelRef(name, incumbent))
         champion_score = score(metric, champion_model, split.X_holdout, split.y_holdout)
     except (MlflowException, ValueError, KeyError) as exc:
         # A champion trained on other columns cannot score today's data: it must yield.

@@ -13,11 +13,14 @@ from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
 from sklearn.pipeline import Pipeline
 
+from ml.common.values import plain
 from ml.config import Settings
 from ml.data import Dataset, Split
-from ml.drift import build_profile
+from ml.drift import PROFILE_ARTIFACT, build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
-from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
+from ml.families import family
+from ml.features import build_pipeline
+from ml.model_ref import ModelRef
 
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
@@ -36,9 +39,18 @@ class TrainedModel:
     """The refit pipeline and where it is registered."""
 
     model: Pipeline
-    version: str
-    model_uri: str
+    ref: ModelRef
     holdout: dict[str, float]
+
+    @property
+    def version(self) -> str:
+        """The registered version number."""
+        return self.ref.version
+
+    @property
+    def model_uri(self) -> str:
+        """`models:/<name>/<version>` of the registered version."""
+        return self.ref.uri
 
 
 def fit_best(params: dict[str, Any], dataset: Dataset, split: Split, seed: int) -> Pipeline:
@@ -52,7 +64,7 @@ def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) ->
     return {
         "target": dataset.target,
         "feature_types": dataset.feature_types,
-        "classes": [_plain(label) for label in model.classes_],
+        "classes": [plain(label) for label in model.classes_],
         "family": params["family"],
         "data_fingerprint": dataset.report.fingerprint,
     }
@@ -69,7 +81,7 @@ def log_and_register(
     holdout = holdout_metrics(model, split.X_holdout, split.y_holdout)
     mlflow.log_metrics({f"holdout_{name}": value for name, value in holdout.items()})
     # The drift check compares serving inputs with the data this version was trained on.
-    mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), "reference_profile.json")
+    mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), PROFILE_ARTIFACT)
     for name, figure in (
         ("confusion_matrix", confusion_matrix_figure(model, split.X_holdout, split.y_holdout)),
         ("roc_curve", roc_curve_figure(model, split.X_holdout, split.y_holdout)),
@@ -86,7 +98,7 @@ def log_and_register(
         input_example=example,
         registered_model_name=settings.model_name,
         serialization_format="skops",
-        skops_trusted_types=SKOPS_TRUSTED_TYPES[params["family"]],
+        skops_trusted_types=list(family(params["family"]).skops_trusted_types),
         pip_requirements=pinned_requirements(),
         metadata=model_metadata(dataset, model, params),
     )
@@ -100,14 +112,4 @@ def log_and_register(
         client.set_model_version_tag(
             settings.model_name, version, f"holdout.{name}", f"{value:.6f}"
         )
-    return TrainedModel(
-        model=model,
-        version=version,
-        model_uri=f"models:/{settings.model_name}/{version}",
-        holdout=holdout,
-    )
-
-
-def _plain(label: Any) -> Any:
-    """numpy scalars to Python ones, so metadata serialises to YAML/JSON."""
-    return label.item() if hasattr(label, "item") else label
+    return TrainedModel(model=model, ref=ModelRef(settings.model_name, version), holdout=holdout)

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 from ml.config import Settings
 from ml.data import FeatureType, Split
 from ml.evaluation import direction, score
+from ml.families import FAMILIES, family
 from ml.features import build_classifier, build_preprocessor
 from ml.storage import study_storage
 from ml.forking import FORK, next_message, start
@@ -34,17 +35,6 @@ from ml.tracking import TrialTracker
 log = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 STARTUP_TRIALS = 4  # trials before TPE models the space (create_study says why)
-# scikit-learn's defaults for the cheap families, tried first (`enqueue_defaults`). The
-# forest's default is left out: on 50,000 rows one forest trial costs as much as ten of these.
-CHEAP_DEFAULTS: dict[str, dict[str, Any]] = {
-    "logreg": {"C": 1.0},
-    "hist_gb": {
-        "learning_rate": 0.1,
-        "max_iter": 100,
-        "max_leaf_nodes": 31,
-        "l2_regularization": 1e-6,  # scikit-learn's 0.0, at the floor of the log-scaled range
-    },
-}
 
 
 @dataclass(frozen=True)
@@ -60,24 +50,9 @@ class TuningResult:
 
 
 def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
-    """A conditional search space: each family has its own hyperparameters."""
-    family = trial.suggest_categorical("family", families)
-    params: dict[str, Any] = {"family": family}
-    if family == "logreg":
-        params["C"] = trial.suggest_float("C", 1e-3, 1e2, log=True)
-    elif family == "random_forest":
-        params["n_estimators"] = trial.suggest_int("n_estimators", 50, 300, step=25)
-        params["max_depth"] = trial.suggest_int("max_depth", 2, 20)
-        params["min_samples_leaf"] = trial.suggest_int("min_samples_leaf", 1, 10)
-        params["max_features"] = trial.suggest_categorical("max_features", ["sqrt", "log2"])
-    elif family == "hist_gb":
-        params["learning_rate"] = trial.suggest_float("learning_rate", 0.01, 0.3, log=True)
-        params["max_iter"] = trial.suggest_int("max_iter", 50, 300, step=25)
-        params["max_leaf_nodes"] = trial.suggest_int("max_leaf_nodes", 7, 63)
-        params["l2_regularization"] = trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True)
-    else:
-        raise ValueError(f"families: unknown model family {family!r}")
-    return params
+    """A conditional search space: the family first, then that family's own space."""
+    name = trial.suggest_categorical("family", families)
+    return {"family": name, **family(name).search_space(trial)}
 
 
 class FoldGapPruner(optuna.pruners.BasePruner):
@@ -191,16 +166,17 @@ def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
 
 
 def enqueue_defaults(study: optuna.Study, families: list[str]) -> None:
-    """Queue scikit-learn's defaults for the cheap families as the study's first trials.
+    """Queue scikit-learn's defaults for the cheap families (the table's `cheap_defaults`)
+    as the study's first trials, in the table's order.
 
     Library defaults are a strong start on most tables and take seconds: the pruner gets a
     bar and TPE a good region before any expensive random draw. A resumed study already has
     them (`skip_if_exists`).
     """
-    for family, params in CHEAP_DEFAULTS.items():
-        if family in families:
+    for entry in FAMILIES.values():
+        if entry.cheap_defaults is not None and entry.name in families:
             study.enqueue_trial(
-                {"family": family, **params},
+                {"family": entry.name, **entry.cheap_defaults},
                 user_attrs={"start": "scikit-learn default"},
                 skip_if_exists=True,
             )
@@ -223,9 +199,10 @@ class PreparedFold:
         y: pd.Series,
         train_idx: np.ndarray,
         valid_idx: np.ndarray,
+        scale_numeric: bool,
     ) -> "PreparedFold":
         """Fit the preprocessor on the fold's training rows only; transform both sides."""
-        preprocess = build_preprocessor(feature_types)
+        preprocess = build_preprocessor(feature_types, scale_numeric)
         return cls(
             preprocess.fit_transform(X.iloc[train_idx]),
             y.iloc[train_idx],
@@ -254,10 +231,16 @@ class Objective:
         self.settings = settings
         self.tracking = tracking
         folds = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
-        self.folds = [
-            PreparedFold.fit(feature_types, split.X_train, split.y_train, train, valid)
-            for train, valid in folds.split(split.X_train, split.y_train)
-        ]
+        indices = list(folds.split(split.X_train, split.y_train))
+        # The folds prepared once for each preprocessing the configured families ask for
+        # (`scale_numeric` in their table entries).
+        self.folds: dict[bool, list[PreparedFold]] = {
+            scale: [
+                PreparedFold.fit(feature_types, split.X_train, split.y_train, train, valid, scale)
+                for train, valid in indices
+            ]
+            for scale in {family(name).scale_numeric for name in settings.families}
+        }
         # Parallel trials run in forked workers with one OpenMP thread each (the boosted
         # trees). GNU OpenMP is not fork-safe: a child that asks for a team of two after its
         # parent has run one hangs for good, while a team of one runs. One thread per worker
@@ -271,11 +254,12 @@ class Objective:
 
     def _cross_validate(self, trial: optuna.Trial) -> float:
         params = suggest_params(trial, list(self.settings.families))
+        folds = self.folds[family(params["family"]).scale_numeric]
         started = time.perf_counter()
         fold_scores: list[float] = []
         state = "FAILED"
         try:
-            for step, fold in enumerate(self.folds):
+            for step, fold in enumerate(folds):
                 model = build_classifier(params, self.settings.seed)
                 model.fit(fold.X_train, fold.y_train)
                 fold_scores.append(
@@ -284,7 +268,7 @@ class Objective:
                 trial.report(fold_scores[-1], step)  # the pruner takes the running mean
                 # After the last fold there is nothing left to save: no pruning check
                 # (each one reads the study's trials from storage).
-                if step < len(self.folds) - 1 and trial.should_prune():
+                if step < len(folds) - 1 and trial.should_prune():
                     state = "PRUNED"
                     raise optuna.TrialPruned(f"pruned after fold {step + 1}")
             state = "COMPLETE"

@@ -13,9 +13,8 @@ from typing import Any
 import optuna
 
 from elk import events
+from ml.common.stages import STAGE_LOGGER
 from ml.config import Settings
-
-STAGE_LOGGER = "ml.stages"
 
 
 class StageEvents(logging.Handler):

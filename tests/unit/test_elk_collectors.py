@@ -103,3 +103,18 @@ def test_stage_log_records_become_stage_events() -> None:
     (event,) = handler.drain()
     assert event["mlops"]["stage"] == {"name": "train", "status": "success", "duration_s": 1.5}
     assert attach_stage_events() is handler  # attached once
+
+
+def test_the_pipelines_stages_reach_the_collector() -> None:
+    """ml announces on the logger elk subscribes to (one shared name, ml.common.stages)."""
+    from ml.pipeline import stage
+
+    handler = attach_stage_events()
+    handler.drain()
+    timings: dict[str, float] = {}
+    with stage("tune", timings):
+        pass
+    started, finished = handler.drain()
+    assert started["mlops"]["stage"]["status"] == "started"
+    assert finished["mlops"]["stage"]["name"] == "tune"
+    assert finished["mlops"]["stage"]["status"] == "success"

@@ -7,7 +7,8 @@ import pytest
 import skops.io as sio
 
 from ml.data import validate
-from ml.features import SKOPS_TRUSTED_TYPES, build_pipeline
+from ml.families import FAMILIES, family
+from ml.features import build_pipeline
 from tests.unit.test_data import mixed_frame
 
 # One small configuration per family, inside the tuning search space (ml.tuning), so tests
@@ -31,14 +32,18 @@ PARAMS = {
 }
 
 
+def test_every_family_in_the_table_has_a_test_configuration() -> None:
+    assert sorted(PARAMS) == sorted(FAMILIES)
+
+
 @pytest.fixture(scope="module")
 def dataset():
     return validate(mixed_frame(), "churned", source="frame")
 
 
-@pytest.mark.parametrize("family", sorted(PARAMS))
-def test_pipeline_takes_raw_columns_and_unknown_categories(dataset, family: str) -> None:
-    model = build_pipeline(PARAMS[family], dataset.feature_types, seed=0).fit(dataset.X, dataset.y)
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_pipeline_takes_raw_columns_and_unknown_categories(dataset, name: str) -> None:
+    model = build_pipeline(PARAMS[name], dataset.feature_types, seed=0).fit(dataset.X, dataset.y)
     unseen = dataset.X.head(3).copy()
     unseen["plan"] = "enterprise"  # a category training never saw
     proba = model.predict_proba(unseen)
@@ -46,12 +51,13 @@ def test_pipeline_takes_raw_columns_and_unknown_categories(dataset, family: str)
     assert set(model.classes_) == {False, True}
 
 
-@pytest.mark.parametrize("family", sorted(PARAMS))
-def test_skops_trusted_types_are_exactly_what_skops_needs(dataset, family: str) -> None:
-    model = build_pipeline(PARAMS[family], dataset.feature_types, seed=0).fit(dataset.X, dataset.y)
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_skops_trusted_types_are_exactly_what_skops_needs(dataset, name: str) -> None:
+    model = build_pipeline(PARAMS[name], dataset.feature_types, seed=0).fit(dataset.X, dataset.y)
     untrusted = sio.get_untrusted_types(data=sio.dumps(model))
-    assert sorted(untrusted) == sorted(SKOPS_TRUSTED_TYPES[family])
-    restored = sio.loads(sio.dumps(model), trusted=SKOPS_TRUSTED_TYPES[family])
+    trusted = list(family(name).skops_trusted_types)
+    assert sorted(untrusted) == sorted(trusted)
+    restored = sio.loads(sio.dumps(model), trusted=trusted)
     pd.testing.assert_frame_equal(
         pd.DataFrame(restored.predict_proba(dataset.X)),
         pd.DataFrame(model.predict_proba(dataset.X)),
@@ -59,5 +65,28 @@ def test_skops_trusted_types_are_exactly_what_skops_needs(dataset, family: str) 
 
 
 def test_unknown_family_is_refused() -> None:
-    with pytest.raises(ValueError, match="unknown model family 'xgboost'"):
+    with pytest.raises(ValueError, match="unknown model family 'xgboost'; known families: "):
         build_pipeline({"family": "xgboost"}, {"a": "numeric"}, seed=0)
+
+
+def numeric_steps(model) -> list[str]:
+    numeric = dict((name, step) for name, step, _ in model.named_steps["preprocess"].transformers)
+    return [name for name, _ in numeric["numeric"].steps]
+
+
+def test_every_family_scales_numbers_as_before_the_table(dataset) -> None:
+    """The pipelines registered before the family table scaled numbers for every family."""
+    for name in FAMILIES:
+        model = build_pipeline(PARAMS[name], dataset.feature_types, seed=0)
+        assert numeric_steps(model) == ["impute", "scale"]
+
+
+def test_a_family_that_does_not_scale_gets_no_scaler(dataset, monkeypatch) -> None:
+    import dataclasses
+
+    import ml.families
+
+    unscaled = dataclasses.replace(family("random_forest"), scale_numeric=False)
+    monkeypatch.setattr(ml.families, "FAMILIES", {**FAMILIES, "random_forest": unscaled})
+    model = build_pipeline(PARAMS["random_forest"], dataset.feature_types, seed=0)
+    assert numeric_steps(model) == ["impute"]

@@ -158,3 +158,24 @@ def test_decision_tags_write_missing_scores_as_a_dash() -> None:
         "gate.champion_version": "-",
         "gate.champion_score": "-",
     }
+
+
+def test_load_pipeline_gives_the_registered_pipeline_with_the_tables_trusted_types(
+    store: Path, demo: tuple[Dataset, Split]
+) -> None:
+    """The gate scores the bare pipeline; the MLmodel file keeps the family's trusted types
+    (what lets versions registered before and after the family table load alike)."""
+    import mlflow
+    from sklearn.pipeline import Pipeline
+
+    from ml.families import family
+    from ml.model_ref import ModelRef
+    from ml.registry import load_pipeline
+
+    _, settings = _client(store, "load-pipeline")
+    ref = ModelRef(settings.model_name, _register(settings, demo))
+    pipeline = load_pipeline(ref)
+    assert isinstance(pipeline, Pipeline)
+    assert pipeline.predict(demo[1].X_holdout).shape == (len(demo[1].X_holdout),)
+    flavor = mlflow.models.get_model_info(ref.uri).flavors["sklearn"]
+    assert flavor["skops_trusted_types"] == list(family("logreg").skops_trusted_types)

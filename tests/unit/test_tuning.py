@@ -7,8 +7,8 @@ import pytest
 
 from ml.config import Settings
 from ml.data import load_dataset, split, validate
+from ml.families import family
 from ml.tuning import (
-    CHEAP_DEFAULTS,
     FoldGapPruner,
     Objective,
     create_study,
@@ -197,7 +197,7 @@ def test_cheap_defaults_run_first_once_and_only_for_configured_families(tmp_path
     trial = study.ask()
     assert suggest_params(trial, list(settings.families)) == {
         "family": "logreg",
-        **CHEAP_DEFAULTS["logreg"],
+        **(family("logreg").cheap_defaults or {}),
     }
     assert trial.user_attrs == {"start": "scikit-learn default"}
 
@@ -363,3 +363,40 @@ def test_parallel_workers_start_each_queued_trial_once(tmp_path) -> None:
     study.optimize(lambda trial: trial.suggest_float("x", 0, 1000), n_trials=QUEUED, n_jobs=4)
     started = sorted(trial.params["x"] for trial in study.trials)
     assert started == [float(value) for value in range(QUEUED)]
+
+
+def test_a_family_that_does_not_scale_is_tuned_on_its_own_unscaled_folds(
+    tmp_path, monkeypatch
+) -> None:
+    """Folds are prepared once per preprocessing the configured families ask for, and each
+    trial is scored on its family's: the scores of that family's whole pipeline."""
+    import dataclasses
+
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    import ml.families
+    from ml.evaluation import score
+    from ml.features import build_pipeline
+
+    unscaled = dataclasses.replace(family("random_forest"), scale_numeric=False)
+    monkeypatch.setattr(
+        ml.families, "FAMILIES", {**ml.families.FAMILIES, "random_forest": unscaled}
+    )
+    dataset = validate(mixed_frame(), "churned", source="frame")
+    data_split = split(dataset, 0.2, 42)
+    settings = Settings(var_dir=tmp_path, families=["logreg", "random_forest"], cv_folds=3)
+    objective = Objective(data_split, dataset.feature_types, settings, tracking=None)
+    assert set(objective.folds) == {True, False}
+    assert not np.allclose(objective.folds[True][0].X_train, objective.folds[False][0].X_train)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(PARAMS["random_forest"])
+    study.optimize(objective, n_trials=1)
+    X, y = data_split.X_train, data_split.y_train  # noqa: N806
+    expected = []
+    folds = StratifiedKFold(3, shuffle=True, random_state=settings.seed)
+    for train, valid in folds.split(X, y):
+        pipeline = build_pipeline(PARAMS["random_forest"], dataset.feature_types, settings.seed)
+        pipeline.fit(X.iloc[train], y.iloc[train])
+        expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
+    assert list(study.trials[0].intermediate_values.values()) == expected

@@ -1,0 +1,164 @@
+"""The model families the study searches: one `ModelFamily` entry each, in `FAMILIES`.
+
+An entry holds everything the chain needs to know about its family: the Optuna search space,
+the estimator it builds, the cheap defaults queued as the study's first trials, whether its
+numeric columns are scaled, and the types skops must trust to load it. Adding a family is one
+entry here; `ml.config` accepts its name in `MLOPS_FAMILIES`, tuning searches it, training
+registers it.
+
+scikit-learn is imported inside the constructors: `ml.config` validates family names against
+this table, and every `mlops` command reads its settings before it knows whether it will fit
+anything (importing scikit-learn costs seconds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import optuna
+    from sklearn.base import ClassifierMixin
+
+Params = dict[str, Any]  # a family's hyperparameters, without the "family" key
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One model family: how the study samples it, builds it, starts it and stores it."""
+
+    name: str
+    search_space: Callable[[optuna.Trial], Params]  # one trial's sampled hyperparameters
+    build: Callable[[Params, int], ClassifierMixin]  # (hyperparameters, seed) -> estimator
+    # The library's defaults, queued as the study's first trials; None for a family too
+    # expensive to try unasked.
+    cheap_defaults: Params | None
+    # skops refuses to load types it does not trust; these are the ones this family's fitted
+    # pipeline needs beyond skops' defaults. Kept explicit and minimal: tests/unit/
+    # test_features.py checks they equal what skops reports for a fitted pipeline.
+    skops_trusted_types: tuple[str, ...]
+    scale_numeric: bool = True  # StandardScaler after imputing numeric columns
+
+
+class UnknownFamilyError(ValueError):
+    """A family name not in `FAMILIES` (a setting or a stored trial the user can get wrong)."""
+
+    def __init__(self, name: object) -> None:
+        super().__init__(f"unknown model family {name!r}; known families: {', '.join(FAMILIES)}")
+
+
+# --- logistic regression ---------------------------------------------------------------
+
+
+def _logreg_space(trial: optuna.Trial) -> Params:
+    return {"C": trial.suggest_float("C", 1e-3, 1e2, log=True)}
+
+
+def _logreg(params: Params, seed: int) -> ClassifierMixin:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=params["C"], max_iter=2000, random_state=seed)
+
+
+# --- random forest -----------------------------------------------------------------------
+
+
+def _random_forest_space(trial: optuna.Trial) -> Params:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 50, 300, step=25),
+        "max_depth": trial.suggest_int("max_depth", 2, 20),
+        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 10),
+        "max_features": trial.suggest_categorical("max_features", ["sqrt", "log2"]),
+    }
+
+
+def _random_forest(params: Params, seed: int) -> ClassifierMixin:
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(
+        n_estimators=params["n_estimators"],
+        max_depth=params["max_depth"],
+        min_samples_leaf=params["min_samples_leaf"],
+        max_features=params["max_features"],
+        n_jobs=1,  # parallelism is across trials, not inside one
+        random_state=seed,
+    )
+
+
+# --- histogram gradient boosting ---------------------------------------------------------
+
+
+def _hist_gb_space(trial: optuna.Trial) -> Params:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+        "max_iter": trial.suggest_int("max_iter", 50, 300, step=25),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
+    }
+
+
+def _hist_gb(params: Params, seed: int) -> ClassifierMixin:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(
+        learning_rate=params["learning_rate"],
+        max_iter=params["max_iter"],
+        max_leaf_nodes=params["max_leaf_nodes"],
+        l2_regularization=params["l2_regularization"],
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+# --- the table -----------------------------------------------------------------------------
+
+# In this order the study offers them (the default `MLOPS_FAMILIES`) and queues their defaults.
+FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
+    {
+        entry.name: entry
+        for entry in (
+            ModelFamily(
+                name="logreg",
+                search_space=_logreg_space,
+                build=_logreg,
+                cheap_defaults={"C": 1.0},
+                skops_trusted_types=("numpy.dtype",),
+            ),
+            ModelFamily(
+                name="random_forest",
+                search_space=_random_forest_space,
+                build=_random_forest,
+                # scikit-learn's default is left out: on 50,000 rows one forest trial costs
+                # as much as ten trials of the cheap families.
+                cheap_defaults=None,
+                skops_trusted_types=("numpy.dtype", "sklearn.tree._tree.Tree"),
+            ),
+            ModelFamily(
+                name="hist_gb",
+                search_space=_hist_gb_space,
+                build=_hist_gb,
+                cheap_defaults={
+                    "learning_rate": 0.1,
+                    "max_iter": 100,
+                    "max_leaf_nodes": 31,
+                    # scikit-learn's 0.0, at the floor of the log-scaled range
+                    "l2_regularization": 1e-6,
+                },
+                skops_trusted_types=(
+                    "numpy.dtype",
+                    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                ),
+            ),
+        )
+    }
+)
+
+
+def family(name: str) -> ModelFamily:
+    """The table's entry for `name`; `UnknownFamilyError` names the known ones."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise UnknownFamilyError(name) from None

@@ -1,0 +1,36 @@
+"""ml.common.values.plain: what metadata and ECS events store, one rule for ml and elk."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ml.common.values import plain
+
+
+@pytest.mark.parametrize(
+    ("given", "expected", "kind"),
+    [
+        (np.int64(3), 3, int),
+        (np.float32(0.5), 0.5, float),
+        (np.bool_(True), True, bool),
+        (np.str_("yes"), "yes", str),
+        (7, 7, int),
+        ("no", "no", str),
+    ],
+)
+def test_numpy_scalars_become_python_ones(given, expected, kind) -> None:
+    value = plain(given)
+    assert value == expected and type(value) is kind
+
+
+@pytest.mark.parametrize("nan", [float("nan"), np.float64("nan"), np.float32("nan"), math.nan])
+def test_nan_becomes_none(nan) -> None:
+    assert plain(nan) is None
+
+
+def test_none_and_infinity_pass_through() -> None:
+    assert plain(None) is None
+    assert plain(np.float64("inf")) == math.inf
