@@ -28,12 +28,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ml.config import Settings
+from ml.drift import PROFILE_ARTIFACT
 from ml.evaluation import is_better, prediction_metrics
 from ml.outcomes import LabelledRows, OutcomeStore
 from ml.registry import champion_version
 
 TRIGGERS = ("new_data", "schedule", "drift", "performance")
-PROFILE_ARTIFACT = "reference_profile.json"
 SOURCE_FINGERPRINT_TAG = "ct.source_fingerprint"
 
 

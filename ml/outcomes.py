@@ -22,6 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from ml.common.values import plain
+
 metadata = sa.MetaData()
 predictions = sa.Table(
     "predictions",
@@ -121,7 +123,7 @@ class OutcomeStore:
             )
             now = datetime.now(UTC)
             rows = [
-                {"prediction_id": pid, "label": json.dumps(_plain(label)), "received_at": now}
+                {"prediction_id": pid, "label": json.dumps(plain(label)), "received_at": now}
                 for pid, label in items
                 if pid in known
             ]
@@ -226,20 +228,11 @@ def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
         "model_name": record.model_name,
         "model_version": str(record.model_version),
         "created_at": record.created_at or datetime.now(UTC),
-        "features": json.dumps({key: _plain(value) for key, value in record.features.items()}),
-        "label": json.dumps(_plain(record.label)),
+        "features": json.dumps({key: plain(value) for key, value in record.features.items()}),
+        "label": json.dumps(plain(record.label)),
         "probabilities": (
             json.dumps({str(key): float(value) for key, value in record.probabilities.items()})
             if record.probabilities is not None
             else None
         ),
     }
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and NaN as JSON can hold them."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and np.isnan(value):
-        return None
-    return value

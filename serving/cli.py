@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from ml.config import Settings
+from ml.model_ref import ModelRef
 
 DEPLOYED_CONFIG = "serve_config.yaml"
 
@@ -63,7 +64,7 @@ def resolve_model_uri(settings: Settings, version: str | None = None) -> str:
     from ml.predict import resolve_version
 
     configure_tracking(settings)
-    return f"models:/{settings.model_name}/{version or resolve_version(settings.model_name)}"
+    return ModelRef(settings.model_name, version or resolve_version(settings.model_name)).uri
 
 
 def start_serving(
@@ -107,8 +108,9 @@ def start_serving(
     deploy.deploy(rendered, timeout_s=timeout_s)
     deploy.write_config(rendered, state_dir / DEPLOYED_CONFIG)
     url = base_url(settings, rendered["http_options"]["port"])
-    deploy.wait_version(url, model_uri.rsplit("/", 1)[1], timeout_s)
-    return Serving(url, model_uri, model_uri.rsplit("/", 1)[1], dashboard)
+    target = ModelRef.parse(model_uri).version
+    deploy.wait_version(url, target, timeout_s)
+    return Serving(url, model_uri, target, dashboard)
 
 
 def update_serving(
@@ -134,7 +136,7 @@ def update_serving(
         cluster.connect(serve_dir(settings))
     deploy.deploy(rendered, timeout_s=timeout_s)
     deploy.write_config(rendered, deployed_path)
-    target = model_uri.rsplit("/", 1)[1]
+    target = ModelRef.parse(model_uri).version
     deploy.wait_version(url, target, timeout_s)
     return Serving(url, model_uri, target, None)
 

@@ -19,8 +19,8 @@ import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
 from ml.data import DataError, FeatureType
+from ml.model_ref import ModelRef
 
-MODEL_URI_PATTERN = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)$")
 _JSON_TYPES: dict[FeatureType, dict[str, Any]] = {
     "numeric": {"type": "number"},
     "boolean": {"type": "boolean"},
@@ -54,25 +54,20 @@ class ServingOptions(BaseModel):
     @field_validator("model_uri")
     @classmethod
     def _resolved_version(cls, value: str) -> str:
-        if not MODEL_URI_PATTERN.match(value):
-            raise ValueError(
-                f"model_uri must be models:/<name>/<version> with a version number "
-                f"(aliases are resolved before deploying), got {value!r}"
-            )
+        ModelRef.parse(value)  # its ValueError names an alias or a malformed URI
         return value
 
     @property
+    def model_ref(self) -> ModelRef:
+        return ModelRef.parse(self.model_uri)
+
+    @property
     def model_name(self) -> str:
-        return self._parts()["name"]
+        return self.model_ref.name
 
     @property
     def model_version(self) -> str:
-        return self._parts()["version"]
-
-    def _parts(self) -> dict[str, str]:
-        match = MODEL_URI_PATTERN.match(self.model_uri)
-        assert match is not None  # guaranteed by the validator
-        return match.groupdict()
+        return self.model_ref.version
 
 
 @dataclass(frozen=True)
