@@ -114,7 +114,7 @@ class OutcomeStore:
         keeps) is an error for that item only; a repeated id replaces its label."""
         ids = [prediction_id for prediction_id, _ in items]
         with self.engine.begin() as connection:
-            known = set(
+            known: set[str] = set(
                 connection.execute(
                     sa.select(predictions.c.prediction_id).where(
                         predictions.c.prediction_id.in_(ids)
@@ -183,7 +183,8 @@ class OutcomeStore:
             .limit(limit)
         )
         with self.engine.connect() as connection:
-            features = [json.loads(text) for text in connection.execute(query).scalars()]
+            texts: list[str] = list(connection.execute(query).scalars())
+        features = [json.loads(text) for text in texts]
         return pd.DataFrame(list(reversed(features)))
 
     def prune(self, keep: timedelta) -> int:

@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -36,7 +36,7 @@ QUEUE_SIZE = 10_000
 RECORD_BATCH = 256
 _STOP = object()
 
-InputRows = list[dict[str, Any]] | pd.DataFrame | np.ndarray
+InputRows: TypeAlias = list[dict[str, Any]] | pd.DataFrame | np.ndarray
 
 
 @dataclass(frozen=True)
