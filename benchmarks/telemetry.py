@@ -45,8 +45,13 @@ def elasticsearch(url: str | None) -> Iterator[str]:
     home = Path(tempfile.mkdtemp(prefix="mlops-es-bench-"))
     home.chmod(0o755)
     port = free_port()
-    env = {**os.environ, "ES_PORT": str(port), "ES_TRANSPORT_PORT": str(free_port()),
-           "ES_HOME_DIR": str(home / "es"), "VAR_DIR": str(home)}  # fmt: skip
+    env = {
+        **os.environ,
+        "ES_PORT": str(port),
+        "ES_TRANSPORT_PORT": str(free_port()),
+        "ES_HOME_DIR": str(home / "es"),
+        "VAR_DIR": str(home),
+    }
     script = str(REPO_ROOT / "scripts" / "elasticsearch.sh")
     subprocess.run([script, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
     try:
@@ -60,10 +65,15 @@ def _predictions(count: int, service: str) -> list[dict[str, Any]]:
     made = []
     for number in range(count):
         event = events.prediction_event(
-            model_name="bench", model_version="1", prediction_id=str(number),
-            label=number % 2, probability=0.75, latency_ms=1.5, route="/predict",
+            model_name="bench",
+            model_version="1",
+            prediction_id=str(number),
+            label=number % 2,
+            probability=0.75,
+            latency_ms=1.5,
+            route="/predict",
             features={"f1": 1.0, "f2": 2.0, "f3": "a"},
-        )  # fmt: skip
+        )
         event["service"] = {"name": service}
         made.append(event)
     return made
@@ -173,8 +183,10 @@ def main() -> None:
         print(f"{'measured':<52} {'p50':>7} {'p99':>7} {'p99.9':>7} {'max':>8} {'p99/50us':>9}")
         for name, costs in bench_enqueue(args.emits, client):
             p50, p99, p999 = np.percentile(costs, [50, 99, 99.9])
-            print(f"{name:<52} {p50:>7.2f} {p99:>7.2f} {p999:>7.2f} {costs.max():>8.1f} "
-                  f"{p99 / TARGET_ENQUEUE_P99_US:>8.2f}x")  # fmt: skip
+            print(
+                f"{name:<52} {p50:>7.2f} {p99:>7.2f} {p999:>7.2f} {costs.max():>8.1f} "
+                f"{p99 / TARGET_ENQUEUE_P99_US:>8.2f}x"
+            )
 
     cpu, wall, samples = bench_collector(args.collector_seconds)
     share = cpu / wall

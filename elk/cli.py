@@ -58,11 +58,18 @@ def after_promote(settings: Settings, version: str) -> None:
 
     emitter = build_emitter(settings, "mlops-training")
     try:
-        emitter.emit(events.promotion_event(
-            model_name=settings.model_name, challenger_version=version, champion_version=None,
-            promoted=True, metric="manual", challenger_score=None, champion_score=None,
-            reason="manual promotion",
-        ))  # fmt: skip
+        emitter.emit(
+            events.promotion_event(
+                model_name=settings.model_name,
+                challenger_version=version,
+                champion_version=None,
+                promoted=True,
+                metric="manual",
+                challenger_score=None,
+                champion_score=None,
+                reason="manual promotion",
+            )
+        )
     finally:
         emitter.close()
 
@@ -129,8 +136,11 @@ def run(
     if settings.ray_metrics_url:
         collectors.append(RayServeCollector(settings.ray_metrics_url))
     sink = "Elasticsearch" if settings.elasticsearch_url else str(settings.log_dir)
-    console.print(f"monitor: {', '.join(c.name for c in collectors)} every "
-                  f"{settings.monitor_interval_s:g}s -> {sink}", highlight=False)  # fmt: skip
+    console.print(
+        f"monitor: {', '.join(c.name for c in collectors)} every "
+        f"{settings.monitor_interval_s:g}s -> {sink}",
+        highlight=False,
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
@@ -182,8 +192,7 @@ def setup(
         return
     auth = None
     if settings.elasticsearch_username and settings.elasticsearch_password:
-        auth = (settings.elasticsearch_username,
-                settings.elasticsearch_password.get_secret_value())  # fmt: skip
+        auth = (settings.elasticsearch_username, settings.elasticsearch_password.get_secret_value())
     api_key = settings.elasticsearch_api_key
     try:
         count = import_saved_objects(
@@ -213,9 +222,11 @@ def ship_files(
     shipper = Shipper(build_client(settings, request_timeout_s=30), directory)
     while True:
         report = shipper.ship_once()
-        console.print(f"ship: {report.files} files, {report.delivered} delivered, "
-                      f"{report.duplicates} already there, {report.rejected} rejected, "
-                      f"{report.unparsable} unparsable lines")  # fmt: skip
+        console.print(
+            f"ship: {report.files} files, {report.delivered} delivered, "
+            f"{report.duplicates} already there, {report.rejected} rejected, "
+            f"{report.unparsable} unparsable lines"
+        )
         if not follow:
             break
         time.sleep(settings.monitor_interval_s)
@@ -244,13 +255,22 @@ def drift(
             report = check_drift(settings, version=version, input_path=input_path)
     except (DriftInputError, DriftError) as exc:
         raise _fail(str(exc)) from exc
-    table = Table("feature", "type", "PSI", "KS p", "drifted",
-                  title=f"Drift of {report.model_name} v{report.model_version} "
-                        f"({report.rows} rows)")  # fmt: skip
+    table = Table(
+        "feature",
+        "type",
+        "PSI",
+        "KS p",
+        "drifted",
+        title=f"Drift of {report.model_name} v{report.model_version} " f"({report.rows} rows)",
+    )
     for item in sorted(report.drifts, key=lambda d: d.psi, reverse=True):
-        table.add_row(item.feature, item.feature_type, f"{item.psi:.3f}",
-                      "-" if item.ks_pvalue is None else f"{item.ks_pvalue:.3g}",
-                      "[red]yes[/]" if item.drifted(report.threshold) else "")  # fmt: skip
+        table.add_row(
+            item.feature,
+            item.feature_type,
+            f"{item.psi:.3f}",
+            "-" if item.ks_pvalue is None else f"{item.ks_pvalue:.3g}",
+            "[red]yes[/]" if item.drifted(report.threshold) else "",
+        )
     console.print(table)
     if report.drifted:
         mailed = "alert emailed" if report.emailed else "no email sent (SMTP not configured?)"

@@ -72,10 +72,14 @@ class Dashboard:
 
 
 SYSTEM = DataView("mlops-system", "MLOps system", ("system.*", "docker.*"))
-SERVING = DataView("mlops-serving", "MLOps serving",
-                   ("mlops.prediction", "mlops.serve", "mlops.drift"))  # fmt: skip
-TRAINING = DataView("mlops-training", "MLOps training",
-                    ("mlops.trial", "mlops.study", "mlops.promotion", "mlops.stage"))  # fmt: skip
+SERVING = DataView(
+    "mlops-serving", "MLOps serving", ("mlops.prediction", "mlops.serve", "mlops.drift")
+)
+TRAINING = DataView(
+    "mlops-training",
+    "MLOps training",
+    ("mlops.trial", "mlops.study", "mlops.promotion", "mlops.stage"),
+)
 DATA_VIEWS = (SYSTEM, SERVING, TRAINING)
 
 PCT = {"percent": True}
@@ -326,25 +330,48 @@ def _metric_columns(index: int, metric: Metric) -> dict[str, dict[str, Any]]:
     params: dict[str, Any] = {"emptyAsNull": True}
     if metric.percent:
         params["format"] = {"id": "percent", "params": {"decimals": 1}}
-    base = {"label": metric.label or metric.op, "customLabel": bool(metric.label),
-            "dataType": "number", "isBucketed": False, "scale": "ratio"}  # fmt: skip
+    base = {
+        "label": metric.label or metric.op,
+        "customLabel": bool(metric.label),
+        "dataType": "number",
+        "isBucketed": False,
+        "scale": "ratio",
+    }
     if metric.op == "count":
-        return {column_id: {**base, "operationType": "count", "sourceField": RECORDS,
-                            "params": params}}  # fmt: skip
+        return {
+            column_id: {**base, "operationType": "count", "sourceField": RECORDS, "params": params}
+        }
     if metric.op == "counter_rate":
         inner = f"{column_id}x"
         return {
-            inner: {**base, "label": f"Max of {metric.field}", "customLabel": False,
-                    "operationType": "max", "sourceField": metric.field, "params": params},
-            column_id: {**base, "operationType": "counter_rate", "references": [inner],
-                        "timeScale": "s", "params": params},
-        }  # fmt: skip
+            inner: {
+                **base,
+                "label": f"Max of {metric.field}",
+                "customLabel": False,
+                "operationType": "max",
+                "sourceField": metric.field,
+                "params": params,
+            },
+            column_id: {
+                **base,
+                "operationType": "counter_rate",
+                "references": [inner],
+                "timeScale": "s",
+                "params": params,
+            },
+        }
     if metric.op == "percentile":
         params["percentile"] = metric.percentile
     if metric.op == "last_value":
         params["sortField"] = "@timestamp"
-    return {column_id: {**base, "operationType": metric.op, "sourceField": metric.field,
-                        "params": params}}  # fmt: skip
+    return {
+        column_id: {
+            **base,
+            "operationType": metric.op,
+            "sourceField": metric.field,
+            "params": params,
+        }
+    }
 
 
 def _bucket_column(field_name: str, order_by: str, size: int) -> dict[str, Any]:
@@ -355,9 +382,14 @@ def _bucket_column(field_name: str, order_by: str, size: int) -> dict[str, Any]:
         "sourceField": field_name,
         "isBucketed": True,
         "scale": "ordinal",
-        "params": {"size": size, "orderBy": {"type": "column", "columnId": order_by},
-                   "orderDirection": "desc", "otherBucket": True, "missingBucket": False},
-    }  # fmt: skip
+        "params": {
+            "size": size,
+            "orderBy": {"type": "column", "columnId": order_by},
+            "orderDirection": "desc",
+            "otherBucket": True,
+            "missingBucket": False,
+        },
+    }
 
 
 def lens_object(panel: Panel) -> dict[str, Any]:
@@ -366,26 +398,41 @@ def lens_object(panel: Panel) -> dict[str, Any]:
         columns["x"] = _bucket_column(panel.x_terms, "m0", 20)
     else:
         columns["x"] = {
-            "label": "@timestamp", "dataType": "date", "operationType": "date_histogram",
-            "sourceField": "@timestamp", "isBucketed": True, "scale": "interval",
+            "label": "@timestamp",
+            "dataType": "date",
+            "operationType": "date_histogram",
+            "sourceField": "@timestamp",
+            "isBucketed": True,
+            "scale": "interval",
             "params": {"interval": "auto", "includeEmptyRows": True, "dropPartials": False},
-        }  # fmt: skip
+        }
     if panel.split:
         columns["s"] = _bucket_column(panel.split, "m0", 10)
     for index, metric in enumerate(panel.metrics):
         columns.update(_metric_columns(index, metric))
     accessors = [f"m{index}" for index in range(len(panel.metrics))]
-    layer: dict[str, Any] = {"layerId": LAYER, "layerType": "data", "seriesType": panel.series,
-                             "xAccessor": "x", "accessors": accessors}  # fmt: skip
+    layer: dict[str, Any] = {
+        "layerId": LAYER,
+        "layerType": "data",
+        "seriesType": panel.series,
+        "xAccessor": "x",
+        "accessors": accessors,
+    }
     if panel.split:
         layer["splitAccessor"] = "s"
     state = {
-        "datasourceStates": {"formBased": {"layers": {LAYER: {
-            "columns": columns,
-            "columnOrder": [c for c in ("x", "s") if c in columns]
-            + [c for c in columns if c not in ("x", "s")],
-            "incompleteColumns": {},
-        }}}},
+        "datasourceStates": {
+            "formBased": {
+                "layers": {
+                    LAYER: {
+                        "columns": columns,
+                        "columnOrder": [c for c in ("x", "s") if c in columns]
+                        + [c for c in columns if c not in ("x", "s")],
+                        "incompleteColumns": {},
+                    }
+                }
+            }
+        },
         "visualization": {
             "legend": {"isVisible": True, "position": "right"},
             "valueLabels": "hide",
@@ -397,11 +444,20 @@ def lens_object(panel: Panel) -> dict[str, Any]:
         "filters": [],
         "internalReferences": [],
         "adHocDataViews": {},
-    }  # fmt: skip
-    attributes = {"title": panel.title, "description": "", "visualizationType": "lnsXY",
-                  "state": state}  # fmt: skip
-    references = [{"type": "index-pattern", "id": panel.data_view.id,
-                   "name": f"indexpattern-datasource-layer-{LAYER}"}]  # fmt: skip
+    }
+    attributes = {
+        "title": panel.title,
+        "description": "",
+        "visualizationType": "lnsXY",
+        "state": state,
+    }
+    references = [
+        {
+            "type": "index-pattern",
+            "id": panel.data_view.id,
+            "name": f"indexpattern-datasource-layer-{LAYER}",
+        }
+    ]
     return _saved_object("lens", panel.id, attributes, references)
 
 
@@ -411,26 +467,40 @@ def dashboard_object(dashboard: Dashboard) -> dict[str, Any]:
         key = str(number)
         if x + panel.width > 48:
             x, y = 0, y + 15
-        panels_json.append({
-            "version": PANEL_VERSION, "type": "lens", "panelIndex": key,
-            "gridData": {"x": x, "y": y, "w": panel.width, "h": 15, "i": key},
-            "embeddableConfig": {"enhancements": {}}, "panelRefName": f"panel_{key}",
-        })  # fmt: skip
+        panels_json.append(
+            {
+                "version": PANEL_VERSION,
+                "type": "lens",
+                "panelIndex": key,
+                "gridData": {"x": x, "y": y, "w": panel.width, "h": 15, "i": key},
+                "embeddableConfig": {"enhancements": {}},
+                "panelRefName": f"panel_{key}",
+            }
+        )
         references.append({"name": f"{key}:panel_{key}", "type": "lens", "id": panel.id})
         x += panel.width
     attributes = {
         "title": dashboard.title,
         "description": dashboard.description,
         "panelsJSON": json.dumps(panels_json, separators=(",", ":")),
-        "optionsJSON": json.dumps({"useMargins": True, "syncColors": False,
-                                   "syncTooltips": False, "hidePanelTitles": False}),
+        "optionsJSON": json.dumps(
+            {
+                "useMargins": True,
+                "syncColors": False,
+                "syncTooltips": False,
+                "hidePanelTitles": False,
+            }
+        ),
         "timeRestore": True,
         "timeFrom": dashboard.time_from,
         "timeTo": "now",
         "refreshInterval": {"pause": False, "value": 30000},
-        "kibanaSavedObjectMeta": {"searchSourceJSON": json.dumps(
-            {"query": {"query": "", "language": "kuery"}, "filter": []})},
-    }  # fmt: skip
+        "kibanaSavedObjectMeta": {
+            "searchSourceJSON": json.dumps(
+                {"query": {"query": "", "language": "kuery"}, "filter": []}
+            )
+        },
+    }
     return _saved_object("dashboard", dashboard.id, attributes, references)
 
 
@@ -539,12 +609,22 @@ def panel_searches(objects: Iterable[dict[str, Any]], interval: str = "10s") -> 
                 "terms": {"field": x_column["sourceField"], "size": x_column["params"]["size"]}
             }
         x_agg["aggs"] = inner
-        body = {"size": 0, "track_total_hits": True,
-                "query": {"bool": {"filter": kql_filters(state["query"]["query"])}},
-                "aggs": {"x": x_agg}}  # fmt: skip
-        searches.append(PanelSearch(lens["id"], lens["attributes"]["title"],
-                                    views[view_id]["attributes"]["title"], body, labels,
-                                    sorted(set(used))))  # fmt: skip
+        body = {
+            "size": 0,
+            "track_total_hits": True,
+            "query": {"bool": {"filter": kql_filters(state["query"]["query"])}},
+            "aggs": {"x": x_agg},
+        }
+        searches.append(
+            PanelSearch(
+                lens["id"],
+                lens["attributes"]["title"],
+                views[view_id]["attributes"]["title"],
+                body,
+                labels,
+                sorted(set(used)),
+            )
+        )
     return searches
 
 

@@ -143,8 +143,13 @@ def read_input_file(path: Path) -> pd.DataFrame:
     return frame
 
 
-def check_drift(settings: Settings, version: str | None = None, input_path: Path | None = None,
-                window: int | None = None, notify: bool = True) -> DriftReport:  # fmt: skip
+def check_drift(
+    settings: Settings,
+    version: str | None = None,
+    input_path: Path | None = None,
+    window: int | None = None,
+    notify: bool = True,
+) -> DriftReport:
     """Compare, emit one drift event per feature, email when a feature drifted."""
     model_version, run_id = version_and_run(settings, version)
     profile = load_profile(run_id, settings.model_name, model_version)
@@ -154,8 +159,15 @@ def check_drift(settings: Settings, version: str | None = None, input_path: Path
     else:
         frame, start, end = recent_inputs(settings, window or settings.drift_window)
     drifts = compare(profile, frame)
-    report = DriftReport(settings.model_name, model_version, drifts,
-                         settings.drift_threshold_psi, start, end, len(frame))  # fmt: skip
+    report = DriftReport(
+        settings.model_name,
+        model_version,
+        drifts,
+        settings.drift_threshold_psi,
+        start,
+        end,
+        len(frame),
+    )
     emit_drift_events(settings, report)
     if notify and report.drifted:
         report = DriftReport(**{**report.__dict__, "emailed": send_alert(settings, report)})
@@ -166,13 +178,21 @@ def emit_drift_events(settings: Settings, report: DriftReport) -> None:
     emitter = build_emitter(settings, "mlops-drift")
     try:
         for drift in report.drifts:
-            emitter.emit(events.drift_event(
-                model_name=report.model_name, model_version=report.model_version,
-                feature=drift.feature, feature_type=drift.feature_type, psi=drift.psi,
-                ks_pvalue=drift.ks_pvalue, window_start=report.window_start,
-                window_end=report.window_end, window_size=drift.rows,
-                threshold=report.threshold, drifted=drift.drifted(report.threshold),
-            ))  # fmt: skip
+            emitter.emit(
+                events.drift_event(
+                    model_name=report.model_name,
+                    model_version=report.model_version,
+                    feature=drift.feature,
+                    feature_type=drift.feature_type,
+                    psi=drift.psi,
+                    ks_pvalue=drift.ks_pvalue,
+                    window_start=report.window_start,
+                    window_end=report.window_end,
+                    window_size=drift.rows,
+                    threshold=report.threshold,
+                    drifted=drift.drifted(report.threshold),
+                )
+            )
     finally:
         emitter.close()
 
@@ -182,8 +202,10 @@ def send_alert(settings: Settings, report: DriftReport) -> bool:
     from ml.notify import send_email
 
     names = ", ".join(drift.feature for drift in report.drifted[:5])
-    subject = (f"[mlops] drift: {len(report.drifted)} feature(s) of {report.model_name} "
-               f"v{report.model_version} ({names})")  # fmt: skip
+    subject = (
+        f"[mlops] drift: {len(report.drifted)} feature(s) of {report.model_name} "
+        f"v{report.model_version} ({names})"
+    )
     body = (
         f"Recent inputs ({report.rows} rows, {report.window_start} .. {report.window_end}) "
         f"differ from the training data of {report.model_name} version {report.model_version}.\n"

@@ -42,10 +42,22 @@ DATASET_DRIFT = "mlops.drift"
 DATASET_CT = "mlops.ct"
 
 ALL_DATASETS: tuple[str, ...] = (
-    DATASET_CPU, DATASET_LOAD, DATASET_MEMORY, DATASET_FILESYSTEM, DATASET_NETWORK,
-    DATASET_PROCESS, DATASET_CONTAINER, DATASET_PREDICTION, DATASET_SERVE, DATASET_TRIAL,
-    DATASET_STUDY, DATASET_PROMOTION, DATASET_STAGE, DATASET_DRIFT, DATASET_CT,
-)  # fmt: skip
+    DATASET_CPU,
+    DATASET_LOAD,
+    DATASET_MEMORY,
+    DATASET_FILESYSTEM,
+    DATASET_NETWORK,
+    DATASET_PROCESS,
+    DATASET_CONTAINER,
+    DATASET_PREDICTION,
+    DATASET_SERVE,
+    DATASET_TRIAL,
+    DATASET_STUDY,
+    DATASET_PROMOTION,
+    DATASET_STAGE,
+    DATASET_DRIFT,
+    DATASET_CT,
+)
 
 
 class _EventIds:
@@ -218,10 +230,13 @@ def load_event(*, load1: float, load5: float, load15: float, cores: int) -> dict
     event = base_event(DATASET_LOAD)
     event["system"] = {
         "load": {
-            "1": load1, "5": load5, "15": load15, "cores": cores,
+            "1": load1,
+            "5": load5,
+            "15": load15,
+            "cores": cores,
             "norm": {"1": load1 / cores, "5": load5 / cores, "15": load15 / cores},
         }
-    }  # fmt: skip
+    }
     return event
 
 
@@ -245,8 +260,9 @@ def memory_event(*, total: int, used: int, available: int, swap_used_pct: float)
     return event
 
 
-def filesystem_event(*, mount_point: str, device: str, fs_type: str, total: int, used: int,
-                     free: int) -> dict[str, Any]:  # fmt: skip
+def filesystem_event(
+    *, mount_point: str, device: str, fs_type: str, total: int, used: int, free: int
+) -> dict[str, Any]:
     event = base_event(DATASET_FILESYSTEM)
     event["system"] = {
         "filesystem": {
@@ -261,8 +277,16 @@ def filesystem_event(*, mount_point: str, device: str, fs_type: str, total: int,
     return event
 
 
-def network_event(*, interface: str, in_bytes: int, out_bytes: int, in_packets: int,
-                  out_packets: int, in_errors: int, out_errors: int) -> dict[str, Any]:  # fmt: skip
+def network_event(
+    *,
+    interface: str,
+    in_bytes: int,
+    out_bytes: int,
+    in_packets: int,
+    out_packets: int,
+    in_errors: int,
+    out_errors: int,
+) -> dict[str, Any]:
     """Counters are cumulative since boot, as in Metricbeat; dashboards take the derivative."""
     event = base_event(DATASET_NETWORK)
     event["system"] = {
@@ -275,8 +299,16 @@ def network_event(*, interface: str, in_bytes: int, out_bytes: int, in_packets: 
     return event
 
 
-def process_event(*, pid: int, name: str, role: str, cpu_pct: float, rss: int,
-                  memory_pct: float, cmdline: str = "") -> dict[str, Any]:  # fmt: skip
+def process_event(
+    *,
+    pid: int,
+    name: str,
+    role: str,
+    cpu_pct: float,
+    rss: int,
+    memory_pct: float,
+    cmdline: str = "",
+) -> dict[str, Any]:
     """One of our processes (serving or training); `cpu_pct` is a fraction of the machine."""
     event = base_event(DATASET_PROCESS, labels={"role": role})
     event["process"] = {"pid": pid, "name": name, "command_line": cmdline[:1024]}
@@ -292,8 +324,15 @@ def process_event(*, pid: int, name: str, role: str, cpu_pct: float, rss: int,
 # --- containers --------------------------------------------------------------------------------
 
 
-def container_event(*, container_id: str, name: str, image: str, cpu_pct: float,
-                    memory_usage: int, memory_limit: int) -> dict[str, Any]:  # fmt: skip
+def container_event(
+    *,
+    container_id: str,
+    name: str,
+    image: str,
+    cpu_pct: float,
+    memory_usage: int,
+    memory_limit: int,
+) -> dict[str, Any]:
     """One container's stats (docker SDK); `cpu_pct` is a fraction of the machine."""
     event = base_event(DATASET_CONTAINER)
     event["container"] = {"id": container_id, "name": name, "image": {"name": image}}
@@ -313,9 +352,17 @@ def container_event(*, container_id: str, name: str, image: str, cpu_pct: float,
 # --- training ----------------------------------------------------------------------------------
 
 
-def trial_event(*, study_name: str, trial_number: int, state: str, value: float | None,
-                params: Mapping[str, Any], duration_s: float | None, metric: str,
-                model_name: str) -> dict[str, Any]:  # fmt: skip
+def trial_event(
+    *,
+    study_name: str,
+    trial_number: int,
+    state: str,
+    value: float | None,
+    params: Mapping[str, Any],
+    duration_s: float | None,
+    metric: str,
+    model_name: str,
+) -> dict[str, Any]:
     """One Optuna trial; params are flattened to strings (`mlops.trial.params.*`)."""
     event = base_event(DATASET_TRIAL, kind="event")
     trial: dict[str, Any] = {
@@ -333,9 +380,17 @@ def trial_event(*, study_name: str, trial_number: int, state: str, value: float 
     return event
 
 
-def study_event(*, study_name: str, best_value: float | None, best_params: Mapping[str, Any],
-                trials_complete: int, trials_pruned: int, metric: str, model_name: str,
-                duration_s: float | None = None) -> dict[str, Any]:  # fmt: skip
+def study_event(
+    *,
+    study_name: str,
+    best_value: float | None,
+    best_params: Mapping[str, Any],
+    trials_complete: int,
+    trials_pruned: int,
+    metric: str,
+    model_name: str,
+    duration_s: float | None = None,
+) -> dict[str, Any]:
     event = base_event(DATASET_STUDY, kind="event")
     study: dict[str, Any] = {
         "name": study_name,
@@ -351,10 +406,17 @@ def study_event(*, study_name: str, best_value: float | None, best_params: Mappi
     return event
 
 
-def promotion_event(*, model_name: str, challenger_version: str,
-                    champion_version: str | None, promoted: bool, metric: str,
-                    challenger_score: float | None, champion_score: float | None,
-                    reason: str) -> dict[str, Any]:  # fmt: skip
+def promotion_event(
+    *,
+    model_name: str,
+    challenger_version: str,
+    champion_version: str | None,
+    promoted: bool,
+    metric: str,
+    challenger_score: float | None,
+    champion_score: float | None,
+    reason: str,
+) -> dict[str, Any]:
     """A promotion-gate decision (the `gate.*` model-version tags)."""
     event = base_event(DATASET_PROMOTION, kind="event")
     event["event"]["outcome"] = "success" if promoted else "failure"
@@ -390,10 +452,20 @@ def stage_event(*, stage: str, status: str, duration_s: float | None = None) -> 
 # --- drift -------------------------------------------------------------------------------------
 
 
-def drift_event(*, model_name: str, model_version: str, feature: str, feature_type: str,
-                psi: float, ks_pvalue: float | None, window_start: str, window_end: str,
-                window_size: int, threshold: float,
-                drifted: bool | None = None) -> dict[str, Any]:  # fmt: skip
+def drift_event(
+    *,
+    model_name: str,
+    model_version: str,
+    feature: str,
+    feature_type: str,
+    psi: float,
+    ks_pvalue: float | None,
+    window_start: str,
+    window_end: str,
+    window_size: int,
+    threshold: float,
+    drifted: bool | None = None,
+) -> dict[str, Any]:
     """Drift of one feature: recent inputs against the training reference profile."""
     event = base_event(DATASET_DRIFT, kind="metric")
     drift: dict[str, Any] = {

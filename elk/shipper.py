@@ -56,8 +56,9 @@ class Shipper:
         except FileNotFoundError:
             return {}
         except json.JSONDecodeError:
-            log.warning("%s is corrupt; shipping from the start (duplicates answer 409)",
-                        self.state_path)  # fmt: skip
+            log.warning(
+                "%s is corrupt; shipping from the start (duplicates answer 409)", self.state_path
+            )
             return {}
 
     def _save_offsets(self) -> None:

@@ -259,8 +259,14 @@ class ElasticsearchSink:
     while its owner appends, so a replaying process never takes a file that is still growing.
     """
 
-    def __init__(self, client: Elasticsearch, spool_dir: Path, service_name: str = "mlops",
-                 retry_after_s: float = 5.0, chunk_size: int = 2000):  # fmt: skip
+    def __init__(
+        self,
+        client: Elasticsearch,
+        spool_dir: Path,
+        service_name: str = "mlops",
+        retry_after_s: float = 5.0,
+        chunk_size: int = 2000,
+    ):
         self.client = client
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
@@ -405,8 +411,14 @@ class Emitter:
     lock round trip each); `queue_size` bounds the events waiting, whatever their chunking.
     """
 
-    def __init__(self, sink: Sink, service_name: str, queue_size: int = 10_000,
-                 batch_size: int = 4000, flush_interval_s: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        sink: Sink,
+        service_name: str,
+        queue_size: int = 10_000,
+        batch_size: int = 4000,
+        flush_interval_s: float = 1.0,
+    ):
         self.sink = sink
         self.service_name = service_name
         self.queue_size = queue_size
@@ -418,8 +430,9 @@ class Emitter:
         self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"telemetry-{service_name}",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._run, name=f"telemetry-{service_name}", daemon=True
+        )
         self._thread.start()
 
     def emit(self, event: dict[str, Any]) -> None:
@@ -511,5 +524,6 @@ def build_sink(settings: Settings, service_name: str) -> Sink:
 
 def build_emitter(settings: Settings, service_name: str) -> Emitter:
     """The emitter producers use; see the module docstring."""
-    return Emitter(build_sink(settings, service_name), service_name,
-                   queue_size=settings.telemetry_queue_size)  # fmt: skip
+    return Emitter(
+        build_sink(settings, service_name), service_name, queue_size=settings.telemetry_queue_size
+    )

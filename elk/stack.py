@@ -137,9 +137,13 @@ class KibanaImportError(RuntimeError):
     """Kibana answered, but did not import every object."""
 
 
-def import_saved_objects(kibana_url: str, ndjson: Path | None = None,
-                         auth: tuple[str, str] | None = None, api_key: str | None = None,
-                         timeout_s: float = 60.0) -> int:  # fmt: skip
+def import_saved_objects(
+    kibana_url: str,
+    ndjson: Path | None = None,
+    auth: tuple[str, str] | None = None,
+    api_key: str | None = None,
+    timeout_s: float = 60.0,
+) -> int:
     """`POST /api/saved_objects/_import?overwrite=true`; returns the number imported."""
     path = ndjson or asset_path("kibana", SAVED_OBJECTS)
     headers = {"kbn-xsrf": "true"}
@@ -157,7 +161,9 @@ def import_saved_objects(kibana_url: str, ndjson: Path | None = None,
     response.raise_for_status()
     result = response.json()
     if not result.get("success", False):
-        errors = [f"{item.get('type')}/{item.get('id')}: {item.get('error')}" for item in
-                  result.get("errors", [])]  # fmt: skip
+        errors = [
+            f"{item.get('type')}/{item.get('id')}: {item.get('error')}"
+            for item in result.get("errors", [])
+        ]
         raise KibanaImportError("Kibana import failed: " + "; ".join(errors))
     return int(result.get("successCount", 0))

@@ -80,6 +80,11 @@ class DockerCollector:
         stats = container.stats(stream=False)
         usage, limit = memory_usage(stats)
         image = container.image.tags[0] if container.image.tags else container.image.id
-        return events.container_event(container_id=container.id, name=container.name,
-                                      image=image, cpu_pct=cpu_fraction(stats),
-                                      memory_usage=usage, memory_limit=limit)  # fmt: skip
+        return events.container_event(
+            container_id=container.id,
+            name=container.name,
+            image=image,
+            cpu_pct=cpu_fraction(stats),
+            memory_usage=usage,
+            memory_limit=limit,
+        )

@@ -55,8 +55,12 @@ class HostCollector:
     def _cpu(self) -> dict[str, Any]:
         times = psutil.cpu_times_percent(interval=None)
         busy = max(0.0, 100.0 - times.idle - getattr(times, "iowait", 0.0))
-        return events.cpu_event(total_pct=busy / 100, user_pct=times.user / 100,
-                                system_pct=times.system / 100, cores=self.cores)  # fmt: skip
+        return events.cpu_event(
+            total_pct=busy / 100,
+            user_pct=times.user / 100,
+            system_pct=times.system / 100,
+            cores=self.cores,
+        )
 
     def _load(self) -> dict[str, Any]:
         load1, load5, load15 = os.getloadavg()
@@ -66,9 +70,12 @@ class HostCollector:
     def _memory() -> dict[str, Any]:
         memory = psutil.virtual_memory()
         swap = psutil.swap_memory()
-        return events.memory_event(total=memory.total, used=memory.used,
-                                   available=memory.available,
-                                   swap_used_pct=swap.percent / 100)  # fmt: skip
+        return events.memory_event(
+            total=memory.total,
+            used=memory.used,
+            available=memory.available,
+            swap_used_pct=swap.percent / 100,
+        )
 
     @staticmethod
     def _filesystems() -> list[dict[str, Any]]:
@@ -82,21 +89,33 @@ class HostCollector:
                 usage = psutil.disk_usage(partition.mountpoint)
             except OSError:
                 continue
-            found.append(events.filesystem_event(
-                mount_point=partition.mountpoint, device=partition.device,
-                fs_type=partition.fstype, total=usage.total, used=usage.used, free=usage.free,
-            ))  # fmt: skip
+            found.append(
+                events.filesystem_event(
+                    mount_point=partition.mountpoint,
+                    device=partition.device,
+                    fs_type=partition.fstype,
+                    total=usage.total,
+                    used=usage.used,
+                    free=usage.free,
+                )
+            )
         return found
 
     @staticmethod
     def _network() -> list[dict[str, Any]]:
         return [
-            events.network_event(interface=name, in_bytes=c.bytes_recv, out_bytes=c.bytes_sent,
-                                 in_packets=c.packets_recv, out_packets=c.packets_sent,
-                                 in_errors=c.errin, out_errors=c.errout)
+            events.network_event(
+                interface=name,
+                in_bytes=c.bytes_recv,
+                out_bytes=c.bytes_sent,
+                in_packets=c.packets_recv,
+                out_packets=c.packets_sent,
+                in_errors=c.errin,
+                out_errors=c.errout,
+            )
             for name, c in psutil.net_io_counters(pernic=True).items()
             if name != "lo"
-        ]  # fmt: skip
+        ]
 
     def _our_processes(self) -> list[dict[str, Any]]:
         if time.monotonic() - self._scanned_at >= PROCESS_RESCAN_S:
@@ -113,9 +132,17 @@ class HostCollector:
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 del self._processes[pid]
                 continue
-            found.append(events.process_event(pid=pid, name=name, role=process_role(cmdline),
-                                              cpu_pct=cpu, rss=rss, memory_pct=memory_pct,
-                                              cmdline=cmdline))  # fmt: skip
+            found.append(
+                events.process_event(
+                    pid=pid,
+                    name=name,
+                    role=process_role(cmdline),
+                    cpu_pct=cpu,
+                    rss=rss,
+                    memory_pct=memory_pct,
+                    cmdline=cmdline,
+                )
+            )
         return found
 
     def _rescan(self) -> None:

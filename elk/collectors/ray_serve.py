@@ -56,13 +56,17 @@ class RayServeCollector:
             response.raise_for_status()
         except httpx.HTTPError as exc:
             if not self._warned:
-                log.warning("Ray metrics at %s unavailable (%s); skipped until they answer",
-                            self.metrics_url, exc)  # fmt: skip
+                log.warning(
+                    "Ray metrics at %s unavailable (%s); skipped until they answer",
+                    self.metrics_url,
+                    exc,
+                )
                 self._warned = True
             return []
         self._warned = False
         return [
-            events.serve_metrics_event(values, application=app or None,
-                                       deployment=deployment or None)
+            events.serve_metrics_event(
+                values, application=app or None, deployment=deployment or None
+            )
             for (app, deployment), values in parse_serve_metrics(response.text).items()
-        ]  # fmt: skip
+        ]

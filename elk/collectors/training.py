@@ -28,11 +28,13 @@ class StageEvents(logging.Handler):
         stage = getattr(record, "mlops_stage", None)
         if stage is None:
             return
-        self.collected.append(events.stage_event(
-            stage=str(stage),
-            status=str(getattr(record, "mlops_status", "unknown")),
-            duration_s=getattr(record, "mlops_duration_s", None),
-        ))  # fmt: skip
+        self.collected.append(
+            events.stage_event(
+                stage=str(stage),
+                status=str(getattr(record, "mlops_status", "unknown")),
+                duration_s=getattr(record, "mlops_duration_s", None),
+            )
+        )
 
     def drain(self) -> list[dict[str, Any]]:
         taken, self.collected = self.collected, []
@@ -61,10 +63,15 @@ def trial_events(settings: Settings, study_name: str) -> list[dict[str, Any]]:
             continue
         duration = trial.duration.total_seconds() if trial.duration else None
         event = events.trial_event(
-            study_name=study_name, trial_number=trial.number, state=trial.state.name,
-            value=trial.value, params=trial.params, duration_s=duration,
-            metric=settings.tuning_metric, model_name=settings.model_name,
-        )  # fmt: skip
+            study_name=study_name,
+            trial_number=trial.number,
+            state=trial.state.name,
+            value=trial.value,
+            params=trial.params,
+            duration_s=duration,
+            metric=settings.tuning_metric,
+            model_name=settings.model_name,
+        )
         if trial.datetime_complete is not None:
             event["@timestamp"] = _iso(trial.datetime_complete)
         # Stable ids: re-reading the same study never doubles a trial in Elasticsearch.
@@ -76,21 +83,29 @@ def trial_events(settings: Settings, study_name: str) -> list[dict[str, Any]]:
 def study_event_from(settings: Settings, tuning: Any, duration_s: float | None) -> dict:
     """The study summary from the pipeline's `TuningResult`."""
     return events.study_event(
-        study_name=tuning.study_name, best_value=tuning.best_value,
-        best_params=tuning.best_params, trials_complete=tuning.complete,
-        trials_pruned=tuning.pruned, metric=settings.tuning_metric,
-        model_name=settings.model_name, duration_s=duration_s,
-    )  # fmt: skip
+        study_name=tuning.study_name,
+        best_value=tuning.best_value,
+        best_params=tuning.best_params,
+        trials_complete=tuning.complete,
+        trials_pruned=tuning.pruned,
+        metric=settings.tuning_metric,
+        model_name=settings.model_name,
+        duration_s=duration_s,
+    )
 
 
 def promotion_event_from(model_name: str, decision: Any) -> dict[str, Any]:
     """The gate's decision (also stored as `gate.*` tags on the model version)."""
     return events.promotion_event(
-        model_name=model_name, challenger_version=decision.challenger_version,
-        champion_version=decision.champion_version, promoted=decision.promoted,
-        metric=decision.metric, challenger_score=decision.challenger_score,
-        champion_score=decision.champion_score, reason=decision.reason,
-    )  # fmt: skip
+        model_name=model_name,
+        challenger_version=decision.challenger_version,
+        champion_version=decision.champion_version,
+        promoted=decision.promoted,
+        metric=decision.metric,
+        challenger_score=decision.challenger_score,
+        champion_score=decision.champion_score,
+        reason=decision.reason,
+    )
 
 
 def pipeline_events(settings: Settings, result: Any, stages: list[dict[str, Any]]) -> list[dict]:
@@ -102,8 +117,7 @@ def pipeline_events(settings: Settings, result: Any, stages: list[dict[str, Any]
             for name, seconds in result.stage_seconds.items()
         ]
     collected += trial_events(settings, result.tuning.study_name)
-    collected.append(study_event_from(settings, result.tuning,
-                                      result.stage_seconds.get("tune")))  # fmt: skip
+    collected.append(study_event_from(settings, result.tuning, result.stage_seconds.get("tune")))
     collected.append(promotion_event_from(settings.model_name, result.decision))
     return collected
 

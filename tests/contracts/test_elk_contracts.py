@@ -99,8 +99,9 @@ def test_lens_layers_reference_a_data_view_and_their_own_columns(saved_objects: 
 def test_every_panel_field_is_mapped_with_a_usable_type(saved_objects: list[dict]) -> None:
     mapped = mapped_fields()
     for lens in (obj for obj in saved_objects if obj["type"] == "lens"):
-        layer = next(iter(lens["attributes"]["state"]["datasourceStates"]["formBased"]["layers"]
-                          .values()))  # fmt: skip
+        layer = next(
+            iter(lens["attributes"]["state"]["datasourceStates"]["formBased"]["layers"].values())
+        )
         for column in layer["columns"].values():
             field = column.get("sourceField")
             if field in (None, dashboards.RECORDS):
@@ -114,8 +115,10 @@ def test_every_panel_field_is_mapped_with_a_usable_type(saved_objects: list[dict
                 assert mapped[field] in NUMERIC, (lens["id"], field, mapped[field])
         dataset = lens["attributes"]["state"]["query"]["query"].split('"')[1]
         view = next(obj for obj in saved_objects if obj["id"] == lens["references"][0]["id"])
-        assert any(fnmatch.fnmatch(events.index_for(dataset), pattern)
-                   for pattern in view["attributes"]["title"].split(","))  # fmt: skip
+        assert any(
+            fnmatch.fnmatch(events.index_for(dataset), pattern)
+            for pattern in view["attributes"]["title"].split(",")
+        )
 
 
 def test_data_views_fall_under_the_index_template() -> None:
@@ -178,8 +181,9 @@ def test_filebeat_reads_every_file_the_sink_writes(filebeat: dict, tmp_path: Pat
     sink = NdjsonSink(tmp_path)
     patterns = [
         path.replace("${MLOPS_LOG_DIR:/var/log/mlops}", str(tmp_path))
-        for item in filebeat["filebeat.inputs"] for path in item["paths"]
-    ]  # fmt: skip
+        for item in filebeat["filebeat.inputs"]
+        for path in item["paths"]
+    ]
     for dataset in events.ALL_DATASETS:
         for name in (sink.path_for(dataset), Path(f"{sink.path_for(dataset)}.1")):
             matching = [pattern for pattern in patterns if fnmatch.fnmatch(str(name), pattern)]
@@ -205,9 +209,13 @@ def test_filebeat_config_is_not_group_or_other_writable() -> None:
 
 def test_compose_file_passes_compose_parser() -> None:
     compose_bin = shutil.which("docker-compose") or str(REPO_ROOT / ".venv/bin/docker-compose")
-    done = subprocess.run([compose_bin, "-f", str(ELK / "docker-compose.yml"), "config",
-                           "--format", "json"], capture_output=True, text=True, timeout=60,
-                          check=False)  # fmt: skip
+    done = subprocess.run(
+        [compose_bin, "-f", str(ELK / "docker-compose.yml"), "config", "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     model = json.loads(done.stdout)
     services = model["services"]

@@ -30,10 +30,22 @@ SEED = JENKINS_DIR / "jobs" / "pipelines.groovy"
 CASC = JENKINS_DIR / "casc" / "jenkins.yaml"
 REQUIRED_OPTIONS = {"timestamps", "timeout", "buildDiscarder", "disableConcurrentBuilds"}
 REQUIRED_PLUGINS = {
-    "workflow-aggregator", "blueocean", "pipeline-graph-view", "job-dsl",
-    "configuration-as-code", "email-ext", "sonar", "junit", "coverage", "timestamper",
-    "credentials-binding", "docker-workflow", "kubernetes-cli", "ws-cleanup", "git",
-}  # fmt: skip
+    "workflow-aggregator",
+    "blueocean",
+    "pipeline-graph-view",
+    "job-dsl",
+    "configuration-as-code",
+    "email-ext",
+    "sonar",
+    "junit",
+    "coverage",
+    "timestamper",
+    "credentials-binding",
+    "docker-workflow",
+    "kubernetes-cli",
+    "ws-cleanup",
+    "git",
+}
 # environment names that must never hold a literal value in a Jenkinsfile
 SECRET_NAME = re.compile(r"PASSWORD|TOKEN|SECRET|_USER$|API_KEY|CREDENTIAL", re.IGNORECASE)
 WORKSPACE_ROOT = "reports/"

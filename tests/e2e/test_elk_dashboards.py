@@ -32,8 +32,7 @@ from ml.config import Settings
 from ml.data import load_frame
 from tests.fixtures.elasticsearch import ElasticsearchServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow,
-              pytest.mark.timeout(900)]  # fmt: skip
+pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 NO_DOCKER_ENGINE = {"mlops-system-container-cpu", "mlops-system-container-memory"}
 
@@ -74,8 +73,11 @@ def _scrape_serve_metrics(url: str, timeout_s: float = 90) -> list[dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def populated(elasticsearch_server: ElasticsearchServer, serve_app: Any,
-              tmp_path_factory: pytest.TempPathFactory) -> Populated:  # fmt: skip
+def populated(
+    elasticsearch_server: ElasticsearchServer,
+    serve_app: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Populated:
     es = elasticsearch_server.client()
     install_templates(es)
     tmp = tmp_path_factory.mktemp("elk-e2e")
@@ -158,8 +160,14 @@ def test_every_panel_field_is_mapped_and_has_data(
             assert field in mapped, f"{search.title}: {field} not in our templates"
             if search.lens_id in NO_DOCKER_ENGINE:
                 continue
-            query = {"bool": {"filter": [*search.body["query"]["bool"]["filter"],
-                                         {"exists": {"field": field}}]}}  # fmt: skip
+            query = {
+                "bool": {
+                    "filter": [
+                        *search.body["query"]["bool"]["filter"],
+                        {"exists": {"field": field}},
+                    ]
+                }
+            }
             count = populated.es.count(index=search.index, query=query)["count"]
             assert count > 0, f"{search.title}: no document has {field}"
 

@@ -34,20 +34,34 @@ def _inputs(shift: bool) -> pd.DataFrame:
 
 
 def _settings(model: RegisteredModel, tmp_path: Path, inbox: Inbox) -> Settings:
-    return model.settings.model_copy(update={
-        "var_dir": tmp_path, "log_dir": tmp_path / "log", "smtp_host": inbox.host,
-        "smtp_port": inbox.port, "smtp_starttls": False, "smtp_to": ["ml-team@example.com"],
-    })  # fmt: skip
+    return model.settings.model_copy(
+        update={
+            "var_dir": tmp_path,
+            "log_dir": tmp_path / "log",
+            "smtp_host": inbox.host,
+            "smtp_port": inbox.port,
+            "smtp_starttls": False,
+            "smtp_to": ["ml-team@example.com"],
+        }
+    )
 
 
 def _serve(settings: Settings, model: RegisteredModel, frame: pd.DataFrame) -> None:
     """Prediction events as serving emits them, carrying each row's features."""
     emitter = build_emitter(settings, "mlops-serving")
     for number, row in enumerate(frame.to_dict("records")):
-        emitter.emit(events.prediction_event(
-            model_name=model.name, model_version=model.version, prediction_id=str(number),
-            label=1, probability=0.9, latency_ms=2.0, route="/predict", features=row,
-        ))  # fmt: skip
+        emitter.emit(
+            events.prediction_event(
+                model_name=model.name,
+                model_version=model.version,
+                prediction_id=str(number),
+                label=1,
+                probability=0.9,
+                latency_ms=2.0,
+                route="/predict",
+                features=row,
+            )
+        )
     emitter.close()
 
 
@@ -67,11 +81,14 @@ def test_shifted_recent_inputs_raise_drift_events_and_an_email(
     assert report.emailed
     lines = _drift_lines(settings)
     assert len(lines) == len(report.drifts)
-    flagged = {line["mlops"]["drift"]["feature"] for line in lines
-               if line["mlops"]["drift"]["drifted"]}  # fmt: skip
+    flagged = {
+        line["mlops"]["drift"]["feature"] for line in lines if line["mlops"]["drift"]["drifted"]
+    }
     assert flagged == set(SHIFTED)
-    assert all(line["mlops"]["drift"]["reference"]["model_version"] == registered_model.version
-               for line in lines)  # fmt: skip
+    assert all(
+        line["mlops"]["drift"]["reference"]["model_version"] == registered_model.version
+        for line in lines
+    )
     (message,) = smtp_server.messages
     assert "drift" in message["Subject"] and registered_model.name in message["Subject"]
     body = message.get_payload(decode=True).decode()
@@ -103,10 +120,16 @@ def test_drift_cli_with_an_input_file(
 ) -> None:
     shifted = tmp_path / "shifted.csv"
     _inputs(shift=True).to_csv(shifted, index=False)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": str(registered_model.settings.mlflow_tracking_uri),
-           "MLOPS_MODEL_NAME": registered_model.name, "MLOPS_VAR_DIR": str(tmp_path),
-           "SMTP_HOST": smtp_server.host, "SMTP_PORT": str(smtp_server.port),
-           "SMTP_STARTTLS": "false", "SMTP_TO": "ml-team@example.com"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": str(registered_model.settings.mlflow_tracking_uri),
+        "MLOPS_MODEL_NAME": registered_model.name,
+        "MLOPS_VAR_DIR": str(tmp_path),
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": str(smtp_server.port),
+        "SMTP_STARTTLS": "false",
+        "SMTP_TO": "ml-team@example.com",
+    }
     env.pop("ELASTICSEARCH_URL", None)
     mlops = str(Path(sys.executable).parent / "mlops")
     done = subprocess.run(

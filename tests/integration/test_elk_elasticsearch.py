@@ -39,10 +39,15 @@ def _settings(tmp_path: Path, server: ElasticsearchServer) -> Settings:
 
 
 def _prediction(service: str, number: int) -> dict[str, Any]:
-    event = events.prediction_event(model_name="m", model_version="1",
-                                    prediction_id=f"{service}-{number}", label=number % 3,
-                                    probability=0.5, latency_ms=1.0 + number % 7,
-                                    route="/predict")  # fmt: skip
+    event = events.prediction_event(
+        model_name="m",
+        model_version="1",
+        prediction_id=f"{service}-{number}",
+        label=number % 3,
+        probability=0.5,
+        latency_ms=1.0 + number % 7,
+        route="/predict",
+    )
     event["service"] = {"name": service}
     return event
 
@@ -62,8 +67,9 @@ def test_templates_install_as_data_streams_with_explicit_mappings(es: Elasticsea
     template = es.indices.get_index_template(name=INDEX_TEMPLATE)["index_templates"][0]
     assert template["index_template"]["composed_of"] == report.components
     service = f"templates-{uuid.uuid4().hex[:8]}"
-    es.create(index=PREDICTIONS, id=uuid.uuid4().hex, document=_prediction(service, 1),
-              refresh=True)  # fmt: skip
+    es.create(
+        index=PREDICTIONS, id=uuid.uuid4().hex, document=_prediction(service, 1), refresh=True
+    )
     backing = next(iter(es.indices.get(index=PREDICTIONS)))
     assert backing.startswith(f".ds-{PREDICTIONS}-")  # a data stream, not a plain index
     mapping = es.indices.get_field_mapping(index=PREDICTIONS, fields="mlops.prediction.*")
@@ -179,18 +185,28 @@ def test_ship_sends_ndjson_files_exactly_once(
     assert _count(es, service) == 1200
 
 
-def test_monitor_setup_and_ship_cli(elasticsearch_server: ElasticsearchServer,
-                                    tmp_path: Path) -> None:  # fmt: skip
+def test_monitor_setup_and_ship_cli(
+    elasticsearch_server: ElasticsearchServer, tmp_path: Path
+) -> None:
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "ELASTICSEARCH_URL": elasticsearch_server.url,
-           "MLOPS_VAR_DIR": str(tmp_path)}  # fmt: skip
+    env = {
+        **os.environ,
+        "ELASTICSEARCH_URL": elasticsearch_server.url,
+        "MLOPS_VAR_DIR": str(tmp_path),
+    }
     env.pop("KIBANA_URL", None)
     mlops = [str(Path(sys.executable).parent / "mlops")]
-    setup = subprocess.run([*mlops, "monitor", "setup"], env=env, capture_output=True,
-                           text=True, timeout=300, check=False)  # fmt: skip
+    setup = subprocess.run(
+        [*mlops, "monitor", "setup"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert setup.returncode == 0, setup.stderr
     assert "index template mlops -> data streams" in setup.stdout
     assert "KIBANA_URL not set" in setup.stdout
@@ -207,12 +223,24 @@ def test_monitor_setup_and_ship_cli(elasticsearch_server: ElasticsearchServer,
     from tests.fixtures.mlflow_server import free_port
 
     no_kibana = {**env, "KIBANA_URL": f"http://127.0.0.1:{free_port()}"}  # nothing listens
-    kibana = subprocess.run([*mlops, "monitor", "setup"], env=no_kibana, capture_output=True,
-                            text=True, timeout=300, check=False)  # fmt: skip
+    kibana = subprocess.run(
+        [*mlops, "monitor", "setup"],
+        env=no_kibana,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert kibana.returncode == 1 and "Kibana at" in kibana.stderr
     assert "Traceback" not in kibana.stderr
     unset = {**env}
     unset.pop("ELASTICSEARCH_URL")
-    no_es = subprocess.run([*mlops, "monitor", "setup"], env=unset, capture_output=True,
-                           text=True, timeout=300, check=False)  # fmt: skip
+    no_es = subprocess.run(
+        [*mlops, "monitor", "setup"],
+        env=unset,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert no_es.returncode == 2 and "ELASTICSEARCH_URL" in no_es.stderr

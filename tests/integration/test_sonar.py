@@ -128,10 +128,20 @@ def test_make_sonar_passes_the_quality_gate_with_coverage(
     # the reports sonar-project.properties imports: a quick test run for coverage and JUnit,
     # plus the fast linters (the full set is `make quality`)
     _run(
-        [str(VENV / "bin" / "pytest"), "tests/unit/test_data.py", "-q", "-p", "no:cacheprovider",
-         "--cov", "--cov-report=xml:reports/coverage.xml", "--junitxml=reports/junit.xml"],
-        project, env, timeout_s=600,
-    )  # fmt: skip
+        [
+            str(VENV / "bin" / "pytest"),
+            "tests/unit/test_data.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--cov",
+            "--cov-report=xml:reports/coverage.xml",
+            "--junitxml=reports/junit.xml",
+        ],
+        project,
+        env,
+        timeout_s=600,
+    )
     make = ["make", f"VENV={VENV}", "-o", f"{VENV}/.installed"]
     _run([*make, "lint-style", "security-bandit"], project, env, timeout_s=600)
 
@@ -155,10 +165,13 @@ def test_make_sonar_passes_the_quality_gate_with_coverage(
 def test_make_sonar_without_a_token_is_a_clear_usage_error(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("SONAR_TOKEN", "SONAR_AUTH_TOKEN")}
     done = subprocess.run(
-        ["make", "-C", str(REPO_ROOT), "-o", f"{VENV}/.installed", "sonar"], env=env,
-        capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+        ["make", "-C", str(REPO_ROOT), "-o", f"{VENV}/.installed", "sonar"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode != 0
     assert "set SONAR_TOKEN" in done.stderr
     assert "Traceback" not in done.stderr

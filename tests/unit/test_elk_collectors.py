@@ -43,8 +43,10 @@ def test_host_collector_reads_the_real_machine() -> None:
     assert 0.0 < memory["system"]["memory"]["actual"]["used"]["pct"] < 1.0
     # this very pytest process is one of "ours" for these words
     processes = [event for event in collected if event["event"]["dataset"] == "system.process"]
-    assert any(event["process"]["pid"] > 0 and event["system"]["process"]["memory"]["rss"]["bytes"]
-               > 0 for event in processes)  # fmt: skip
+    assert any(
+        event["process"]["pid"] > 0 and event["system"]["process"]["memory"]["rss"]["bytes"] > 0
+        for event in processes
+    )
 
 
 def test_process_roles_from_command_lines() -> None:

@@ -23,9 +23,16 @@ def _leaves(document: dict, prefix: str = "") -> dict[str, object]:
 
 
 def test_prediction_event_has_ecs_and_model_fields() -> None:
-    event = events.prediction_event(model_name="m", model_version="3", prediction_id="p-1",
-                                    label=1, probability=0.93, latency_ms=2.5, route="/predict",
-                                    features={"a": 1.5, "b": "x"})  # fmt: skip
+    event = events.prediction_event(
+        model_name="m",
+        model_version="3",
+        prediction_id="p-1",
+        label=1,
+        probability=0.93,
+        latency_ms=2.5,
+        route="/predict",
+        features={"a": 1.5, "b": "x"},
+    )
     assert event["event"]["dataset"] == "mlops.prediction"
     assert event["host"]["name"]
     assert event["mlops"]["model"] == {"name": "m", "version": "3"}
@@ -75,41 +82,105 @@ BUILT = [
     events.cpu_event(total_pct=0.5, user_pct=0.4, system_pct=0.1, cores=2),
     events.load_event(load1=1.0, load5=0.5, load15=0.2, cores=2),
     events.memory_event(total=10, used=5, available=4, swap_used_pct=0.0),
-    events.filesystem_event(mount_point="/", device="/dev/x", fs_type="ext4", total=10, used=4,
-                            free=6),
-    events.network_event(interface="eth0", in_bytes=1, out_bytes=2, in_packets=3,
-                         out_packets=4, in_errors=0, out_errors=0),
-    events.process_event(pid=1, name="ray", role="serving", cpu_pct=0.1, rss=10,
-                         memory_pct=0.01, cmdline="ray::ServeReplica"),
-    events.container_event(container_id="c", name="n", image="i", cpu_pct=0.5, memory_usage=1,
-                           memory_limit=2),
+    events.filesystem_event(
+        mount_point="/", device="/dev/x", fs_type="ext4", total=10, used=4, free=6
+    ),
+    events.network_event(
+        interface="eth0",
+        in_bytes=1,
+        out_bytes=2,
+        in_packets=3,
+        out_packets=4,
+        in_errors=0,
+        out_errors=0,
+    ),
+    events.process_event(
+        pid=1,
+        name="ray",
+        role="serving",
+        cpu_pct=0.1,
+        rss=10,
+        memory_pct=0.01,
+        cmdline="ray::ServeReplica",
+    ),
+    events.container_event(
+        container_id="c", name="n", image="i", cpu_pct=0.5, memory_usage=1, memory_limit=2
+    ),
     events.serve_metrics_event({"http_requests_total": 3.0}, application="a", deployment="d"),
-    events.trial_event(study_name="s", trial_number=0, state="COMPLETE", value=0.9,
-                       params={"family": "logreg"}, duration_s=1.0, metric="roc_auc",
-                       model_name="m"),
-    events.study_event(study_name="s", best_value=0.9, best_params={"C": 1}, trials_complete=3,
-                       trials_pruned=1, metric="roc_auc", model_name="m", duration_s=9.0),
-    events.promotion_event(model_name="m", challenger_version="2", champion_version="1",
-                           promoted=True, metric="roc_auc", challenger_score=0.9,
-                           champion_score=0.8, reason="better"),
+    events.trial_event(
+        study_name="s",
+        trial_number=0,
+        state="COMPLETE",
+        value=0.9,
+        params={"family": "logreg"},
+        duration_s=1.0,
+        metric="roc_auc",
+        model_name="m",
+    ),
+    events.study_event(
+        study_name="s",
+        best_value=0.9,
+        best_params={"C": 1},
+        trials_complete=3,
+        trials_pruned=1,
+        metric="roc_auc",
+        model_name="m",
+        duration_s=9.0,
+    ),
+    events.promotion_event(
+        model_name="m",
+        challenger_version="2",
+        champion_version="1",
+        promoted=True,
+        metric="roc_auc",
+        challenger_score=0.9,
+        champion_score=0.8,
+        reason="better",
+    ),
     events.stage_event(stage="gate", status="success", duration_s=0.5),
-    events.drift_event(model_name="m", model_version="1", feature="f", feature_type="numeric",
-                       psi=0.3, ks_pvalue=0.001, window_start="2026-01-01T00:00:00Z",
-                       window_end="2026-01-01T01:00:00Z", window_size=100, threshold=0.2),
-    events.prediction_event(model_name="m", model_version="1", prediction_id="p", label="a",
-                            probability=0.5, latency_ms=1.0, route="/predict"),
-    events.ct_event(model_name="m", model_version="1", trigger="performance", fired=True,
-                    enough_evidence=True, reason="live f1 dropped",
-                    evidence={"live": {"f1": 0.5, "labelled": 300}, "holdout": 0.9}),
-]  # fmt: skip
+    events.drift_event(
+        model_name="m",
+        model_version="1",
+        feature="f",
+        feature_type="numeric",
+        psi=0.3,
+        ks_pvalue=0.001,
+        window_start="2026-01-01T00:00:00Z",
+        window_end="2026-01-01T01:00:00Z",
+        window_size=100,
+        threshold=0.2,
+    ),
+    events.prediction_event(
+        model_name="m",
+        model_version="1",
+        prediction_id="p",
+        label="a",
+        probability=0.5,
+        latency_ms=1.0,
+        route="/predict",
+    ),
+    events.ct_event(
+        model_name="m",
+        model_version="1",
+        trigger="performance",
+        fired=True,
+        enough_evidence=True,
+        reason="live f1 dropped",
+        evidence={"live": {"f1": 0.5, "labelled": 300}, "holdout": 0.9},
+    ),
+]
 
 
 @pytest.mark.parametrize("event", BUILT, ids=lambda event: event["event"]["dataset"])
 def test_every_field_a_builder_writes_is_mapped(event: dict) -> None:
     """No builder relies on dynamic mapping for a typed field (params/labels are keywords)."""
     mapped = mapped_fields()
-    dynamic_prefixes = ("labels.", "mlops.trial.params.", "mlops.study.best_params.",
-                        "mlops.serve.")  # fmt: skip
+    dynamic_prefixes = (
+        "labels.",
+        "mlops.trial.params.",
+        "mlops.study.best_params.",
+        "mlops.serve.",
+    )
     for name in _leaves(event):
         if name.startswith(dynamic_prefixes):
             continue

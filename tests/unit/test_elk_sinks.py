@@ -14,9 +14,15 @@ from ml.config import Settings
 
 
 def _prediction(number: int) -> dict[str, Any]:
-    return events.prediction_event(model_name="m", model_version="1", prediction_id=str(number),
-                                   label=number % 2, probability=0.5, latency_ms=1.0,
-                                   route="/predict")  # fmt: skip
+    return events.prediction_event(
+        model_name="m",
+        model_version="1",
+        prediction_id=str(number),
+        label=number % 2,
+        probability=0.5,
+        latency_ms=1.0,
+        route="/predict",
+    )
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -70,8 +76,11 @@ def test_concurrent_writers_never_interleave_lines(tmp_path: Path) -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    ids = [int(line["mlops"]["prediction"]["id"])
-           for path in tmp_path.glob("mlops-*") for line in _lines(path)]  # fmt: skip
+    ids = [
+        int(line["mlops"]["prediction"]["id"])
+        for path in tmp_path.glob("mlops-*")
+        for line in _lines(path)
+    ]
     assert sorted(ids) == sorted(offset + n for offset in (0, 1000, 2000) for n in range(300))
 
 
