@@ -231,6 +231,47 @@ def ct_check(
     console.print(table)
 
 
+@ct_app.command("run")
+def ct_run(model_name: ModelOpt = None) -> None:
+    """Check the triggers and, when one fires, retrain on the source plus labelled feedback and
+    run the gate. Exit 0 for "no trigger" and for "trained, gate decided"; errors exit non-zero."""
+    from ml.notify import notify as send_notifications
+    from ml.retrain import retrain
+
+    settings = load_settings(model_name=model_name)
+    _quiet_libraries()
+    configure_tracking(settings)
+    with user_errors(), _trial_progress(settings) as callback:
+        outcome = retrain(settings, callbacks=[callback])
+    if outcome.report is not None:
+        _run_hooks("after_ct_check", settings, outcome.report)
+    console.print(f"[bold]ct run:[/] {outcome.outcome}: {outcome.detail}", highlight=False)
+    if outcome.result is None:
+        return
+    _print_summary(outcome.result, settings)
+    _run_hooks("after_train", settings, outcome.result)
+    title, body = _ct_message(settings, outcome)
+    send_notifications(settings, "success", title, body)
+
+
+def _ct_message(settings: Settings, outcome: Any) -> tuple[str, str]:
+    """One notification per retrain: which trigger, its evidence, the decision, both scores."""
+    decision = outcome.result.decision
+    verdict = "promoted" if decision.promoted else "kept the champion"
+    title = f"CT retrain of {settings.model_name}: {verdict}"
+    lines = [outcome.detail, ""]
+    for result in outcome.report.fired:
+        lines.append(f"{result.trigger}: {result.reason}")
+        lines.append(f"  evidence: {json.dumps(result.evidence, default=str)[:1000]}")
+    lines += [
+        "",
+        f"gate ({decision.metric}): challenger v{decision.challenger_version} "
+        f"{decision.challenger_score}, champion v{decision.champion_version} "
+        f"{decision.champion_score}",
+    ]
+    return title, "\n".join(lines)
+
+
 def _ct_json(report: Any) -> dict[str, Any]:
     champion = report.champion
     return {

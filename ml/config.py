@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     ct_performance_margin: float = Field(
         0.05, ge=0.0, description="live promotion metric below the holdout's by more: fires"
     )
+    ct_cooldown_s: float = Field(3600.0, ge=0, description="no retrain sooner after the last")
+    ct_lock_stale_s: float = Field(
+        600.0, gt=0, description="a CT lock without a heartbeat this long is reclaimed"
+    )
+    ct_max_feedback_rows: int = Field(
+        100_000, ge=1, description="labelled predictions a retrain adds to the source, newest"
+    )
 
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))

@@ -102,7 +102,7 @@ class OutcomeStore:
         rows = [_prediction_row(record) for record in records]
         if not rows:
             return 0
-        statement = _insert(self.engine, predictions).on_conflict_do_nothing(
+        statement = dialect_insert(self.engine, predictions).on_conflict_do_nothing(
             index_elements=["prediction_id"]
         )
         with self.engine.begin() as connection:
@@ -128,7 +128,7 @@ class OutcomeStore:
                 if pid in known
             ]
             if rows:
-                insert = _insert(self.engine, outcomes)
+                insert = dialect_insert(self.engine, outcomes)
                 connection.execute(
                     insert.on_conflict_do_update(
                         index_elements=["prediction_id"],
@@ -214,7 +214,7 @@ def _engine(url: str) -> Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def _insert(engine: Engine, table: sa.Table) -> Any:
+def dialect_insert(engine: Engine, table: sa.Table) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT (SQLite and PostgreSQL both do)."""
     if engine.dialect.name == "postgresql":
         return postgresql.insert(table)

@@ -17,37 +17,26 @@ from typer.testing import CliRunner
 from ml import ct
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
-from ml.data import Dataset, Split, load_dataset, split
+from ml.data import Dataset, Split, load_dataset
 from ml.outcomes import OutcomeStore, PredictionRecord
-from ml.registry import run_gate
-from ml.training import fit_best, log_and_register
-
-LOGREG = {"family": "logreg", "C": 1.0}
+from tests.unit.registry_support import demo_split, register_champion
 
 
 @pytest.fixture(scope="module")
 def demo() -> tuple[Dataset, Split]:
-    dataset = load_dataset("demo", None)
-    return dataset, split(dataset, 0.2, 42)
+    return demo_split()
 
 
 @pytest.fixture(scope="module")
 def champion_store(tmp_path_factory: pytest.TempPathFactory, demo) -> tuple[Settings, object]:
     """A registry whose champion is a logistic regression on the demo data."""
-    import mlflow
-
     settings = Settings(
         var_dir=tmp_path_factory.mktemp("ct") / "var",
         model_name="ct-model",
         ct_min_labels=50,
         ct_min_drift_rows=50,
     )
-    configure_tracking(settings)
-    dataset, holdout_split = demo
-    with mlflow.start_run():
-        model = fit_best(LOGREG, dataset, holdout_split, seed=42)
-        version = log_and_register(model, LOGREG, dataset, holdout_split, settings).version
-    run_gate(MlflowClient(), settings.model_name, version, holdout_split, "roc_auc", 0.0)
+    _, model = register_champion(settings, demo)
     return settings, model
 
 

@@ -1,0 +1,290 @@
+"""Acting on the triggers: one retrain at a time, from the source plus the labelled feedback.
+
+`retrain(settings)` checks the triggers (`ml.ct`). When any fires and the cooldown allows, it
+trains a challenger on the configured source plus the served predictions that have a reported
+outcome (their stored features with the reported labels, once there are at least
+`MLOPS_CT_MIN_LABELS`: with unchanged data, a performance drop would otherwise retrain the same
+model), records why on the MLflow run and the new version, and lets the gate decide.
+
+Two runs never overlap, wherever they start (CLI, Jenkins, a CronJob): a lock row in the CT
+database, taken by one atomic conditional UPDATE and kept alive by a heartbeat. A run that
+crashed leaves a lock whose heartbeat stops; after `MLOPS_CT_LOCK_STALE_S` the next run
+reclaims it. Every run is a row in `ct_runs` (what fired, what it did), which also holds the
+cooldown: no retrain within `MLOPS_CT_COOLDOWN_S` of the last one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from mlflow.tracking import MlflowClient
+
+from ml import ct
+from ml.config import Settings
+from ml.data import DEMO_SOURCE, DEMO_TARGET, Dataset, load_dataset, validate
+from ml.outcomes import OutcomeStore, dialect_insert
+
+LOCK_NAME = "ct"
+EVIDENCE_TAG_LIMIT = 5000  # MLflow tag values are bounded; the ECS events keep it whole
+
+state = sa.MetaData()
+ct_lock = sa.Table(
+    "ct_lock",
+    state,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+)
+ct_runs = sa.Table(
+    "ct_runs",
+    state,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("owner", sa.String(256), nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("triggers", sa.Text, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    """What a CT run did: `no_trigger`, `cooling_down`, `locked` or `trained`."""
+
+    outcome: str
+    detail: str
+    report: ct.CtReport | None = None
+    result: Any = None  # ml.pipeline.PipelineResult when trained
+    feedback_rows: int = 0
+
+
+class CtLock:
+    """The one-run-at-a-time lock, a row in the CT database."""
+
+    def __init__(self, engine: sa.Engine, owner: str, stale_after_s: float) -> None:
+        self._engine = engine
+        self.owner = owner
+        self._stale_after = timedelta(seconds=stale_after_s)
+
+    def acquire(self) -> tuple[bool, str]:
+        """(True, note) when this owner now holds the lock, reclaiming a stale one; else
+        (False, who holds it since when)."""
+        now = datetime.now(UTC)
+        with self._engine.begin() as connection:
+            previous = connection.execute(
+                sa.select(ct_lock.c.owner, ct_lock.c.heartbeat_at).where(
+                    ct_lock.c.name == LOCK_NAME
+                )
+            ).first()
+            connection.execute(
+                dialect_insert(self._engine, ct_lock).on_conflict_do_nothing(
+                    index_elements=["name"]
+                ),
+                {"name": LOCK_NAME, "owner": self.owner, "acquired_at": now, "heartbeat_at": now},
+            )
+            taken = connection.execute(
+                ct_lock.update()
+                .where(ct_lock.c.name == LOCK_NAME)
+                .where(
+                    sa.or_(
+                        ct_lock.c.owner == self.owner,
+                        ct_lock.c.heartbeat_at < now - self._stale_after,
+                    )
+                )
+                .values(owner=self.owner, acquired_at=now, heartbeat_at=now)
+            ).rowcount
+            holder = connection.execute(
+                sa.select(ct_lock.c.owner, ct_lock.c.acquired_at).where(ct_lock.c.name == LOCK_NAME)
+            ).one()
+        if taken == 1:
+            reclaimed = previous is not None and previous.owner != self.owner
+            note = f"reclaimed a stale lock of {previous.owner}" if reclaimed else "acquired"
+            return True, note
+        return False, f"another CT run holds the lock: {holder.owner} since {holder.acquired_at}"
+
+    def heartbeat(self) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                ct_lock.update()
+                .where(ct_lock.c.name == LOCK_NAME, ct_lock.c.owner == self.owner)
+                .values(heartbeat_at=datetime.now(UTC))
+            )
+
+    def release(self) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                ct_lock.delete().where(ct_lock.c.name == LOCK_NAME, ct_lock.c.owner == self.owner)
+            )
+
+    @contextmanager
+    def held(self, every_s: float) -> Iterator[tuple[bool, str]]:
+        """The lock for the block (heartbeat every `every_s`), released after it."""
+        acquired, note = self.acquire()
+        if not acquired:
+            yield False, note
+            return
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(stop, every_s), daemon=True)
+        beat.start()
+        try:
+            yield True, note
+        finally:
+            stop.set()
+            beat.join()
+            self.release()
+
+    def _beat(self, stop: threading.Event, every_s: float) -> None:
+        while not stop.wait(every_s):
+            self.heartbeat()
+
+
+def retrain(
+    settings: Settings, callbacks: list[Any] | None = None, now: datetime | None = None
+) -> RetrainOutcome:
+    """One CT run: check, and when a trigger fires (cooldown allowing), retrain and gate."""
+    store = OutcomeStore(settings.ct_database)
+    state.create_all(store.engine)
+    lock = CtLock(store.engine, _owner(), settings.ct_lock_stale_s)
+    with lock.held(every_s=max(1.0, settings.ct_lock_stale_s / 4)) as (acquired, note):
+        if not acquired:
+            return RetrainOutcome("locked", note)
+        return _run_locked(settings, store, lock.owner, callbacks, now or datetime.now(UTC))
+
+
+def _run_locked(
+    settings: Settings,
+    store: OutcomeStore,
+    owner: str,
+    callbacks: list[Any] | None,
+    now: datetime,
+) -> RetrainOutcome:
+    from ml.pipeline import run_pipeline
+
+    report = ct.check(settings, now=now)
+    fired = [result.trigger for result in report.fired]
+    if not fired:
+        outcome = RetrainOutcome("no_trigger", "no trigger fired", report)
+        _record_run(store, owner, now, outcome)
+        return outcome
+    last = _last_trained(store)
+    if last is not None and now - last < timedelta(seconds=settings.ct_cooldown_s):
+        until = last + timedelta(seconds=settings.ct_cooldown_s)
+        outcome = RetrainOutcome(
+            "cooling_down",
+            f"{', '.join(fired)} fired; the last retrain was at {last}, "
+            f"the next may start at {until}",
+            report,
+        )
+        _record_run(store, owner, now, outcome)
+        return outcome
+    source, dataset, feedback_rows = training_data(settings, store)
+    result = run_pipeline(settings, callbacks=callbacks, dataset=dataset)
+    _tag(settings, report, result, source, feedback_rows)
+    decision = result.decision
+    detail = (
+        f"{', '.join(fired)} fired; trained version {result.trained.version} on "
+        f"{dataset.report.rows} rows ({feedback_rows} from feedback); gate: "
+        f"{'promoted' if decision.promoted else 'kept the champion'} ({decision.reason})"
+    )
+    outcome = RetrainOutcome("trained", detail, report, result, feedback_rows)
+    _record_run(store, owner, now, outcome)
+    return outcome
+
+
+def training_data(settings: Settings, store: OutcomeStore) -> tuple[Dataset, Dataset, int]:
+    """(the source alone, what to train on, how many rows came from feedback): the source plus
+    the labelled predictions when there are at least `ct_min_labels` of them."""
+    source = load_dataset(
+        settings.data,
+        settings.target,
+        table=settings.data_table,
+        cv_folds=settings.cv_folds,
+        test_size=settings.test_size,
+    )
+    labelled = store.labelled(settings.model_name, settings.ct_max_feedback_rows)
+    if len(labelled) < settings.ct_min_labels:
+        return source, source, 0
+    target = settings.target or (DEMO_TARGET if settings.data == DEMO_SOURCE else source.target)
+    features = labelled.features.reindex(columns=list(source.X.columns))
+    feedback = features.assign(**{target: labelled.truth})
+    combined = pd.concat(
+        [source.X.assign(**{target: source.y.to_numpy()}), feedback], ignore_index=True
+    )
+    dataset = validate(
+        combined,
+        target,
+        source=f"{source.report.source} + {len(labelled)} labelled predictions",
+        cv_folds=settings.cv_folds,
+        test_size=settings.test_size,
+    )
+    return source, dataset, len(labelled)
+
+
+def _tag(
+    settings: Settings,
+    report: ct.CtReport,
+    result: Any,
+    source: Dataset,
+    feedback_rows: int,
+) -> None:
+    """Why this run happened, on the run and on the new version."""
+    client = MlflowClient()
+    evidence = {item.trigger: item.evidence for item in report.fired}
+    previous = report.champion.version if report.champion else "-"
+    tags = {
+        "ct.triggers": ",".join(item.trigger for item in report.fired),
+        "ct.reasons": "; ".join(item.reason for item in report.fired)[:EVIDENCE_TAG_LIMIT],
+        "ct.evidence": json.dumps(evidence, default=str)[:EVIDENCE_TAG_LIMIT],
+        "ct.previous_champion": previous,
+        "ct.feedback_rows": str(feedback_rows),
+    }
+    for key, value in tags.items():
+        client.set_tag(result.run_id, key, value)
+    version = result.trained.version
+    client.set_model_version_tag(
+        settings.model_name, version, ct.SOURCE_FINGERPRINT_TAG, source.report.fingerprint
+    )
+    client.set_model_version_tag(settings.model_name, version, "ct.previous_champion", previous)
+
+
+def _last_trained(store: OutcomeStore) -> datetime | None:
+    with store.engine.connect() as connection:
+        last = connection.execute(
+            sa.select(sa.func.max(ct_runs.c.started_at)).where(ct_runs.c.outcome == "trained")
+        ).scalar()
+    if last is None:
+        return None
+    return last if last.tzinfo else last.replace(tzinfo=UTC)  # SQLite keeps no zone
+
+
+def _record_run(
+    store: OutcomeStore, owner: str, started: datetime, outcome: RetrainOutcome
+) -> None:
+    fired = [] if outcome.report is None else [r.trigger for r in outcome.report.fired]
+    with store.engine.begin() as connection:
+        connection.execute(
+            ct_runs.insert().values(
+                owner=owner,
+                started_at=started,
+                finished_at=datetime.now(UTC),
+                outcome=outcome.outcome,
+                triggers=",".join(fired),
+                detail=outcome.detail,
+            )
+        )
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
