@@ -114,16 +114,11 @@ def load_champion(client: MlflowClient, name: str) -> Champion | None:
 
 def new_data(settings: Settings, champion: Champion) -> TriggerResult:
     """The configured source, fingerprinted as training does, against the champion's data."""
-    from ml.data import DataError, load_dataset
+    from ml.data import DataError
+    from ml.pipeline import load_data
 
     try:
-        dataset = load_dataset(
-            settings.data,
-            settings.target,
-            table=settings.data_table,
-            cv_folds=settings.cv_folds,
-            test_size=settings.test_size,
-        )
+        dataset = load_data(settings)
     except DataError as exc:
         return TriggerResult("new_data", False, f"the source cannot be read: {exc}", False)
     current = dataset.report.fingerprint
@@ -230,7 +225,7 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
 
 def live_quality(rows: LabelledRows) -> dict[str, float]:
     """Accuracy, F1 and (with probabilities, both classes seen) ROC AUC of labelled rows."""
-    if not len(rows):
+    if len(rows) == 0:
         return {}
     classes = sorted({*rows.truth, *rows.predicted}, key=str)
     if len(classes) < 2:

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from ml import ct
 from ml.config import Settings
-from ml.data import DEMO_SOURCE, DEMO_TARGET, Dataset, load_dataset, validate
+from ml.data import DEMO_SOURCE, DEMO_TARGET, Dataset, validate
 from ml.outcomes import OutcomeStore, dialect_insert
 
 LOCK_NAME = "ct"
@@ -109,9 +109,9 @@ class CtLock:
                 sa.select(ct_lock.c.owner, ct_lock.c.acquired_at).where(ct_lock.c.name == LOCK_NAME)
             ).one()
         if taken == 1:
-            reclaimed = previous is not None and previous.owner != self.owner
-            note = f"reclaimed a stale lock of {previous.owner}" if reclaimed else "acquired"
-            return True, note
+            if previous is not None and previous.owner != self.owner:
+                return True, f"reclaimed a stale lock of {previous.owner}"
+            return True, "acquired"
         return False, f"another CT run holds the lock: {holder.owner} since {holder.acquired_at}"
 
     def heartbeat(self) -> None:
@@ -170,49 +170,56 @@ def _run_locked(
     callbacks: list[Any] | None,
     now: datetime,
 ) -> RetrainOutcome:
+    report = ct.check(settings, now=now)
+    if not report.fired:
+        outcome = RetrainOutcome("no_trigger", "no trigger fired", report)
+    else:
+        outcome = _cooling_down(settings, store, report, now) or _train(
+            settings, store, report, callbacks
+        )
+    _record_run(store, owner, now, outcome)
+    return outcome
+
+
+def _cooling_down(
+    settings: Settings, store: OutcomeStore, report: ct.CtReport, now: datetime
+) -> RetrainOutcome | None:
+    """The outcome when the last retrain is too recent; None when a retrain may start."""
+    last = _last_trained(store)
+    cooldown = timedelta(seconds=settings.ct_cooldown_s)
+    if last is None or now - last >= cooldown:
+        return None
+    fired = ", ".join(result.trigger for result in report.fired)
+    detail = (
+        f"{fired} fired; the last retrain was at {last}, the next may start at {last + cooldown}"
+    )
+    return RetrainOutcome("cooling_down", detail, report)
+
+
+def _train(
+    settings: Settings, store: OutcomeStore, report: ct.CtReport, callbacks: list[Any] | None
+) -> RetrainOutcome:
     from ml.pipeline import run_pipeline
 
-    report = ct.check(settings, now=now)
-    fired = [result.trigger for result in report.fired]
-    if not fired:
-        outcome = RetrainOutcome("no_trigger", "no trigger fired", report)
-        _record_run(store, owner, now, outcome)
-        return outcome
-    last = _last_trained(store)
-    if last is not None and now - last < timedelta(seconds=settings.ct_cooldown_s):
-        until = last + timedelta(seconds=settings.ct_cooldown_s)
-        outcome = RetrainOutcome(
-            "cooling_down",
-            f"{', '.join(fired)} fired; the last retrain was at {last}, "
-            f"the next may start at {until}",
-            report,
-        )
-        _record_run(store, owner, now, outcome)
-        return outcome
     source, dataset, feedback_rows = training_data(settings, store)
     result = run_pipeline(settings, callbacks=callbacks, dataset=dataset)
     _tag(settings, report, result, source, feedback_rows)
     decision = result.decision
+    verdict = "promoted" if decision.promoted else "kept the champion"
     detail = (
-        f"{', '.join(fired)} fired; trained version {result.trained.version} on "
-        f"{dataset.report.rows} rows ({feedback_rows} from feedback); gate: "
-        f"{'promoted' if decision.promoted else 'kept the champion'} ({decision.reason})"
+        f"{', '.join(item.trigger for item in report.fired)} fired; trained version "
+        f"{result.trained.version} on {dataset.report.rows} rows ({feedback_rows} from "
+        f"feedback); gate: {verdict} ({decision.reason})"
     )
-    outcome = RetrainOutcome("trained", detail, report, result, feedback_rows)
-    _record_run(store, owner, now, outcome)
-    return outcome
+    return RetrainOutcome("trained", detail, report, result, feedback_rows)
 
 
 def training_data(settings: Settings, store: OutcomeStore) -> tuple[Dataset, Dataset, int]:
     """(the source alone, what to train on, how many rows came from feedback): the source plus
     the labelled predictions when there are at least `ct_min_labels` of them."""
-    source = load_dataset(
-        settings.data,
-        settings.target,
-        table=settings.data_table,
-        cv_folds=settings.cv_folds,
-        test_size=settings.test_size,
-    )
+    from ml.pipeline import load_data
+
+    source = load_data(settings)
     labelled = store.labelled(settings.model_name, settings.ct_max_feedback_rows)
     if len(labelled) < settings.ct_min_labels:
         return source, source, 0

@@ -307,7 +307,9 @@ def _bearer_denial(
             401,
             {"WWW-Authenticate": "Bearer"},
         )
-    if not any([hmac.compare_digest(given.encode(), token) for token in accepted]):
+    # A list, not a generator: every token is compared, whichever matches (constant time).
+    matches = [hmac.compare_digest(given.encode(), token) for token in accepted]
+    if not any(matches):
         return Answer({"detail": "wrong token", "field": "authorization"}, 403)
     return None
 

@@ -40,7 +40,7 @@ InputRows: TypeAlias = list[dict[str, Any]] | pd.DataFrame | np.ndarray
 
 
 @dataclass(frozen=True)
-class ServedRequest:
+class ServedRequest:  # pylint: disable=too-many-instance-attributes
     """One scored request: ids, labels and class probabilities per row, and its inputs."""
 
     model_name: str
