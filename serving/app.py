@@ -26,7 +26,7 @@ from elk.events import new_ids
 from ml.config import Settings
 from ml.data import DataError
 from ml.outcomes import OutcomeStore
-from ml.predict import load_version
+from ml.predict import load_version, resolve_version
 from serving.batching import Scheduler
 from serving.model import Rows, Scored
 from serving.protocol import (
@@ -99,7 +99,9 @@ class ModelServer:
         mlflow.set_registry_uri(settings.mlflow_tracking_uri)
         outcomes = _outcome_store(settings)
         self._telemetry = PredictionTelemetry(settings, SERVICE_NAME, outcomes)
-        self._service = ModelService(settings, load_version, self._telemetry, outcomes)
+        self._service = ModelService(
+            settings, load_version, self._telemetry, outcomes, resolver=resolve_version
+        )
         self._scheduler = Scheduler(self._service, self._score_batch)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, field_validator
 from ml.data import DataError, FeatureType
 from ml.model_ref import ModelRef
 
+# An alias in a models:/ URI (MLflow's own form); a version is parsed by ModelRef.
+ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z_][A-Za-z0-9_-]*)")
 _JSON_TYPES: dict[FeatureType, dict[str, Any]] = {
     "numeric": {"type": "number"},
     "boolean": {"type": "boolean"},
@@ -46,28 +48,43 @@ class ServingOptions(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    model_uri: str = Field(description="models:/<name>/<version>, a resolved version")
+    model_uri: str = Field(
+        description="models:/<name>/<version> (pinned) or models:/<name>@<alias> (followed: "
+        "each replica re-resolves the alias every alias_poll_s and swaps in place)"
+    )
     max_batch_size: int = Field(64, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
     max_request_rows: int = Field(10_000, ge=1)
+    alias_poll_s: float = Field(15.0, gt=0.0, le=3600.0)
 
     @field_validator("model_uri")
     @classmethod
-    def _resolved_version(cls, value: str) -> str:
-        ModelRef.parse(value)  # its ValueError names an alias or a malformed URI
+    def _version_or_alias(cls, value: str) -> str:
+        if ALIAS_URI.fullmatch(value) is None:
+            ModelRef.parse(value)  # its ValueError says what is wrong with the URI
         return value
 
     @property
-    def model_ref(self) -> ModelRef:
-        return ModelRef.parse(self.model_uri)
+    def alias(self) -> str | None:
+        """The alias replicas follow, or None for a pinned version."""
+        match = ALIAS_URI.fullmatch(self.model_uri)
+        return match["alias"] if match else None
 
     @property
     def model_name(self) -> str:
-        return self.model_ref.name
+        match = ALIAS_URI.fullmatch(self.model_uri)
+        return match["name"] if match else ModelRef.parse(self.model_uri).name
 
     @property
-    def model_version(self) -> str:
-        return self.model_ref.version
+    def model_version(self) -> str | None:
+        """The pinned version number, or None when following an alias."""
+        pinned = self.pinned
+        return pinned.version if pinned else None
+
+    @property
+    def pinned(self) -> ModelRef | None:
+        """The pinned version, or None when following an alias."""
+        return None if self.alias else ModelRef.parse(self.model_uri)
 
 
 @dataclass(frozen=True)

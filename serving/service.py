@@ -24,6 +24,7 @@ from pydantic import SecretStr, ValidationError
 
 from elk.events import utc_now_iso
 from ml.config import Settings
+from ml.model_ref import ModelRef
 from ml.outcomes import OutcomeStore
 from ml.predict import LoadedModel
 from serving.model import Rows, Scored, ServedModel
@@ -34,6 +35,8 @@ logger = logging.getLogger("ray.serve")
 
 # (model name, version) -> the loaded model; `ml.predict.load_version` in a replica.
 Loader = Callable[[str, str], LoadedModel]
+# (model name, alias) -> the version it points at; `ml.predict.resolve_version` in a replica.
+Resolver = Callable[[str, str], str]
 # What a scored request's telemetry keeps of its rows (records, a frame or a matrix).
 InputRows: TypeAlias = list[dict[str, Any]] | Rows
 
@@ -83,9 +86,13 @@ class ModelService:
         telemetry: Telemetry,
         outcomes: OutcomeStore | None = None,
         clock: Callable[[], float] = time.monotonic,
+        resolver: Resolver | None = None,
     ) -> None:
         self._settings = settings
         self._loader = loader
+        self._resolver = resolver
+        self._follower: asyncio.Task[None] | None = None
+        self._last_poll: dict[str, Any] = {"status": "not yet"}
         self._telemetry = telemetry
         self._outcomes = outcomes
         rate = settings.feedback_rate_per_s
@@ -135,28 +142,61 @@ class ModelService:
             return None
 
     async def apply(self, options: ServingOptions) -> None:
-        """Serve `options` from now on: load its model version, swap once it loaded."""
+        """Serve `options` from now on: load its model version (an alias resolved first, then
+        followed in the background), swap once it loaded."""
         self._options = options
-        await self._load(options)
+        self._stop_following()
+        await self._load(await self._target(options))
+        if options.alias is not None:
+            self._follower = asyncio.get_running_loop().create_task(self._follow(options))
 
-    async def _load(self, options: ServingOptions) -> None:
+    async def _target(self, options: ServingOptions) -> ModelRef:
+        """The version to serve: the pinned one, or what the alias points at now."""
+        if options.pinned is not None:
+            return options.pinned
+        assert options.alias is not None
+        if self._resolver is None:
+            raise RuntimeError(f"{options.model_uri}: no alias resolver in this replica")
+        version = await asyncio.to_thread(self._resolver, options.model_name, options.alias)
+        return ModelRef(options.model_name, version)
+
+    async def _follow(self, options: ServingOptions) -> None:
+        """Re-resolve the alias every `alias_poll_s`; a new version loads beside the old and
+        swaps in place. A registry that does not answer changes nothing (logged, retried)."""
+        while True:
+            await asyncio.sleep(options.alias_poll_s)
+            try:
+                target = await self._target(options)
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                self._last_poll = {"status": "failed", "error": str(exc), "at": utc_now_iso()}
+                logger.warning("resolving %s failed, still serving: %s", options.model_uri, exc)
+                continue
+            self._last_poll = {"status": "ok", "version": target.version, "at": utc_now_iso()}
+            current = self._model.loaded.version if self._model else None
+            if target.version != current:
+                await self._load(target)
+
+    def _stop_following(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            self._follower = None
+
+    async def _load(self, target: ModelRef) -> None:
         async with self._load_lock:
             started = time.perf_counter()
             self._last_load = {
-                "model_uri": options.model_uri,
+                "model_uri": target.uri,
                 "status": "loading",
                 "started_at": utc_now_iso(),
             }
             try:
-                loaded = await asyncio.to_thread(
-                    self._loader, options.model_name, options.model_version
-                )
+                loaded = await asyncio.to_thread(self._loader, target.name, target.version)
                 served = ServedModel.of(loaded)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 if self._model is None:
-                    self._record_failure(options.model_uri, str(exc))
+                    self._record_failure(target.uri, str(exc))
                     raise  # a replica without any model must not take traffic
-                self._record_failure(options.model_uri, str(exc))
+                self._record_failure(target.uri, str(exc))
                 return
             self._model = served  # the swap: one reference assignment, after a good load
             # What is loaded now (the model, every imported module) lives as long as the
@@ -198,6 +238,8 @@ class ModelService:
             "telemetry_dropped": self._telemetry.dropped,
             "scoring": scoring,
         }
+        if self._options is not None and self._options.alias is not None:
+            body["following"] = {"model_uri": self._options.model_uri, "last_poll": self._last_poll}
         return Answer(body, 200 if self._model else 503)
 
     def version(self) -> Answer:
@@ -222,7 +264,12 @@ class ModelService:
             return denied
         if self._options is None:
             return Answer({"detail": "not configured yet", "field": "model"}, 503)
-        await self._load(self._options)
+        try:
+            target = await self._target(self._options)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            self._record_failure(self._options.model_uri, str(exc))
+            return Answer({"last_load": self._last_load}, 502)
+        await self._load(target)
         status = 200 if self._last_load.get("status") == "loaded" else 502
         return Answer({"last_load": self._last_load}, status)
 

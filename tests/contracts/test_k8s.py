@@ -375,3 +375,43 @@ def test_inline_python_in_manifests_compiles() -> None:
     assert programs, "expected the training Job's wait-for-mlflow"
     for name, program in programs:
         compile(program, f"<{name}>", "exec")
+
+
+# A registered version spelled out: models:/<name>/<digits> (an alias is models:/<name>@<alias>).
+PINNED_VERSION = re.compile(r"models:/[^/@\s\"']+/\d+")
+
+
+def test_no_manifest_or_compose_file_pins_a_model_version() -> None:
+    """Every serving target follows the champion: a pinned version in a deployment file
+    would keep serving it after any promotion or rollback."""
+    files = [
+        *sorted((REPO_ROOT / "k8s").rglob("*.yaml")),
+        *sorted(REPO_ROOT.glob("docker-compose.yml")),
+        *sorted(REPO_ROOT.glob("*/docker-compose.yml")),
+        REPO_ROOT / "serving" / "serve_config.yaml",
+        REPO_ROOT / "Dockerfile",
+    ]
+    pinned = [
+        f"{path.relative_to(REPO_ROOT)}: {match}"
+        for path in files
+        for match in PINNED_VERSION.findall(path.read_text())
+    ]
+    assert not pinned, pinned
+
+
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "minikube"])
+def test_the_rendered_rayservice_follows_the_champion(directory: Path) -> None:
+    """What KubeRay deploys, as kustomize renders it: the replicas' user_config names the
+    champion alias, and the serving app accepts it."""
+    from serving.schemas import ServingOptions
+
+    service = next(doc for doc in render(directory) if doc["kind"] == "RayService")
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    (deployment,) = [
+        deployment
+        for application in config["applications"]
+        for deployment in application["deployments"]
+        if deployment["name"] == "ModelServer"
+    ]
+    options = ServingOptions.model_validate(deployment["user_config"])
+    assert options.alias == "champion" and options.pinned is None

@@ -139,3 +139,57 @@ def test_promotion_under_load_swaps_without_a_failed_request(
     assert set(loop.versions) == {"1", "2"}
     with httpx.Client(base_url=serve_app.base_url, timeout=30) as client:
         assert {client.get("/version").json()["model_version"] for _ in range(6)} == {"2"}
+
+
+def _versions_answered(base_url: str, samples: int = 8) -> set[str]:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        return {client.get("/version").json()["model_version"] for _ in range(samples)}
+
+
+def _until_served(base_url: str, version: str, polls: int = 240) -> None:
+    """Until every sampled answer names `version` (bounded in polls of half a second)."""
+    for _ in range(polls):
+        if _versions_answered(base_url) == {version}:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"serving never answered only version {version}")
+
+
+def test_replicas_following_the_alias_take_a_promotion_and_a_rollback_under_load(
+    swap_settings: Settings, serve_app: ServeApp
+) -> None:
+    """What compose and KubeRay deploy (user_config names models:/<name>@champion): nothing
+    redeploys; a promotion moves the alias, the replicas re-resolve it and swap in place, and
+    a rollback (`mlops promote --version 1`) travels the same way, without a failed request."""
+    from serving import deploy
+    from serving.cli import config_path
+
+    store = swap_settings.mlflow_tracking_uri
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    promote(client, SWAP_MODEL, "1", reason="follow test: start at 1")
+    rendered = deploy.render_config(
+        deploy.read_config(config_path(swap_settings)),
+        model_uri=f"models:/{SWAP_MODEL}@{CHAMPION}",
+        settings=swap_settings,
+        port=serve_app.port,
+        num_replicas=2,
+        num_cpus=0.5,
+    )
+    deploy.model_deployment(rendered)["user_config"]["alias_poll_s"] = 1.0
+    deploy.deploy(rendered)
+    _until_served(serve_app.base_url, "1")
+    loop = LoadLoop(serve_app.base_url, _record())
+    loop.start()
+    try:
+        promote(client, SWAP_MODEL, "2", reason="follow test: promotion")
+        _until_served(serve_app.base_url, "2")
+        promote(client, SWAP_MODEL, "1", reason="follow test: rollback")
+        _until_served(serve_app.base_url, "1")
+    finally:
+        loop.stop()
+    assert loop.sent > 50
+    assert loop.statuses == Counter({200: loop.sent}), loop.errors[:5]
+    assert set(loop.versions) == {"1", "2"}
+    health = httpx.get(f"{serve_app.base_url}/health", timeout=30).json()
+    assert health["following"]["model_uri"] == f"models:/{SWAP_MODEL}@{CHAMPION}"
+    assert health["following"]["last_poll"]["status"] == "ok"

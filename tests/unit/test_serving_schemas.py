@@ -137,10 +137,13 @@ def test_mixed_models_always_use_mlflows_parser() -> None:
     assert MIXED.split_matrix(body) is None
 
 
-def test_user_config_needs_a_resolved_version() -> None:
+def test_user_config_pins_a_version_or_follows_an_alias() -> None:
     options = ServingOptions(model_uri="models:/churn/12")
-    assert (options.model_name, options.model_version) == ("churn", "12")
-    for uri in ["models:/churn@champion", "models:/churn/latest", "runs:/abc/model"]:
+    assert (options.model_name, options.model_version, options.alias) == ("churn", "12", None)
+    following = ServingOptions(model_uri="models:/churn@champion")
+    assert (following.model_name, following.model_version) == ("churn", None)
+    assert following.alias == "champion" and following.pinned is None
+    for uri in ["models:/churn/latest", "runs:/abc/model", "models:/churn@", "models:/@x"]:
         with pytest.raises(ValidationError, match="model_uri"):
             ServingOptions(model_uri=uri)
     with pytest.raises(ValidationError, match="unknown"):

@@ -188,14 +188,14 @@ def test_a_good_user_config_is_accepted(service: ModelService) -> None:
 
 def test_a_bad_user_config_without_a_model_raises(service: ModelService) -> None:
     with pytest.raises(ValidationError):
-        service.accept({"model_uri": "models:/demo@champion"})
+        service.accept({"model_uri": "models:/demo/latest"})
 
 
 def test_a_bad_user_config_with_a_model_is_recorded_and_ignored(service: ModelService) -> None:
     _loaded(service)
-    assert service.accept({"model_uri": "models:/demo@champion"}) is None
+    assert service.accept({"model_uri": "models:/demo/latest"}) is None
     assert service.last_load["status"] == "failed"
-    assert service.last_load["model_uri"] == "models:/demo@champion"
+    assert service.last_load["model_uri"] == "models:/demo/latest"
     assert service.last_load["error"].startswith("bad user_config:")
     assert service.version().body["model_version"] == "1"
 
@@ -306,3 +306,82 @@ def test_a_rejected_request_is_handed_to_telemetry_with_the_model(
         ("/predict", error, None),
         ("/invocations", error, model),
     ]
+
+
+# --- following an alias ----------------------------------------------------------------------
+
+
+class AliasRegistry:
+    """What the registry's alias points at, moved by the test; it can also be unreachable."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.down = False
+        self.asked = 0
+
+    def __call__(self, name: str, alias: str) -> str:
+        self.asked += 1
+        if self.down:
+            raise ConnectionError("registry unreachable")
+        return self.version
+
+
+async def _until(condition: Any, polls: int = 500) -> None:
+    """Let the event loop run until `condition()` holds (a bound on polls, not on time)."""
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition never held")
+
+
+def test_a_replica_follows_the_alias_and_swaps_in_place(
+    tmp_path: Path, registry: Registry, telemetry: TelemetryCollector
+) -> None:
+    alias = AliasRegistry("1")
+    settings = Settings(var_dir=tmp_path / "var")
+    service = ModelService(settings, registry, telemetry, resolver=alias)
+
+    async def scenario() -> None:
+        await service.apply(
+            _options("1").model_copy(
+                update={"model_uri": "models:/demo@champion", "alias_poll_s": 0.01}
+            )
+        )
+        assert service.version().body["model_version"] == "1"
+        alias.version = "2"  # a promotion moved the alias
+        await _until(lambda: service.version().body["model_version"] == "2")
+        alias.down = True  # the registry goes away: the replica keeps serving version 2
+        asked = alias.asked
+        await _until(lambda: alias.asked > asked + 2)
+        health = service.health({}).body
+        assert health["following"]["last_poll"]["status"] == "failed"
+        assert service.version().body["model_version"] == "2"
+        alias.down, alias.version = False, "1"  # a rollback travels the same way
+        await _until(lambda: service.version().body["model_version"] == "1")
+        await service.apply(_options("2"))  # pinned again: following stops
+        alias.version = "1"
+        asked = alias.asked
+        await asyncio.sleep(0.1)
+        assert alias.asked == asked and service.version().body["model_version"] == "2"
+
+    asyncio.run(scenario())
+    gc.unfreeze()
+    assert registry.calls == [("demo", "1"), ("demo", "2"), ("demo", "1"), ("demo", "2")]
+
+
+def test_a_followed_version_that_fails_to_load_keeps_the_old_model(
+    tmp_path: Path, registry: Registry, telemetry: TelemetryCollector
+) -> None:
+    alias = AliasRegistry("1")
+    service = ModelService(Settings(var_dir=tmp_path / "var"), registry, telemetry, resolver=alias)
+
+    async def scenario() -> None:
+        await service.apply(ServingOptions(model_uri="models:/demo@champion", alias_poll_s=0.01))
+        alias.version = "9"  # no such version in the registry
+        await _until(lambda: service.last_load["status"] == "failed")
+        assert service.version().body["model_version"] == "1"
+        assert service.last_load["model_uri"] == "models:/demo/9"
+
+    asyncio.run(scenario())
+    gc.unfreeze()
