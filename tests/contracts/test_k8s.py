@@ -415,3 +415,33 @@ def test_the_rendered_rayservice_follows_the_champion(directory: Path) -> None:
     ]
     options = ServingOptions.model_validate(deployment["user_config"])
     assert options.alias == "champion" and options.pinned is None
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
+
+
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "minikube"])
+def test_the_ct_cronjob_runs_mlops_ct_run_with_the_servings_stores(directory: Path) -> None:
+    """Kubernetes runs the loop with the command every target runs, against the MLflow server
+    and the predictions/outcomes database the serving replicas use; never two at once."""
+    from typer.main import get_command
+
+    from serving.main import app
+
+    docs = render(directory)
+    cronjob = next(doc for doc in docs if doc["kind"] == "CronJob")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["mlops", "ct", "run"]
+    cli = get_command(app)
+    assert "run" in cli.commands["ct"].commands  # type: ignore[attr-defined]
+    service = next(doc for doc in docs if doc["kind"] == "RayService")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    serving_env = _env(head["containers"][0])
+    ct_env = _env(container)
+    for name in ("MLFLOW_TRACKING_URI", "MLOPS_CT_DATABASE", "POSTGRES_PASSWORD"):
+        assert ct_env[name] == serving_env[name], name
+    assert ct_env["MLOPS_CT_DATABASE"].startswith("postgresql+psycopg://")
+    assert "$(POSTGRES_PASSWORD)" in ct_env["MLOPS_CT_DATABASE"], "the password from the Secret"
