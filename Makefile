@@ -22,7 +22,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock run stop pipeline data train test test-unit test-integration lint format \
+.PHONY: help setup lock run stop pipeline data train ct-run test test-unit test-integration lint format \
 	typecheck clean mlflow-ui
 
 help: ## List the targets
@@ -54,6 +54,9 @@ data: setup ## Validate and fingerprint the configured data; report in var/repor
 
 train: setup ## Tune, register a challenger, run the promotion gate
 	$(BIN)/mlops train
+
+ct-run: setup ## Continuous training: retrain when a trigger fires (exit 0 when none does)
+	$(BIN)/mlops ct run
 
 test: setup ## Every test tier (unit, contracts, integration, e2e, slow); CI runs this
 	@mkdir -p $(REPORTS_DIR)
@@ -139,8 +142,10 @@ WATCH_ARGS ?=
 NOTIFY_STATUS ?= success
 NOTIFY_TITLE ?= $(or $(JOB_NAME),mlops) \#$(or $(BUILD_NUMBER),local)
 NOTIFY_BODY ?= $(or $(BUILD_URL),$(CURDIR))
+# Jenkins mails a failed build itself (emailext, with the log): it passes desktop then
+NOTIFY_CHANNELS ?= email,desktop
 # passed through the environment, so quotes or `$` in a job name cannot break the command
-export NOTIFY_STATUS NOTIFY_TITLE NOTIFY_BODY
+export NOTIFY_STATUS NOTIFY_TITLE NOTIFY_BODY NOTIFY_CHANNELS
 
 .PHONY: lint-style lint-black lint-pylint lint-hadolint security security-bandit \
 	security-audit quality test-coverage ci sonar watch notify
@@ -204,7 +209,8 @@ watch: setup ## Re-run WATCH_CMD (default `make ci`) whenever a tracked file cha
 	$(BIN)/python jenkins/watch.py --root "$(WATCH_ROOT)" --command "$(WATCH_CMD)" $(WATCH_ARGS)
 
 notify: setup ## Email + desktop notification (NOTIFY_STATUS, NOTIFY_TITLE, NOTIFY_BODY)
-	$(BIN)/mlops notify --status "$$NOTIFY_STATUS" --title "$$NOTIFY_TITLE" --body "$$NOTIFY_BODY"
+	$(BIN)/mlops notify --status "$$NOTIFY_STATUS" --title "$$NOTIFY_TITLE" --body "$$NOTIFY_BODY" \
+		--channels "$$NOTIFY_CHANNELS"
 
 # --- serving (Ray Serve) -------------------------------------------------------------------
 SERVE_URL ?= http://127.0.0.1:$(or $(MLOPS_SERVE_PORT),8000)

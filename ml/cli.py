@@ -184,15 +184,22 @@ def notify(
     status: Annotated[str, typer.Option(help="success or failure (also: unstable, aborted)")],
     title: Annotated[str, typer.Option(help="subject line / notification title")],
     body: Annotated[str, typer.Option(help="message text")] = "",
+    channels: Annotated[
+        str, typer.Option(help="comma-separated: email, desktop (Jenkins: desktop on failure)")
+    ] = "email,desktop",
 ) -> None:
     """Email (SMTP_*) and desktop notification; exit 0 even when delivery fails."""
-    from ml.notify import STATUSES
+    from ml.notify import CHANNELS, STATUSES
     from ml.notify import notify as send_notifications
 
     if status.lower() not in STATUSES:
         fail(f"--status: expected one of {', '.join(STATUSES)}, got {status!r}")
+    wanted = [channel.strip() for channel in channels.split(",") if channel.strip()]
+    unknown = [channel for channel in wanted if channel not in CHANNELS]
+    if unknown or not wanted:
+        fail(f"--channels: expected some of {', '.join(CHANNELS)}, got {channels!r}")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    delivered = send_notifications(load_settings(), status.lower(), title, body)
+    delivered = send_notifications(load_settings(), status.lower(), title, body, wanted)
     console.print(
         ", ".join(f"{channel}: {'sent' if ok else 'not sent'}" for channel, ok in delivered.items())
     )

@@ -13,6 +13,7 @@ import smtplib
 import ssl
 import subprocess  # nosec B404  # notify-send only, fixed argv
 import sys
+from collections.abc import Sequence
 from email.message import EmailMessage
 
 from ml.config import Settings
@@ -142,10 +143,15 @@ def _notify_send(title: str, body: str, bus_address: str) -> bool:
     return True
 
 
-def notify(settings: Settings, status: str, title: str, body: str) -> dict[str, bool]:
-    """Email and desktop notification for a pipeline outcome; which channels delivered."""
+CHANNELS: tuple[str, ...] = ("email", "desktop")
+
+
+def notify(
+    settings: Settings, status: str, title: str, body: str, channels: Sequence[str] = CHANNELS
+) -> dict[str, bool]:
+    """Email and/or desktop notification for a pipeline outcome; which channels delivered.
+    Jenkins mails a failed build itself (emailext, with the log), so it asks for the desktop
+    only then: one event, one email."""
     subject = f"[{status.upper()}] {title}"
-    return {
-        "email": send_email(settings, subject, body),
-        "desktop": notify_desktop(settings, subject, body),
-    }
+    senders = {"email": send_email, "desktop": notify_desktop}
+    return {channel: senders[channel](settings, subject, body) for channel in channels}

@@ -242,11 +242,17 @@ def test_post_archives_emails_and_notifies_without_failing(path: Path) -> None:
     post = block(parse(path), "post")
     assert post is not None
     assert calls(post, "archiveArtifacts"), "archive the reports"
-    for outcome in ("success", "failure"):
+    # One event, one email: on failure emailext mails (with the log), `make notify` only pops
+    # the desktop notification; on success `make notify` does both.
+    expected = {
+        "success": "make notify NOTIFY_STATUS=success",
+        "failure": "make notify NOTIFY_STATUS=failure NOTIFY_CHANNELS=desktop",
+    }
+    for outcome, command in expected.items():
         section = block(post, outcome)
         assert section is not None, f"post {{ {outcome} }} missing"
         notify = [cmd for cmd, _ in sh_commands(section) if cmd.startswith("make notify")]
-        assert notify == [f"make notify NOTIFY_STATUS={outcome}"]
+        assert notify == [command]
         # a failed notification must never fail the pipeline
         assert calls(section, "catchError"), f"post {outcome}: notify not wrapped in catchError"
     assert calls(must(block(post, "failure")), "emailext"), "emailext on failure"
@@ -334,7 +340,36 @@ def test_changeset_conditions_never_skip_first_or_manual_builds(name: str) -> No
         assert calls(any_of, "changeset"), "no changeset condition"
         assert "UserIdCause" in text, "manual runs must not skip"
         assert "currentBuild.previousBuild == null" in text, "first builds must not skip"
-        assert "TimerTrigger" in text, "the scheduled run must not skip"
+        for path in re.findall(r"changeset '([^']+)'", text):
+            assert list(REPO_ROOT.glob(path)), f"changeset {path!r} names nothing in the repo"
+        # the data pipeline's scheduled run must run; training's schedule is the CT stage's
+        if name == "data.Jenkinsfile":
+            assert "TimerTrigger" in text, "the scheduled run must not skip"
+
+
+def test_training_runs_continuous_training_on_every_build() -> None:
+    """The hourly schedule runs `make ct-run`, which retrains only when a trigger fires (and
+    fails the build only on errors); the full retrain is not on the timer."""
+    root = parse(JENKINS_DIR / "pipelines" / "training.Jenkinsfile")
+    stages = {literal(string_args(stage)[0]): stage for stage in calls(root, "stage")}
+    ct_stage = stages["Continuous training"]
+    assert block(ct_stage, "when") is None, "the CT check runs on every build"
+    assert [cmd for cmd, _ in sh_commands(ct_stage)] == ["make ct-run"]
+    train_when = src(must(block(stages["Tune, register, gate"], "when")))
+    assert "TimerTrigger" not in train_when
+    environment = src(must(block(root, "environment")))
+    assert "MLOPS_CT_DATABASE = credentials('mlops-ct-database')" in environment
+    credential_ids = {
+        item["string"]["id"]
+        for item in casc()["credentials"]["system"]["domainCredentials"][0]["credentials"]
+        if "string" in item
+    }
+    assert "mlops-ct-database" in credential_ids
+    env = {
+        item["key"]: item["value"]
+        for item in casc()["jenkins"]["globalNodeProperties"][0]["envVars"]["env"]
+    }
+    assert env["MLFLOW_TRACKING_URI"] == "${MLFLOW_TRACKING_URI:-http://mlflow:5000}"
 
 
 def test_pipeline_triggers() -> None:
@@ -343,7 +378,7 @@ def test_pipeline_triggers() -> None:
         return src(triggers) if triggers is not None else ""
 
     assert "cron" in trigger_text("data.Jenkinsfile")  # nightly
-    assert "cron" in trigger_text("training.Jenkinsfile")  # weekly
+    assert "cron" in trigger_text("training.Jenkinsfile")  # hourly: the CT check
     assert "pollSCM" in trigger_text("quality.Jenkinsfile")  # every push
     data = parse(JENKINS_DIR / "pipelines" / "data.Jenkinsfile")
     [build] = calls(data, "build")
