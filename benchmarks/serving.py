@@ -334,8 +334,49 @@ def print_report(
         )
 
 
+RECORDING_ENV = "MLOPS_CT_RECORD_PREDICTIONS"
+
+
+def recording_cost(
+    settings: Settings, version: str, body: Path, duration_s: int, work: Path, rounds: int = 2
+) -> None:
+    """Our server with prediction recording (the CT database) off, then on, `rounds` times
+    interleaved, each on a fresh in-process cluster; medians per level and their ratio."""
+    results: dict[str, list[LoadResult]] = {"off": [], "on": []}
+    saved = os.environ.get(RECORDING_ENV)
+    try:
+        for round_number in range(rounds):
+            for mode in ("off", "on"):
+                os.environ[RECORDING_ENV] = "true" if mode == "on" else "false"
+                print(f"round {round_number + 1}: recording {mode}", flush=True)
+                with our_server(settings, version, work / f"rec-{mode}-{round_number}") as url:
+                    results[mode] += run_levels(f"{url}/invocations", body, duration_s, mode)
+    finally:
+        if saved is None:
+            os.environ.pop(RECORDING_ENV, None)
+        else:
+            os.environ[RECORDING_ENV] = saved
+    print(f"\nprediction recording, medians of {rounds} rounds (wrk, one row per request)")
+    print(f"{'c':>4} {'off req/s':>10} {'on req/s':>10} {'on/off':>7} {'off p99':>8} {'on p99':>8}")
+    for level in LEVELS:
+        off = [r for r in results["off"] if r.concurrency == level]
+        on = [r for r in results["on"] if r.concurrency == level]
+        off_rps = statistics.median(r.requests_per_s for r in off)
+        on_rps = statistics.median(r.requests_per_s for r in on)
+        print(
+            f"{level:>4} {off_rps:>10.1f} {on_rps:>10.1f} {on_rps / off_rps:>7.3f} "
+            f"{statistics.median(r.p99_ms for r in off):>8.2f} "
+            f"{statistics.median(r.p99_ms for r in on):>8.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--recording-cost",
+        action="store_true",
+        help="only our server, prediction recording off vs on (interleaved rounds)",
+    )
     parser.add_argument("--duration", type=int, default=20, help="seconds per level")
     parser.add_argument("--batch-repeats", type=int, default=9)
     parser.add_argument(
@@ -357,6 +398,9 @@ def main() -> None:
         )
     )
     print(f"model {model.uri} ({type(model.model[-1]).__name__}); work dir {work}")
+    if args.recording_cost:
+        recording_cost(settings, version, body, args.duration, work)
+        return
     mlflow_results = bench_mlflow(settings, version, body, args.duration, work)
     with our_server(settings, version, work) as base_url:
         our_results = run_levels(f"{base_url}/invocations", body, args.duration, "ours")
