@@ -384,6 +384,17 @@ def _ray_auth_refresh(token_mode: bool) -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+def _forget_ray_token() -> None:
+    """Ray's token loader keeps the first token it read for the process's lifetime: a second
+    cluster in the same process (a benchmark's next round) has another token file, and its
+    GCS refused the driver (InvalidAuthToken) until the cache was reset."""
+    from ray._raylet import (  # type: ignore[attr-defined]  # pylint: disable=no-name-in-module
+        AuthenticationTokenLoader,
+    )
+
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 # --- in-process clusters (tests, benchmarks) ------------------------------------------------
 
 
@@ -407,6 +418,7 @@ def in_process_cluster(num_cpus: int = 2, haproxy: bool = True) -> Iterator[None
     for name in cleared:
         os.environ.pop(name, None)
     os.environ.update(env)
+    _forget_ray_token()
     try:
         _init_local_ray(num_cpus)
         try:

@@ -138,3 +138,39 @@ def _processes_of(address: str) -> list[int]:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+SEQUENTIAL = """
+from ray import serve
+from serving.local_cluster import in_process_cluster
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1})
+def hello(request) -> str:
+    return "hello"
+
+for round_number in range(2):
+    with in_process_cluster(num_cpus=1, haproxy=False):
+        handle = serve.run(hello.bind(), name="hello", route_prefix=None)
+        assert handle.remote(None).result(timeout_s=60) == "hello"
+    print("round", round_number, "ok", flush=True)
+"""
+
+
+def test_two_in_process_clusters_in_a_row_in_one_process(
+    user_env: dict[str, str], foreign_home: Path
+) -> None:
+    """A benchmark runs rounds, each on a fresh in-process cluster with its own token file.
+    Ray caches the first token it read, so the second cluster's GCS refused the driver
+    (InvalidAuthToken) until in_process_cluster reset that cache."""
+    run = subprocess.run(
+        [sys.executable, "-c", SEQUENTIAL],
+        cwd=REPO_ROOT,
+        env=user_env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.splitlines()[-2:] == ["round 0 ok", "round 1 ok"]
+    assert (foreign_home / ".ray" / "auth_token").read_text() == FOREIGN_TOKEN
