@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from ml.common.sqlite import use_wal
 from ml.common.values import plain
 
 metadata = sa.MetaData()
@@ -203,13 +204,7 @@ class OutcomeStore:
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-        @sa.event.listens_for(engine, "connect")
-        def _wal(dbapi_connection: Any, _record: Any) -> None:
-            # Replicas write while CT reads: WAL lets readers and one writer overlap.
-            dbapi_connection.execute("PRAGMA journal_mode=WAL")
-            dbapi_connection.execute("PRAGMA synchronous=NORMAL")
-
+        use_wal(engine)  # replicas write while CT reads
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import logging
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 from sqlalchemy import event
+
+from ml.common.sqlite import wal
 
 # Every RDBStorage method that writes, including the private ones Optuna's cache calls.
 WRITES = (
@@ -35,7 +35,6 @@ WRITES = (
     "record_heartbeat",
     "upgrade",
 )
-log = logging.getLogger(__name__)
 _writing = contextvars.ContextVar("optuna_storage_writing", default=False)
 
 
@@ -88,30 +87,7 @@ for _name in WRITES:
 
 def _sqlite_connect(connection: Any, _record: Any) -> None:
     connection.isolation_level = None  # the driver must not BEGIN on its own: we do
-    _wal(connection)
-
-
-def use_wal(engine: Any) -> None:
-    """WAL with normal syncing on every new connection of a SQLite `engine`, where it can be
-    had: a commit no longer waits for an fsync. The mode stays with the file, so use it for
-    local files only (WAL needs every process on one host)."""
-    if engine.url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _wal_if_possible)
-        engine.dispose(close=False)  # pooled connections predate the listener
-
-
-def _wal_if_possible(connection: Any, _record: Any) -> None:
-    try:
-        _wal(connection)
-    except sqlite3.OperationalError as exc:  # another process holds the file: keep its mode
-        log.debug("SQLite stays in its journal mode: %s", exc)
-
-
-def _wal(connection: Any) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+    wal(connection)
 
 
 def _begin(connection: Any) -> None:

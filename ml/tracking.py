@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ml.forking import FORK, next_message, start
-from ml.storage import use_wal
+from ml.common.sqlite import use_wal
 
 log = logging.getLogger(__name__)
 

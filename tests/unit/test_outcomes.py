@@ -83,3 +83,9 @@ def test_prune_drops_old_predictions_and_their_outcomes(store: OutcomeStore) -> 
     assert store.prune(timedelta(days=30)) == 1
     assert store.labelled("m", limit=10).features.shape[0] == 1
     assert not store.record_feedback([("old", "yes")])[0].stored
+
+
+def test_a_sqlite_store_runs_in_wal(store: OutcomeStore) -> None:
+    """Replicas write while a CT run reads: WAL lets them overlap (ml.common.sqlite)."""
+    with store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
