@@ -346,7 +346,7 @@ def connect(state_dir: Path) -> None:
 
 
 def use_driver_auth(env: dict[str, str]) -> None:
-    """Put this driver process in the cluster's auth mode with its token file.
+    """Put this driver process in token auth (`auth_env`) with the cluster's token file.
 
     Ray reads the mode once, when it is imported, so the variables must be set before that;
     the CLI sets them before it imports Ray. Where Ray was imported earlier (a test session),
@@ -359,7 +359,7 @@ def use_driver_auth(env: dict[str, str]) -> None:
     os.environ.pop(AUTH_TOKEN_ENV, None)
     os.environ.update(env)
     if "ray" in sys.modules and not in_place:
-        _ray_auth_refresh(env.get(AUTH_MODE_ENV) == "token")
+        _ray_auth_refresh()
 
 
 def prepare_driver(state_dir: Path) -> None:
@@ -368,20 +368,14 @@ def prepare_driver(state_dir: Path) -> None:
     use_driver_auth(auth_env(ensure_token(ClusterLayout(state_dir).token)))
 
 
-def _ray_auth_refresh(token_mode: bool) -> None:
-    """Refresh Ray's cached auth mode and token after the environment changed. No public API
-    does this for an already imported Ray (2.60); an upgrade that removes these names fails
-    the unit test rather than a deploy."""
+def _ray_auth_refresh() -> None:
+    """Refresh an already imported Ray's cached auth mode (token) and token. No public API
+    does this (Ray 2.60); an upgrade that removes these names fails the unit test rather than
+    a deploy."""
     from ray._private.authentication import authentication_token_setup as token_setup
 
-    # ray._raylet is compiled: neither mypy nor pylint can see its names
-    from ray._raylet import (  # type: ignore[attr-defined]  # pylint: disable=no-name-in-module
-        AuthenticationTokenLoader,
-    )
-
-    if token_mode:
-        token_setup._enable_token_auth()  # pylint: disable=protected-access
-    AuthenticationTokenLoader.instance().reset_cache()
+    token_setup._enable_token_auth()  # pylint: disable=protected-access
+    _forget_ray_token()
 
 
 def _forget_ray_token() -> None:
