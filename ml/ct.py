@@ -28,6 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ml.config import Settings
+from ml.data import Dataset
 from ml.drift import PROFILE_ARTIFACT
 from ml.evaluation import is_better, prediction_metrics
 from ml.outcomes import LabelledRows, OutcomeStore
@@ -71,9 +72,14 @@ class CtReport:
 
 
 def check(
-    settings: Settings, client: MlflowClient | None = None, now: datetime | None = None
+    settings: Settings,
+    client: MlflowClient | None = None,
+    now: datetime | None = None,
+    source: Dataset | None = None,
 ) -> CtReport:
-    """Evaluate every trigger against the current champion (tracking must be configured)."""
+    """Evaluate every trigger against the current champion (tracking must be configured);
+    `source`, when the caller has loaded it already (a CT run trains on it), is not loaded
+    again."""
     client = client or MlflowClient()
     champion = load_champion(client, settings.model_name)
     if champion is None:
@@ -83,7 +89,7 @@ def check(
     return CtReport(
         champion,
         [
-            new_data(settings, champion),
+            new_data(settings, champion, source),
             schedule(settings, champion, now or datetime.now(UTC)),
             drift(settings, champion, client, store),
             performance(settings, champion, store),
@@ -112,13 +118,15 @@ def load_champion(client: MlflowClient, name: str) -> Champion | None:
     )
 
 
-def new_data(settings: Settings, champion: Champion) -> TriggerResult:
+def new_data(
+    settings: Settings, champion: Champion, dataset: Dataset | None = None
+) -> TriggerResult:
     """The configured source, fingerprinted as training does, against the champion's data."""
     from ml.data import DataError
     from ml.pipeline import load_data
 
     try:
-        dataset = load_data(settings)
+        dataset = dataset or load_data(settings)
     except DataError as exc:
         return TriggerResult("new_data", False, f"the source cannot be read: {exc}", False)
     current = dataset.report.fingerprint

@@ -31,7 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from ml import ct
 from ml.config import Settings
-from ml.data import DEMO_SOURCE, DEMO_TARGET, Dataset, validate
+from ml.data import Dataset, validate
 from ml.outcomes import OutcomeStore, dialect_insert
 
 LOCK_NAME = "ct"
@@ -170,12 +170,15 @@ def _run_locked(
     callbacks: list[Any] | None,
     now: datetime,
 ) -> RetrainOutcome:
-    report = ct.check(settings, now=now)
+    from ml.pipeline import load_data
+
+    source = load_data(settings)  # once: the new-data trigger and a retrain both read it
+    report = ct.check(settings, now=now, source=source)
     if not report.fired:
         outcome = RetrainOutcome("no_trigger", "no trigger fired", report)
     else:
         outcome = _cooling_down(settings, store, report, now) or _train(
-            settings, store, report, callbacks
+            settings, store, report, source, callbacks
         )
     _record_run(store, owner, now, outcome)
     return outcome
@@ -197,11 +200,15 @@ def _cooling_down(
 
 
 def _train(
-    settings: Settings, store: OutcomeStore, report: ct.CtReport, callbacks: list[Any] | None
+    settings: Settings,
+    store: OutcomeStore,
+    report: ct.CtReport,
+    source: Dataset,
+    callbacks: list[Any] | None,
 ) -> RetrainOutcome:
     from ml.pipeline import run_pipeline
 
-    source, dataset, feedback_rows = training_data(settings, store)
+    dataset, feedback_rows = training_data(settings, store, source)
     result = run_pipeline(settings, callbacks=callbacks, dataset=dataset)
     _tag(settings, report, result, source, feedback_rows)
     decision = result.decision
@@ -214,16 +221,13 @@ def _train(
     return RetrainOutcome("trained", detail, report, result, feedback_rows)
 
 
-def training_data(settings: Settings, store: OutcomeStore) -> tuple[Dataset, Dataset, int]:
-    """(the source alone, what to train on, how many rows came from feedback): the source plus
-    the labelled predictions when there are at least `ct_min_labels` of them."""
-    from ml.pipeline import load_data
-
-    source = load_data(settings)
+def training_data(settings: Settings, store: OutcomeStore, source: Dataset) -> tuple[Dataset, int]:
+    """(what to train on, how many rows came from feedback): the source plus the labelled
+    predictions when there are at least `ct_min_labels` of them."""
     labelled = store.labelled(settings.model_name, settings.ct_max_feedback_rows)
     if len(labelled) < settings.ct_min_labels:
-        return source, source, 0
-    target = settings.target or (DEMO_TARGET if settings.data == DEMO_SOURCE else source.target)
+        return source, 0
+    target = source.target
     features = labelled.features.reindex(columns=list(source.X.columns))
     feedback = features.assign(**{target: labelled.truth})
     combined = pd.concat(
@@ -236,7 +240,7 @@ def training_data(settings: Settings, store: OutcomeStore) -> tuple[Dataset, Dat
         cv_folds=settings.cv_folds,
         test_size=settings.test_size,
     )
-    return source, dataset, len(labelled)
+    return dataset, len(labelled)
 
 
 def _tag(
