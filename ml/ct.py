@@ -232,15 +232,22 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
 
 
 def live_quality(rows: LabelledRows) -> dict[str, float]:
-    """Accuracy, F1 and (with probabilities, both classes seen) ROC AUC of labelled rows."""
+    """Accuracy, F1 and (with probabilities, both classes seen) ROC AUC of labelled rows.
+
+    Labels are compared by their text, in the model's class order where the probabilities
+    give it (their keys are the model's classes, in order): F1's positive class is then the
+    one the holdout's F1 used. Sorting the labels instead put 10 before 2."""
     if len(rows) == 0:
         return {}
-    classes = sorted({*rows.truth, *rows.predicted}, key=str)
+    truth = [str(label) for label in rows.truth]
+    predicted = [str(label) for label in rows.predicted]
+    served = next((row for row in rows.probabilities if row), None)
+    classes = list(served) if served else sorted({*truth, *predicted})
     if len(classes) < 2:
         return {"labelled": float(len(rows))}
     wanted: tuple[str, ...] = ("accuracy", "f1")
     proba = rows.probability_matrix(classes)
-    if proba is not None and len(set(rows.truth)) >= 2:
+    if proba is not None and len(set(truth)) >= 2:
         wanted += ("roc_auc",)
-    quality = prediction_metrics(rows.truth, rows.predicted, proba, classes, wanted)
+    quality = prediction_metrics(truth, predicted, proba, classes, wanted)
     return {**quality, "labelled": float(len(rows))}

@@ -186,3 +186,27 @@ def test_mlops_ct_check_prints_json_exits_0_and_records_events(settings: Setting
     recorded = [json.loads(line)["mlops"]["ct"] for line in lines[-4:]]
     assert [item["trigger"] for item in recorded] == list(ct.TRIGGERS)
     assert [item["fired"] for item in recorded] == [False, True, False, False]
+
+
+def test_live_f1_takes_the_models_positive_class_for_integer_labels() -> None:
+    """Labels 2 and 10, model order [2, 10] (the probabilities' keys): F1 is about class 10,
+    as the holdout's was; sorting the labels as text made it about class 2."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from ml.outcomes import LabelledRows
+
+    truth = [10, 10, 10, 2, 2, 2, 2, 2]
+    predicted = [10, 2, 2, 2, 2, 2, 2, 10]
+    p10 = [0.9, 0.4, 0.3, 0.2, 0.1, 0.3, 0.2, 0.6]
+    rows = LabelledRows(
+        prediction_ids=[str(i) for i in range(8)],
+        features=pd.DataFrame({"x": range(8)}),
+        predicted=predicted,
+        truth=truth,
+        probabilities=[{"2": 1 - p, "10": p} for p in p10],
+        model_versions=["1"] * 8,
+    )
+    quality = ct.live_quality(rows)
+    assert quality["f1"] == pytest.approx(f1_score(truth, predicted, pos_label=10))
+    assert quality["f1"] != pytest.approx(f1_score(truth, predicted, pos_label=2))
+    assert quality["roc_auc"] == pytest.approx(roc_auc_score([t == 10 for t in truth], p10))
