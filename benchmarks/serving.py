@@ -76,7 +76,8 @@ def champion(settings: Settings, use_configured: bool) -> tuple[Settings, str]:
     """(settings, version) to benchmark: by default a random forest trained once into
     `var/bench/` on the bundled data (so the numbers compare with the issue's); with
     `--use-champion`, the configured champion (MLOPS_* settings)."""
-    from ml.pipeline import configure_tracking, run_pipeline
+    from ml.common.tracking import configure_tracking
+    from ml.pipeline import run_pipeline
     from ml.predict import resolve_version
 
     if use_configured:
