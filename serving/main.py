@@ -8,9 +8,17 @@ promotion as events, then serving swaps the served model to a new champion.
 
 from __future__ import annotations
 
-from elk import cli as elk_cli
-from ml import cli as ml_cli
-from serving import cli as serving_cli
+import os
+
+# No usage reports from our runs, as the Makefile has it, for `mlops` run directly too (and the
+# Ray processes it starts, which inherit it); `MLFLOW_DISABLE_TELEMETRY=false` opts in. Set
+# before anything imports MLflow.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+# pylint: disable=wrong-import-position
+from elk import cli as elk_cli  # noqa: E402
+from ml import cli as ml_cli  # noqa: E402
+from serving import cli as serving_cli  # noqa: E402
 
 app = ml_cli.app
 for layer in (elk_cli, serving_cli):

@@ -143,3 +143,26 @@ def test_console_script_trains_predicts_and_refuses_unknown_version(tmp_path: Pa
     )
     assert refused.returncode == 2
     assert "no version 99" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_mlops_run_directly_sends_no_usage_reports(tmp_path: Path) -> None:
+    """The README runs `.venv/bin/mlops ...` outside make too: the project's opt-out from
+    MLflow's usage telemetry holds there (with it on, MLflow keeps an id in
+    ~/.config/mlflow/telemetry.json)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    # A user's shell: MLflow also stays quiet by itself under pytest or CI, so not those.
+    quiet = {"MLFLOW_DISABLE_TELEMETRY", "PYTEST_CURRENT_TEST", "CI", "JENKINS_URL", "DO_NOT_TRACK"}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in quiet and not key.startswith("MLOPS_")
+    }
+    env.update({"HOME": str(home), "MLOPS_VAR_DIR": str(tmp_path / "var")})
+    mlops = Path(sys.executable).with_name("mlops")
+    done = subprocess.run(
+        [str(mlops), "ct", "check"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "no champion" in done.stdout
+    assert not (home / ".config" / "mlflow").exists()
