@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -239,17 +240,37 @@ def ct_check(
 
 
 @ct_app.command("run")
-def ct_run(model_name: ModelOpt = None) -> None:
+def ct_run(
+    model_name: ModelOpt = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="retrain whatever the triggers say (cooldown too); the lock holds"
+        ),
+    ] = False,
+    request_id: Annotated[
+        str | None,
+        typer.Option(
+            "--request-id",
+            help="with --force: the id this run's result is kept under (POST /admin/retrain's)",
+        ),
+    ] = None,
+) -> None:
     """Check the triggers and, when one fires, retrain on the source plus labelled feedback and
     run the gate. Exit 0 for "no trigger" and for "trained, gate decided"; errors exit non-zero."""
     from ml.notify import notify as send_notifications
-    from ml.retrain import retrain
+    from ml.retrain import Request, retrain
 
+    if request_id and not force:
+        fail("--request-id: only with --force (it names a requested run)")
     settings = load_settings(model_name=model_name)
     _quiet_libraries()
     configure_tracking(settings)
+    request = None
+    if force:
+        request = Request(request_id or f"cli-{uuid.uuid4().hex[:12]}", "mlops ct run --force")
     with user_errors(), _trial_progress(settings) as callback:
-        outcome = retrain(settings, callbacks=[callback])
+        outcome = retrain(settings, callbacks=[callback], request=request)
     if outcome.report is not None:
         _run_hooks("after_ct_check", settings, outcome.report)
     console.print(f"[bold]ct run:[/] {outcome.outcome}: {outcome.detail}", highlight=False)

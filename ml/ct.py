@@ -201,9 +201,11 @@ def _profile(client: MlflowClient, champion: Champion) -> dict[str, Any]:
 
 
 def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> TriggerResult:
-    """Live quality of served predictions against the champion's holdout score."""
+    """Live quality of the champion's own served predictions against its holdout score: the
+    mistakes of the version it replaced must not count against it (a retrain would follow
+    every retrain)."""
     metric = settings.promotion_metric
-    rows = store.labelled(settings.model_name, settings.ct_min_labels * 5)
+    rows = store.labelled(settings.model_name, settings.ct_min_labels * 5, champion.version)
     live = live_quality(rows)
     evidence: dict[str, Any] = {
         "metric": metric,

@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -146,8 +147,9 @@ class OutcomeStore:
             for pid in ids
         ]
 
-    def labelled(self, model_name: str, limit: int) -> LabelledRows:
-        """The `limit` most recent predictions of `model_name` that have an outcome."""
+    def labelled(self, model_name: str, limit: int, version: str | None = None) -> LabelledRows:
+        """The `limit` most recent predictions of `model_name` (of its `version`, when given)
+        that have an outcome."""
         query = (
             sa.select(
                 predictions.c.prediction_id,
@@ -162,6 +164,8 @@ class OutcomeStore:
             .order_by(predictions.c.created_at.desc())
             .limit(limit)
         )
+        if version is not None:
+            query = query.where(predictions.c.model_version == version)
         with self.engine.connect() as connection:
             rows = list(reversed(connection.execute(query).all()))
         return LabelledRows(
@@ -203,6 +207,9 @@ class OutcomeStore:
 
 def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
+        database = sa.engine.make_url(url).database
+        if database and database != ":memory:":  # a fresh var/ has no directory yet
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30})
         use_wal(engine)  # replicas write while CT reads
         return engine

@@ -11,6 +11,10 @@ database, taken by one atomic conditional UPDATE and kept alive by a heartbeat. 
 crashed leaves a lock whose heartbeat stops; after `MLOPS_CT_LOCK_STALE_S` the next run
 reclaims it. Every run is a row in `ct_runs` (what fired, what it did), which also holds the
 cooldown: no retrain within `MLOPS_CT_COOLDOWN_S` of the last one.
+
+A run someone asked for (`mlops ct run --force`, which `POST /admin/retrain` runs as a Ray job)
+fires the `manual` trigger and skips the cooldown, not the lock; its `ct_runs` row carries the
+request's id, so whoever asked can read the result from the shared database.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ ct_runs = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("triggers", sa.Text, nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=True, index=True),
+    sa.Column("trained_version", sa.String(32), nullable=True),
+    sa.Column("promoted", sa.Boolean, nullable=True),
 )
 
 
@@ -150,17 +157,50 @@ class CtLock:
             self.heartbeat()
 
 
+@dataclass(frozen=True)
+class Request:
+    """A retrain someone asked for: it runs whatever the triggers say, cooldown or not."""
+
+    id: str
+    by: str
+
+
 def retrain(
-    settings: Settings, callbacks: list[Any] | None = None, now: datetime | None = None
+    settings: Settings,
+    callbacks: list[Any] | None = None,
+    now: datetime | None = None,
+    request: Request | None = None,
 ) -> RetrainOutcome:
-    """One CT run: check, and when a trigger fires (cooldown allowing), retrain and gate."""
-    store = OutcomeStore(settings.ct_database)
-    state.create_all(store.engine)
+    """One CT run: check, and when a trigger fires (cooldown allowing) or `request` asks,
+    retrain and gate."""
+    store = open_state(settings)
+    started = now or datetime.now(UTC)
     lock = CtLock(store.engine, _owner(), settings.ct_lock_stale_s)
     with lock.held(every_s=max(1.0, settings.ct_lock_stale_s / 4)) as (acquired, note):
         if not acquired:
-            return RetrainOutcome("locked", note)
-        return _run_locked(settings, store, lock.owner, callbacks, now or datetime.now(UTC))
+            outcome = RetrainOutcome("locked", note)
+            _record_run(store, lock.owner, started, outcome, request)
+            return outcome
+        return _run_locked(settings, store, lock.owner, callbacks, started, request)
+
+
+def open_state(settings: Settings) -> OutcomeStore:
+    """The CT database with the lock and run tables, created (or completed) on first use."""
+    store = OutcomeStore(settings.ct_database)
+    state.create_all(store.engine)
+    _add_missing_columns(store.engine, ct_runs)
+    return store
+
+
+def _add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
+    """`create_all` skips a table that exists: add the nullable columns a database made by
+    an earlier version lacks, so its rows are kept."""
+    present = {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
+    missing = [column for column in table.columns if column.name not in present]
+    with engine.begin() as connection:
+        for column in missing:
+            kind = column.type.compile(dialect=engine.dialect)
+            connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
 
 def _run_locked(
@@ -169,19 +209,30 @@ def _run_locked(
     owner: str,
     callbacks: list[Any] | None,
     now: datetime,
+    request: Request | None,
 ) -> RetrainOutcome:
     from ml.pipeline import load_data
 
     source = load_data(settings)  # once: the new-data trigger and a retrain both read it
     report = ct.check(settings, now=now, source=source)
+    if request is not None:
+        report = ct.CtReport(report.champion, [*report.results, _manual(request)])
     if not report.fired:
         outcome = RetrainOutcome("no_trigger", "no trigger fired", report)
     else:
-        outcome = _cooling_down(settings, store, report, now) or _train(
-            settings, store, report, source, callbacks
-        )
-    _record_run(store, owner, now, outcome)
+        cooling = None if request else _cooling_down(settings, store, report, now)
+        outcome = cooling or _train(settings, store, report, source, callbacks)
+    _record_run(store, owner, now, outcome, request)
     return outcome
+
+
+def _manual(request: Request) -> ct.TriggerResult:
+    return ct.TriggerResult(
+        "manual",
+        True,
+        f"requested by {request.by}",
+        evidence={"request_id": request.id, "requested_by": request.by},
+    )
 
 
 def _cooling_down(
@@ -275,15 +326,18 @@ def _last_trained(store: OutcomeStore) -> datetime | None:
         last = connection.execute(
             sa.select(sa.func.max(ct_runs.c.started_at)).where(ct_runs.c.outcome == "trained")
         ).scalar()
-    if last is None:
-        return None
-    return last if last.tzinfo else last.replace(tzinfo=UTC)  # SQLite keeps no zone
+    return None if last is None else _utc(last)
 
 
 def _record_run(
-    store: OutcomeStore, owner: str, started: datetime, outcome: RetrainOutcome
+    store: OutcomeStore,
+    owner: str,
+    started: datetime,
+    outcome: RetrainOutcome,
+    request: Request | None,
 ) -> None:
     fired = [] if outcome.report is None else [r.trigger for r in outcome.report.fired]
+    result = outcome.result
     with store.engine.begin() as connection:
         connection.execute(
             ct_runs.insert().values(
@@ -293,8 +347,45 @@ def _record_run(
                 outcome=outcome.outcome,
                 triggers=",".join(fired),
                 detail=outcome.detail,
+                request_id=request.id if request else None,
+                trained_version=result.trained.version if result else None,
+                promoted=result.decision.promoted if result else None,
             )
         )
+
+
+def requested_run(settings: Settings, request_id: str) -> dict[str, Any] | None:
+    """What the CT run of `request_id` did (its `ct_runs` row), or None before it finished."""
+    store = open_state(settings)
+    with store.engine.connect() as connection:
+        row = (
+            connection.execute(sa.select(ct_runs).where(ct_runs.c.request_id == request_id))
+            .mappings()
+            .first()
+        )
+    if row is None:
+        return None
+    found = dict(row)
+    for key in ("started_at", "finished_at"):
+        found[key] = _utc(found[key]).isoformat() if found[key] else None
+    return found
+
+
+def lock_holder(settings: Settings) -> str | None:
+    """Who runs CT now (a lock with a live heartbeat), or None."""
+    store = open_state(settings)
+    fresh = datetime.now(UTC) - timedelta(seconds=settings.ct_lock_stale_s)
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            sa.select(ct_lock.c.owner, ct_lock.c.heartbeat_at).where(ct_lock.c.name == LOCK_NAME)
+        ).first()
+    if row is None:
+        return None
+    return row.owner if _utc(row.heartbeat_at) >= fresh else None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite keeps no zone
 
 
 def _owner() -> str:

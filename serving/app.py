@@ -8,6 +8,7 @@ settings, loader and telemetry: `serving.service.ModelService` (load, swap, heal
 response bodies) and `serving.model.ServedModel` (the model and its fast path).
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -41,6 +42,7 @@ from serving.protocol import (
     predict_body,
     require_content_type,
 )
+from serving.retrain_jobs import RetrainJobs
 from serving.schemas import RequestError, with_model_schemas
 from serving.service import Answer, InputRows, ModelService
 from serving.telemetry import PredictionTelemetry
@@ -103,6 +105,7 @@ class ModelServer:
             settings, load_version, self._telemetry, outcomes, resolver=resolve_version
         )
         self._scheduler = Scheduler(self._service, self._score_batch)
+        self._retrain_jobs = RetrainJobs(settings)
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
         """Serve calls this at start and on every user_config change (one replica at a time)."""
@@ -250,6 +253,31 @@ class ModelServer:
     async def reload(self, request: Request) -> Response:
         """Reload the configured model version on this replica (bearer token required)."""
         return _send(await self._service.reload(request.headers.get("authorization")))
+
+    @api.post(
+        "/admin/retrain",
+        status_code=202,
+        responses={
+            401: {"description": "no bearer token"},
+            403: {"description": "wrong token, or admin disabled"},
+            409: {"description": "a retrain job or another CT run is running"},
+        },
+    )
+    async def retrain(self, request: Request) -> Response:
+        """Retrain now (bearer token required): `mlops ct run --force` as a Ray job on this
+        cluster; 202 with its id. The gate decides as for any CT run."""
+        denied = self._service.admin_denial(request.headers.get("authorization"))
+        if denied is not None:
+            return _send(denied)
+        return _send(await asyncio.to_thread(self._retrain_jobs.submit))
+
+    @api.get("/admin/retrain/{job_id}")
+    async def retrain_status(self, job_id: str, request: Request) -> Response:
+        """A retrain job's state, and what its CT run did once it finished (bearer token)."""
+        denied = self._service.admin_denial(request.headers.get("authorization"))
+        if denied is not None:
+            return _send(denied)
+        return _send(await asyncio.to_thread(self._retrain_jobs.status, job_id))
 
     @api.post(
         "/feedback",

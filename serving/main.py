@@ -28,3 +28,7 @@ for layer in (elk_cli, serving_cli):
 
 def main() -> None:  # pragma: no cover - console entry point
     app()
+
+
+if __name__ == "__main__":  # `python -m serving.main`: how a Ray job runs it (POST /admin/retrain)
+    main()

@@ -48,16 +48,18 @@ def settings(champion_store, tmp_path: Path) -> Settings:
     return base.model_copy(update={"ct_database": f"sqlite:///{tmp_path / 'ct.db'}"})
 
 
-def _serve(settings: Settings, model, X: pd.DataFrame, truth: list | None = None) -> None:
+def _serve(
+    settings: Settings, model, X: pd.DataFrame, truth: list | None = None, version: str = "1"
+) -> None:
     """Record what serving would: features, label, probabilities; then outcomes, if any."""
     store = OutcomeStore(settings.ct_database)
     proba = model.predict_proba(X)
     labels = model.classes_[proba.argmax(axis=1)]
     store.record_predictions(
         PredictionRecord(
-            f"p{i}",
+            f"p{version}-{i}",
             settings.model_name,
-            "1",
+            version,
             row,
             label,
             dict(zip(map(str, model.classes_), p_row)),
@@ -65,7 +67,7 @@ def _serve(settings: Settings, model, X: pd.DataFrame, truth: list | None = None
         for i, (row, label, p_row) in enumerate(zip(X.to_dict("records"), labels, proba))
     )
     if truth is not None:
-        store.record_feedback([(f"p{i}", label) for i, label in enumerate(truth)])
+        store.record_feedback([(f"p{version}-{i}", label) for i, label in enumerate(truth)])
 
 
 def _result(report: ct.CtReport, trigger: str) -> ct.TriggerResult:
@@ -150,6 +152,22 @@ def test_performance_fires_when_the_outcomes_say_the_model_is_wrong(
     assert dropped.fired, dropped.reason
     assert dropped.evidence["live"]["roc_auc"] < 0.2
     assert dropped.evidence["holdout"] > 0.9
+
+
+def test_performance_counts_only_the_champions_own_predictions(
+    settings: Settings, champion_store, demo
+) -> None:
+    """The mistakes of the version the champion replaced must not retrain the champion."""
+    _, model = champion_store
+    X, y = demo[1].X_holdout, list(demo[1].y_holdout)
+    classes = list(model.classes_)
+    flipped = [classes[1 - classes.index(label)] for label in y]
+    _serve(settings, model, X, flipped, version="0")  # the previous champion, wrong
+    result = _result(ct.check(settings), "performance")
+    assert not result.fired and result.evidence["labelled"] == 0, result.reason
+
+    _serve(settings, model, X, flipped, version="1")  # the champion itself, as wrong
+    assert _result(ct.check(settings), "performance").fired
 
 
 def test_live_quality_matches_scikit_learn(champion_store, demo, settings: Settings) -> None:
