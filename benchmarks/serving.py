@@ -10,6 +10,9 @@ load generator (wrk), measured side by side in one run. Not a test: it prints ta
 2. Batch scoring: one request of 10,000 rows (`dataframe_split`) against our server, vs the same
    rows scored in-process by the same model (`LoadedModel.predict_frame`).
 
+`--during-retrain URL` measures a running server instead: idle, then while `POST /admin/retrain`
+trains beside its replicas.
+
 The model is a random forest trained once into `var/bench/` on the bundled data (so the numbers
 compare with the issue's), or the configured champion with `--use-champion`.
 Results are also written to `var/reports/bench_serving.json`.
@@ -371,12 +374,55 @@ def recording_cost(
         )
 
 
+def during_retrain(base_url: str, token: str, body: Path, duration_s: int) -> None:
+    """A running server's load (c=1 and 16) idle, then while `POST /admin/retrain`'s job
+    trains beside the replicas on the same CPUs; says whether the job outlasted the window."""
+    headers = {"Authorization": f"Bearer {token}"}
+    url = f"{base_url}/invocations"
+    wrk(url, body, 4, 3, "warm-up")
+    idle = [wrk(url, body, level, duration_s, "idle") for level in (1, 16)]
+    busy = []
+    for level in (1, 16):
+        answer = httpx.post(f"{base_url}/admin/retrain", headers=headers, timeout=30)
+        answer.raise_for_status()
+        job = answer.json()["job_id"]
+        time.sleep(10)  # past the job's start-up: the window should see training, not imports
+        busy.append(wrk(url, body, level, duration_s, "retrain"))
+        status = httpx.get(f"{base_url}/admin/retrain/{job}", headers=headers, timeout=30).json()
+        print(f"  job {job}: {status['status']} at the end of the c={level} window", flush=True)
+        while status["status"] in ("PENDING", "RUNNING"):
+            time.sleep(2)
+            status = httpx.get(f"{base_url}/admin/retrain/{job}", headers=headers).json()
+        print(f"  job {job}: {status['status']}: {(status['result'] or {}).get('detail')}")
+    print(f"\nserving while a retrain runs (wrk, one row per request, {duration_s} s windows)")
+    print(
+        f"{'c':>4} {'idle req/s':>11} {'retrain req/s':>14} {'ratio':>6} {'idle p99':>9} "
+        f"{'retrain p99':>12} {'errors':>7}"
+    )
+    for quiet, loaded in zip(idle, busy):
+        print(
+            f"{quiet.concurrency:>4} {quiet.requests_per_s:>11.1f} {loaded.requests_per_s:>14.1f} "
+            f"{loaded.requests_per_s / quiet.requests_per_s:>6.2f} {quiet.p99_ms:>9.2f} "
+            f"{loaded.p99_ms:>12.2f} {quiet.errors + loaded.errors:>7}"
+        )
+
+
+def _one_row(sample: pd.DataFrame) -> dict:
+    return {"dataframe_split": json.loads(sample.iloc[:1].to_json(orient="split", index=False))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--recording-cost",
         action="store_true",
         help="only our server, prediction recording off vs on (interleaved rounds)",
+    )
+    parser.add_argument(
+        "--during-retrain",
+        metavar="URL",
+        help="only the running server at URL, idle vs during POST /admin/retrain "
+        "(MLOPS_ADMIN_TOKEN); e.g. after `make run`: http://127.0.0.1:8000",
     )
     parser.add_argument("--duration", type=int, default=20, help="seconds per level")
     parser.add_argument("--batch-repeats", type=int, default=9)
@@ -388,16 +434,20 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks/serving.py: wrk is not installed (make setup installs it)")
+    if args.during_retrain:
+        token = os.environ.get("MLOPS_ADMIN_TOKEN")
+        if not token:
+            sys.exit("--during-retrain: set MLOPS_ADMIN_TOKEN (the server's admin token)")
+        body = Path(tempfile.mkdtemp(prefix="bench-retrain-")) / "one-row.json"
+        body.write_text(json.dumps(_one_row(load_frame("demo").drop(columns=["target"]))))
+        during_retrain(args.during_retrain.rstrip("/"), token, body, args.duration)
+        return
     settings, version = champion(Settings(), args.use_champion)
     model = load_version(settings.model_name, version)
     sample = load_frame("demo").drop(columns=["target"])[list(model.feature_types)]
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     body = work / "one-row.json"
-    body.write_text(
-        json.dumps(
-            {"dataframe_split": json.loads(sample.iloc[:1].to_json(orient="split", index=False))}
-        )
-    )
+    body.write_text(json.dumps(_one_row(sample)))
     print(f"model {model.uri} ({type(model.model[-1]).__name__}); work dir {work}")
     if args.recording_cost:
         recording_cost(settings, version, body, args.duration, work)

@@ -445,3 +445,32 @@ def test_the_ct_cronjob_runs_mlops_ct_run_with_the_servings_stores(directory: Pa
         assert ct_env[name] == serving_env[name], name
     assert ct_env["MLOPS_CT_DATABASE"].startswith("postgresql+psycopg://")
     assert "$(POSTGRES_PASSWORD)" in ct_env["MLOPS_CT_DATABASE"], "the password from the Secret"
+
+
+@pytest.mark.parametrize("directory", [BASE, OVERLAY], ids=["base", "minikube"])
+def test_every_training_run_reads_one_training_configmap(directory: Path) -> None:
+    """The first Job, the CT CronJob and the RayService head (where `POST /admin/retrain`
+    runs its job) train with the same settings, from one ConfigMap of real setting names."""
+    from ml.config import Settings
+
+    docs = render(directory)
+    (config,) = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ConfigMap" and "mlops-training" in doc["metadata"]["name"]
+    ]
+    name = config["metadata"]["name"]
+    job = next(doc for doc in docs if doc["kind"] == "Job")["spec"]["template"]["spec"]
+    cronjob = next(doc for doc in docs if doc["kind"] == "CronJob")
+    ct = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    service = next(doc for doc in docs if doc["kind"] == "RayService")
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    for pod in (job, ct, head):
+        container = pod["containers"][0]
+        assert {"configMapRef": {"name": name}} in container.get("envFrom", []), container["name"]
+        assert not set(_env(container)) & set(config["data"]), "one place for each setting"
+    fields = {f"MLOPS_{field.upper()}" for field in Settings.model_fields}
+    assert set(config["data"]) <= fields, set(config["data"]) - fields
+    Settings.model_validate(
+        {key.removeprefix("MLOPS_").lower(): value for key, value in config["data"].items()}
+    )
