@@ -64,7 +64,13 @@ class RetrainJobs:
         return self._client
 
     def submit(self) -> Answer:
-        """202 with the new job's id, or 409 naming what runs already."""
+        """202 with the new job's id, 409 naming what runs already, 503 without a Jobs API."""
+        try:
+            return self._submit()
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return _unavailable(exc)
+
+    def _submit(self) -> Answer:
         running = self._running()
         if running is not None:
             return Answer({"detail": running, "field": "retrain"}, 409)
@@ -101,12 +107,15 @@ class RetrainJobs:
 
     def status(self, job_id: str) -> Answer:
         """The job's state and, once its CT run finished, what it did."""
+        unknown = Answer({"detail": f"no retrain job {job_id!r}", "field": "job_id"}, 404)
         if not job_id.startswith(f"{KIND}-"):
-            return Answer({"detail": f"no retrain job {job_id!r}", "field": "job_id"}, 404)
+            return unknown
         try:
             info = self._jobs().get_job_info(job_id)
-        except RuntimeError:  # the Jobs API's answer to an unknown id
-            return Answer({"detail": f"no retrain job {job_id!r}", "field": "job_id"}, 404)
+        except RuntimeError as exc:  # the Jobs API's answer to an unknown id, and to failures
+            return unknown if "status code 404" in str(exc) else _unavailable(exc)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return _unavailable(exc)
         return Answer(
             {
                 "job_id": job_id,
@@ -117,3 +126,9 @@ class RetrainJobs:
                 "result": requested_run(self._settings, job_id),
             }
         )
+
+
+def _unavailable(exc: Exception) -> Answer:
+    logger.warning("the Ray Jobs API did not answer: %s", exc)
+    detail = f"the Ray Jobs API did not answer (the cluster needs its dashboard): {exc}"
+    return Answer({"detail": detail[:500], "field": "retrain"}, 503)

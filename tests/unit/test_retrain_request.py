@@ -118,3 +118,17 @@ def test_the_job_runs_this_python_niced_with_the_request_id(settings: Settings) 
         "--request-id",
         "retrain-abc",
     ]
+
+
+def test_without_a_jobs_api_retrain_answers_503_and_says_why(settings: Settings) -> None:
+    """A cluster started without its dashboard has no Jobs API: a clear 503, not a 500."""
+
+    def no_dashboard() -> object:
+        raise ConnectionError("Could not read 'dashboard' from GCS")
+
+    jobs = RetrainJobs(settings, client_factory=no_dashboard)
+    for answer in (jobs.submit(), jobs.status("retrain-0123")):
+        assert answer.status == 503
+        assert "needs its dashboard" in answer.body["detail"]
+        assert "Could not read 'dashboard'" in answer.body["detail"]
+    assert jobs.status("not-a-retrain").status == 404
