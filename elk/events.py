@@ -40,6 +40,7 @@ DATASET_PROMOTION = "mlops.promotion"
 DATASET_STAGE = "mlops.stage"
 DATASET_DRIFT = "mlops.drift"
 DATASET_CT = "mlops.ct"
+DATASET_FEEDBACK = "mlops.feedback"
 
 ALL_DATASETS: tuple[str, ...] = (
     DATASET_CPU,
@@ -57,6 +58,7 @@ ALL_DATASETS: tuple[str, ...] = (
     DATASET_STAGE,
     DATASET_DRIFT,
     DATASET_CT,
+    DATASET_FEEDBACK,
 )
 
 
@@ -177,6 +179,22 @@ def prediction_event(
         event["error"] = {"message": error}
     if features is not None:
         event["mlops"]["prediction"]["features"] = _plain_features(features)
+    return event
+
+
+def feedback_event(
+    *, model_name: str, prediction_id: str, label: Any, stored: bool, error: str | None = None
+) -> dict[str, Any]:
+    """One reported outcome (`POST /feedback`): what really happened to a served prediction,
+    and whether the store took it (an unknown id is a failure with its reason)."""
+    event = base_event(DATASET_FEEDBACK, kind="event")
+    event["event"]["outcome"] = "success" if stored else "failure"
+    event["mlops"] = {
+        "model": {"name": model_name},
+        "feedback": {"prediction_id": prediction_id, "label": str(label), "stored": stored},
+    }
+    if error:
+        event["error"] = {"message": error}
     return event
 
 

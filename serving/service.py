@@ -66,6 +66,9 @@ class Telemetry(Protocol):
     ) -> None:
         """Queue the event of one rejected request."""
 
+    def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
+        """Queue the events of one `/feedback` request's outcomes."""
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -303,6 +306,7 @@ class ModelService:
                 {"Retry-After": str(max(1, math.ceil(wait_s)))},
             )
         results = await asyncio.to_thread(self._outcomes.record_feedback, items)
+        self._telemetry.feedback(self._settings.model_name, results, [label for _, label in items])
         stored = sum(result.stored for result in results)
         return Answer(
             {

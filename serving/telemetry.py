@@ -26,7 +26,7 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from elk.events import utc_now_iso
+from elk.events import feedback_event, utc_now_iso
 from elk.sinks import Emitter
 from ml.config import Settings
 from ml.outcomes import OutcomeStore, PredictionRecord
@@ -71,6 +71,18 @@ class RejectedRequest:
 
     def __len__(self) -> int:
         return 1
+
+
+@dataclass(frozen=True)
+class ReportedOutcomes:
+    """One `POST /feedback`: each outcome's id, label and whether the store took it."""
+
+    model_name: str
+    results: Sequence[Any]  # ml.outcomes.FeedbackResult
+    labels: Sequence[Any]
+
+    def __len__(self) -> int:
+        return len(self.results)
 
 
 class PredictionTelemetry:
@@ -140,7 +152,11 @@ class PredictionTelemetry:
             )
         )
 
-    def _offer(self, item: ServedRequest | RejectedRequest) -> None:
+    def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
+        """One `mlops.feedback` event per reported outcome, off the request path."""
+        self._offer(ReportedOutcomes(model_name, results, labels))
+
+    def _offer(self, item: ServedRequest | RejectedRequest | ReportedOutcomes) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -178,7 +194,9 @@ class PredictionTelemetry:
         return items
 
     def _record(
-        self, requests: list[ServedRequest | RejectedRequest], features: list[list[dict]]
+        self,
+        requests: list[ServedRequest | RejectedRequest | ReportedOutcomes],
+        features: list[list[dict]],
     ) -> None:
         assert self._recorder is not None
         records = [
@@ -196,8 +214,19 @@ class PredictionTelemetry:
             logger.exception("prediction record: could not write %d predictions", len(records))
 
     def _events(
-        self, item: ServedRequest | RejectedRequest, rows: list[dict[str, Any]]
+        self, item: ServedRequest | RejectedRequest | ReportedOutcomes, rows: list[dict[str, Any]]
     ) -> list[dict[str, Any]]:
+        if isinstance(item, ReportedOutcomes):
+            return [
+                feedback_event(
+                    model_name=item.model_name,
+                    prediction_id=result.prediction_id,
+                    label=label,
+                    stored=result.stored,
+                    error=result.error,
+                )
+                for result, label in zip(item.results, item.labels)
+            ]
         if isinstance(item, RejectedRequest):
             return [
                 self._event(

@@ -117,6 +117,7 @@ class TelemetryCollector:
     dropped: int = 0
     scored: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    outcomes: list[dict[str, Any]] = field(default_factory=list)
 
     def predictions(
         self,
@@ -144,6 +145,9 @@ class TelemetryCollector:
         self, route: str, error: Exception, started: float, served: ServedModel | None
     ) -> None:
         self.failures.append({"route": route, "error": error, "served": served})
+
+    def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
+        self.outcomes.append({"model_name": model_name, "results": results, "labels": labels})
 
 
 BatchTarget = Callable[[list[Rows]], Awaitable[list[Scored | RequestError]]]

@@ -168,6 +168,9 @@ BUILT = [
         reason="live f1 dropped",
         evidence={"live": {"f1": 0.5, "labelled": 300}, "holdout": 0.9},
     ),
+    events.feedback_event(
+        model_name="m", prediction_id="p", label=1, stored=False, error="not recorded"
+    ),
 ]
 
 

@@ -205,3 +205,30 @@ def test_recording_never_blocks_the_caller_while_the_store_writes(
     release.set()
     telemetry.close(timeout_s=30)
     assert telemetry.recorded == 40
+
+
+def test_each_reported_outcome_is_an_ecs_feedback_event(
+    tmp_path: Path, store: OutcomeStore
+) -> None:
+    """`mlops.feedback` events, written by the telemetry thread where Filebeat reads them."""
+    ids = _recorded_store(tmp_path, store)
+    settings = Settings(
+        var_dir=tmp_path / "var", model_name="demo", feedback_token=SecretStr(FEEDBACK_TOKEN)
+    )
+    telemetry = PredictionTelemetry(settings, "test", store)
+    service = ModelService(settings, Registry({}), telemetry, store)
+    body = [
+        {"prediction_id": ids[0], "label": "malignant"},
+        {"prediction_id": "never-issued", "label": "benign"},
+    ]
+    assert _feedback(service, body).status == 200
+    telemetry.close()
+    path = Path(settings.log_dir) / "mlops-mlops.feedback.ndjson"
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [event["mlops"]["feedback"] for event in events] == [
+        {"prediction_id": ids[0], "label": "malignant", "stored": True},
+        {"prediction_id": "never-issued", "label": "benign", "stored": False},
+    ]
+    assert [event["event"]["outcome"] for event in events] == ["success", "failure"]
+    assert events[1]["error"]["message"].startswith("unknown prediction_id")
+    assert {event["mlops"]["model"]["name"] for event in events} == {"demo"}
