@@ -217,7 +217,7 @@ def bench_mlflow(
 @contextmanager
 def our_server(settings: Settings, version: str, log_dir: Path) -> Iterator[str]:
     """Our app on an in-process Ray, as serving/serve_config.yaml has it (2 x 1 CPU here)."""
-    from serving.cli import start_serving
+    from serving.lifecycle import start_serving
     from serving.local_cluster import in_process_cluster
 
     with in_process_cluster(num_cpus=2, haproxy=settings.serve_haproxy):

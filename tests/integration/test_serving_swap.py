@@ -20,8 +20,9 @@ from mlflow.tracking import MlflowClient
 from ml.config import Settings
 from ml.data import load_frame
 from ml.registry import CHAMPION, promote
-from serving.cli import after_promote, start_serving, update_serving
+from serving.cli import after_promote
 from serving.deploy import ServeError
+from serving.lifecycle import start_serving, update_serving
 from tests.fixtures.ray_serve import ServeApp
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -162,7 +163,7 @@ def test_replicas_following_the_alias_take_a_promotion_and_a_rollback_under_load
     redeploys; a promotion moves the alias, the replicas re-resolve it and swap in place, and
     a rollback (`mlops promote --version 1`) travels the same way, without a failed request."""
     from serving import deploy
-    from serving.cli import config_path
+    from serving.lifecycle import config_path
 
     store = swap_settings.mlflow_tracking_uri
     client = MlflowClient(tracking_uri=store, registry_uri=store)
