@@ -1,4 +1,5 @@
-"""ml.outcomes: the predictions/outcomes store on a real SQLite file."""
+"""ml.outcomes: the predictions/outcomes store on a real SQLite file and, as integration tests,
+on a real PostgreSQL database (`ct_database`, tests/fixtures/postgres.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from ml.outcomes import OutcomeStore, PredictionRecord
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> OutcomeStore:
-    return OutcomeStore(f"sqlite:///{tmp_path / 'ct.db'}")
+def store(ct_database: str) -> OutcomeStore:
+    return OutcomeStore(ct_database)
 
 
 def record(pid: str, label: object = "yes", version: str = "1", **features: object):
@@ -85,7 +86,8 @@ def test_prune_drops_old_predictions_and_their_outcomes(store: OutcomeStore) -> 
     assert not store.record_feedback([("old", "yes")])[0].stored
 
 
-def test_a_sqlite_store_runs_in_wal(store: OutcomeStore) -> None:
+def test_a_sqlite_store_runs_in_wal(tmp_path: Path) -> None:
     """Replicas write while a CT run reads: WAL lets them overlap (ml.common.sqlite)."""
+    store = OutcomeStore(f"sqlite:///{tmp_path / 'ct.db'}")
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
