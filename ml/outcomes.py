@@ -45,6 +45,10 @@ outcomes = sa.Table(
     sa.Column("label", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
+# Serving stamps every row of a request with one time (milliseconds), so a window often cuts
+# through ties; without a tie-break PostgreSQL picks an arbitrary subset in arbitrary order.
+# Serving's prediction ids increase within a process (elk.events.new_ids).
+NEWEST_FIRST = (predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ class OutcomeStore:
             )
             .join(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id)
             .where(predictions.c.model_name == model_name)
-            .order_by(predictions.c.created_at.desc())
+            .order_by(*NEWEST_FIRST)
             .limit(limit)
         )
         if version is not None:
@@ -184,7 +188,7 @@ class OutcomeStore:
         query = (
             sa.select(predictions.c.features)
             .where(predictions.c.model_name == model_name)
-            .order_by(predictions.c.created_at.desc())
+            .order_by(*NEWEST_FIRST)
             .limit(limit)
         )
         with self.engine.connect() as connection:

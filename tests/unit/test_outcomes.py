@@ -76,6 +76,20 @@ def test_windows_take_the_most_recent_rows_of_one_model(store: OutcomeStore) -> 
     assert rows.probability_matrix(["no", "yes"]) is None  # served without probabilities
 
 
+def test_rows_served_at_the_same_instant_come_in_serving_order(store: OutcomeStore) -> None:
+    """Serving stamps every row of a request with one time (milliseconds), so windows cut
+    through ties: PostgreSQL returned an arbitrary subset in arbitrary order, SQLite the
+    insertion order. Ties go by prediction id (serving issues them increasing per process)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    order = [3, 0, 5, 1, 4, 2]  # stored out of id order: only the tie-break can sort them
+    store.record_predictions(
+        PredictionRecord(f"p{i}", "m", "1", {"x": float(i)}, "yes", None, at) for i in order
+    )
+    store.record_feedback([(f"p{i}", "no") for i in order])
+    assert store.recent_inputs("m", limit=3)["x"].tolist() == [3.0, 4.0, 5.0]
+    assert store.labelled("m", limit=4).prediction_ids == ["p2", "p3", "p4", "p5"]
+
+
 def test_prune_drops_old_predictions_and_their_outcomes(store: OutcomeStore) -> None:
     old = datetime.now(UTC) - timedelta(days=40)
     store.record_predictions([PredictionRecord("old", "m", "1", {"x": 1.0}, "yes", None, old)])
