@@ -14,7 +14,8 @@
 # Progress goes to stderr; `start` and `url` print only the URL, without the password, on stdout.
 #
 # Settings (environment): PG_PASSWORD (required by `start`), PG_USER, PG_DATABASE, PG_PORT,
-# PG_HOME_DIR, PG_BIN_DIR, PG_START_TIMEOUT, PG_STOP_TIMEOUT, SERVICE_USER, VAR_DIR.
+# PG_HOME_DIR, PG_BIN_DIR, PG_TIMEZONE (the server's TimeZone; default the machine's),
+# PG_START_TIMEOUT, PG_STOP_TIMEOUT, SERVICE_USER, VAR_DIR.
 set -euo pipefail
 
 LOG_PREFIX="postgres.sh"
@@ -95,6 +96,10 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 EOF
+  # The tests pick a zone far from UTC: code that assumes a UTC server shows itself.
+  if [[ -n "${PG_TIMEZONE:-}" ]]; then
+    printf "timezone = '%s'\nlog_timezone = 'UTC'\n" "$PG_TIMEZONE" >>"$DATA_DIR/mlops.conf"
+  fi
   cat >"$DATA_DIR/pg_hba.conf" <<EOF
 # Written by scripts/postgres.sh on every start: passwords (scram-sha-256), loopback only.
 local all all scram-sha-256
