@@ -229,6 +229,12 @@ def dialect_insert(engine: Engine, table: sa.Table) -> Any:
     raise ValueError(f"CT database: {engine.dialect.name} is not supported (SQLite, PostgreSQL)")
 
 
+def stored_utc(moment: datetime) -> datetime:
+    """A time read back from the CT database, in UTC: SQLite returns the naive UTC value it
+    was given, PostgreSQL the instant in its server's TimeZone, which need not be UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:
     return {
         "prediction_id": record.prediction_id,

@@ -33,6 +33,8 @@ def test_one_owner_at_a_time(engine: sa.Engine) -> None:
     assert first.acquire() == (True, "acquired")
     taken, why = second.acquire()
     assert not taken and "another CT run holds the lock: a since" in why
+    # in UTC on every backend: SQLite returned a naive time, PostgreSQL the server's zone
+    assert why.endswith("+00:00"), why
     first.release()
     assert second.acquire()[0]
 
@@ -106,6 +108,7 @@ def test_a_fired_trigger_retrains_records_why_and_then_cools_down(
 
     again = retrain(settings)
     assert again.outcome == "cooling_down" and "next may start at" in again.detail
+    assert again.detail.endswith("+00:00"), "times in UTC, whatever the database server's zone"
     with OutcomeStore(settings.ct_database).engine.connect() as connection:
         outcomes = connection.execute(sa.select(ct_runs.c.outcome)).scalars().all()
     assert outcomes == ["trained", "cooling_down"]
