@@ -119,11 +119,14 @@ class OutcomeStore:
         """Store (prediction_id, label) outcomes. An id this store never recorded (or no longer
         keeps) is an error for that item only; a repeated id replaces its label."""
         ids = [prediction_id for prediction_id, _ in items]
+        # Serving never issues a NUL, and PostgreSQL refuses one in text: a query with it
+        # would fail every item of the batch.
+        possible = [pid for pid in ids if "\x00" not in pid]
         with self.engine.begin() as connection:
             known: set[str] = set(
                 connection.execute(
                     sa.select(predictions.c.prediction_id).where(
-                        predictions.c.prediction_id.in_(ids)
+                        predictions.c.prediction_id.in_(possible)
                     )
                 ).scalars()
             )

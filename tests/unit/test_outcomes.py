@@ -54,6 +54,14 @@ def test_unknown_ids_fail_per_item_and_a_repeat_replaces(store: OutcomeStore) ->
     assert rows.truth == ["yes"], "a repeated outcome must replace, not double"
 
 
+def test_an_id_with_a_nul_character_is_unknown_not_an_error(store: OutcomeStore) -> None:
+    """Any JSON string reaches the store from POST /feedback; PostgreSQL refuses NUL in text,
+    which failed the whole batch there (SQLite took it)."""
+    store.record_predictions([record("a")])
+    results = store.record_feedback([("a\x00", "no"), ("a", "yes")])
+    assert [(r.prediction_id, r.stored) for r in results] == [("a\x00", False), ("a", True)]
+
+
 def test_a_repeated_prediction_id_is_kept_once(store: OutcomeStore) -> None:
     assert store.record_predictions([record("a"), record("b")]) == 2
     store.record_predictions([record("a", label="no")])
