@@ -64,7 +64,7 @@ test: setup ## Every test tier (unit, contracts, integration, e2e, slow); CI run
 		--junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS)
 
 test-unit: setup ## Fast tests, no servers
-	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
 test-integration: setup ## Tests that start real servers
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)

@@ -45,6 +45,10 @@ outcomes = sa.Table(
     sa.Column("label", sa.Text, nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
 )
+# Serving stamps every row of a request with one time (milliseconds), so a window often cuts
+# through ties; without a tie-break PostgreSQL picks an arbitrary subset in arbitrary order.
+# Serving's prediction ids increase within a process (elk.events.new_ids).
+NEWEST_FIRST = (predictions.c.created_at.desc(), predictions.c.prediction_id.desc())
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,14 @@ class OutcomeStore:
         """Store (prediction_id, label) outcomes. An id this store never recorded (or no longer
         keeps) is an error for that item only; a repeated id replaces its label."""
         ids = [prediction_id for prediction_id, _ in items]
+        # Serving never issues a NUL, and PostgreSQL refuses one in text: a query with it
+        # would fail every item of the batch.
+        possible = [pid for pid in ids if "\x00" not in pid]
         with self.engine.begin() as connection:
             known: set[str] = set(
                 connection.execute(
                     sa.select(predictions.c.prediction_id).where(
-                        predictions.c.prediction_id.in_(ids)
+                        predictions.c.prediction_id.in_(possible)
                     )
                 ).scalars()
             )
@@ -161,7 +168,7 @@ class OutcomeStore:
             )
             .join(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id)
             .where(predictions.c.model_name == model_name)
-            .order_by(predictions.c.created_at.desc())
+            .order_by(*NEWEST_FIRST)
             .limit(limit)
         )
         if version is not None:
@@ -184,7 +191,7 @@ class OutcomeStore:
         query = (
             sa.select(predictions.c.features)
             .where(predictions.c.model_name == model_name)
-            .order_by(predictions.c.created_at.desc())
+            .order_by(*NEWEST_FIRST)
             .limit(limit)
         )
         with self.engine.connect() as connection:
@@ -223,6 +230,12 @@ def dialect_insert(engine: Engine, table: sa.Table) -> Any:
     if engine.dialect.name == "sqlite":
         return sqlite.insert(table)
     raise ValueError(f"CT database: {engine.dialect.name} is not supported (SQLite, PostgreSQL)")
+
+
+def stored_utc(moment: datetime) -> datetime:
+    """A time read back from the CT database, in UTC: SQLite returns the naive UTC value it
+    was given, PostgreSQL the instant in its server's TimeZone, which need not be UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _prediction_row(record: PredictionRecord) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from ml import ct
 from ml.config import Settings
 from ml.data import Dataset, validate
-from ml.outcomes import OutcomeStore, dialect_insert
+from ml.outcomes import OutcomeStore, dialect_insert, stored_utc
 
 LOCK_NAME = "ct"
 EVIDENCE_TAG_LIMIT = 5000  # MLflow tag values are bounded; the ECS events keep it whole
@@ -119,7 +119,8 @@ class CtLock:
             if previous is not None and previous.owner != self.owner:
                 return True, f"reclaimed a stale lock of {previous.owner}"
             return True, "acquired"
-        return False, f"another CT run holds the lock: {holder.owner} since {holder.acquired_at}"
+        since = stored_utc(holder.acquired_at)
+        return False, f"another CT run holds the lock: {holder.owner} since {since}"
 
     def heartbeat(self) -> None:
         with self._engine.begin() as connection:
@@ -326,7 +327,7 @@ def _last_trained(store: OutcomeStore) -> datetime | None:
         last = connection.execute(
             sa.select(sa.func.max(ct_runs.c.started_at)).where(ct_runs.c.outcome == "trained")
         ).scalar()
-    return None if last is None else _utc(last)
+    return None if last is None else stored_utc(last)
 
 
 def _record_run(
@@ -367,7 +368,7 @@ def requested_run(settings: Settings, request_id: str) -> dict[str, Any] | None:
         return None
     found = dict(row)
     for key in ("started_at", "finished_at"):
-        found[key] = _utc(found[key]).isoformat() if found[key] else None
+        found[key] = stored_utc(found[key]).isoformat() if found[key] else None
     return found
 
 
@@ -381,11 +382,7 @@ def lock_holder(settings: Settings) -> str | None:
         ).first()
     if row is None:
         return None
-    return row.owner if _utc(row.heartbeat_at) >= fresh else None
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite keeps no zone
+    return row.owner if stored_utc(row.heartbeat_at) >= fresh else None
 
 
 def _owner() -> str:

@@ -1,4 +1,5 @@
-"""ml.outcomes: the predictions/outcomes store on a real SQLite file."""
+"""ml.outcomes: the predictions/outcomes store on a real SQLite file and, as integration tests,
+on a real PostgreSQL database (`ct_database`, tests/fixtures/postgres.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from ml.outcomes import OutcomeStore, PredictionRecord
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> OutcomeStore:
-    return OutcomeStore(f"sqlite:///{tmp_path / 'ct.db'}")
+def store(ct_database: str) -> OutcomeStore:
+    return OutcomeStore(ct_database)
 
 
 def record(pid: str, label: object = "yes", version: str = "1", **features: object):
@@ -53,6 +54,14 @@ def test_unknown_ids_fail_per_item_and_a_repeat_replaces(store: OutcomeStore) ->
     assert rows.truth == ["yes"], "a repeated outcome must replace, not double"
 
 
+def test_an_id_with_a_nul_character_is_unknown_not_an_error(store: OutcomeStore) -> None:
+    """Any JSON string reaches the store from POST /feedback; PostgreSQL refuses NUL in text,
+    which failed the whole batch there (SQLite took it)."""
+    store.record_predictions([record("a")])
+    results = store.record_feedback([("a\x00", "no"), ("a", "yes")])
+    assert [(r.prediction_id, r.stored) for r in results] == [("a\x00", False), ("a", True)]
+
+
 def test_a_repeated_prediction_id_is_kept_once(store: OutcomeStore) -> None:
     assert store.record_predictions([record("a"), record("b")]) == 2
     store.record_predictions([record("a", label="no")])
@@ -75,6 +84,20 @@ def test_windows_take_the_most_recent_rows_of_one_model(store: OutcomeStore) -> 
     assert rows.probability_matrix(["no", "yes"]) is None  # served without probabilities
 
 
+def test_rows_served_at_the_same_instant_come_in_serving_order(store: OutcomeStore) -> None:
+    """Serving stamps every row of a request with one time (milliseconds), so windows cut
+    through ties: PostgreSQL returned an arbitrary subset in arbitrary order, SQLite the
+    insertion order. Ties go by prediction id (serving issues them increasing per process)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    order = [3, 0, 5, 1, 4, 2]  # stored out of id order: only the tie-break can sort them
+    store.record_predictions(
+        PredictionRecord(f"p{i}", "m", "1", {"x": float(i)}, "yes", None, at) for i in order
+    )
+    store.record_feedback([(f"p{i}", "no") for i in order])
+    assert store.recent_inputs("m", limit=3)["x"].tolist() == [3.0, 4.0, 5.0]
+    assert store.labelled("m", limit=4).prediction_ids == ["p2", "p3", "p4", "p5"]
+
+
 def test_prune_drops_old_predictions_and_their_outcomes(store: OutcomeStore) -> None:
     old = datetime.now(UTC) - timedelta(days=40)
     store.record_predictions([PredictionRecord("old", "m", "1", {"x": 1.0}, "yes", None, old)])
@@ -85,7 +108,8 @@ def test_prune_drops_old_predictions_and_their_outcomes(store: OutcomeStore) -> 
     assert not store.record_feedback([("old", "yes")])[0].stored
 
 
-def test_a_sqlite_store_runs_in_wal(store: OutcomeStore) -> None:
+def test_a_sqlite_store_runs_in_wal(tmp_path: Path) -> None:
     """Replicas write while a CT run reads: WAL lets them overlap (ml.common.sqlite)."""
+    store = OutcomeStore(f"sqlite:///{tmp_path / 'ct.db'}")
     with store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

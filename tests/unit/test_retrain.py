@@ -2,7 +2,8 @@
 retrain on the source plus labelled feedback, recorded on the run and the new version.
 
 Real local stores (MLflow on SQLite, the CT database on SQLite) and real training with a
-small budget; no server.
+small budget; no server. The lock, `ct_runs` and cooldown tests also run, as integration tests,
+on a real PostgreSQL database (`ct_database`, tests/fixtures/postgres.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tests.unit.registry_support import demo_split, register_champion
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> sa.Engine:
-    store = OutcomeStore(f"sqlite:///{tmp_path / 'ct.db'}")
+def engine(ct_database: str) -> sa.Engine:
+    store = OutcomeStore(ct_database)
     state.create_all(store.engine)
     return store.engine
 
@@ -32,6 +33,8 @@ def test_one_owner_at_a_time(engine: sa.Engine) -> None:
     assert first.acquire() == (True, "acquired")
     taken, why = second.acquire()
     assert not taken and "another CT run holds the lock: a since" in why
+    # in UTC on every backend: SQLite returned a naive time, PostgreSQL the server's zone
+    assert why.endswith("+00:00"), why
     first.release()
     assert second.acquire()[0]
 
@@ -86,8 +89,11 @@ def test_no_trigger_trains_nothing_and_says_so(tmp_path: Path, demo) -> None:
     assert len(versions) == 1
 
 
-def test_a_fired_trigger_retrains_records_why_and_then_cools_down(tmp_path: Path, demo) -> None:
-    settings = _settings(tmp_path, ct_max_age_h=1e-6)  # the champion is already too old
+def test_a_fired_trigger_retrains_records_why_and_then_cools_down(
+    tmp_path: Path, demo, ct_database: str
+) -> None:
+    # the champion is already too old
+    settings = _settings(tmp_path, ct_max_age_h=1e-6, ct_database=ct_database)
     champion, _ = register_champion(settings, demo)
     outcome = retrain(settings)
     assert outcome.outcome == "trained", outcome.detail
@@ -102,6 +108,7 @@ def test_a_fired_trigger_retrains_records_why_and_then_cools_down(tmp_path: Path
 
     again = retrain(settings)
     assert again.outcome == "cooling_down" and "next may start at" in again.detail
+    assert again.detail.endswith("+00:00"), "times in UTC, whatever the database server's zone"
     with OutcomeStore(settings.ct_database).engine.connect() as connection:
         outcomes = connection.execute(sa.select(ct_runs.c.outcome)).scalars().all()
     assert outcomes == ["trained", "cooling_down"]
