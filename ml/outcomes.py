@@ -10,6 +10,7 @@ type (`"malignant"`, `1`, `true`) and features their names.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -212,7 +213,10 @@ class OutcomeStore:
             )
 
 
+@functools.cache
 def _engine(url: str) -> Engine:
+    """One engine (and connection pool) per database for the process: stores are opened per
+    request and per CT run, and a new pool each time held connections until collected."""
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":  # a fresh var/ has no directory yet

@@ -197,11 +197,21 @@ def _add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
     """`create_all` skips a table that exists: add the nullable columns a database made by
     an earlier version lacks, so its rows are kept."""
     present = {column["name"] for column in sa.inspect(engine).get_columns(table.name)}
-    missing = [column for column in table.columns if column.name not in present]
-    with engine.begin() as connection:
-        for column in missing:
-            kind = column.type.compile(dialect=engine.dialect)
-            connection.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+    for column in table.columns:
+        if column.name in present:
+            continue
+        kind = column.type.compile(dialect=engine.dialect)
+        # Two processes may upgrade at once: PostgreSQL skips a column that exists, SQLite
+        # (no IF NOT EXISTS for columns) says "duplicate column", which means done.
+        guard = "IF NOT EXISTS " if engine.dialect.name == "postgresql" else ""
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    sa.text(f"ALTER TABLE {table.name} ADD COLUMN {guard}{column.name} {kind}")
+                )
+        except sa.exc.OperationalError as exc:
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _run_locked(
