@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from ml import ct
 from ml.config import Settings
 from ml.data import Dataset, validate
-from ml.outcomes import OutcomeStore, dialect_insert
+from ml.outcomes import OutcomeStore, dialect_insert, prune_expired
 
 LOCK_NAME = "ct"
 EVIDENCE_TAG_LIMIT = 5000  # MLflow tag values are bounded; the ECS events keep it whole
@@ -181,6 +181,7 @@ def _run_locked(
             settings, store, report, source, callbacks
         )
     _record_run(store, owner, now, outcome)
+    prune_expired(store, settings)  # retention: docs/continuous-training.md
     return outcome
 
 
