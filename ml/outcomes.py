@@ -147,8 +147,9 @@ class OutcomeStore:
             for pid in ids
         ]
 
-    def labelled(self, model_name: str, limit: int) -> LabelledRows:
-        """The `limit` most recent predictions of `model_name` that have an outcome."""
+    def labelled(self, model_name: str, limit: int, since: datetime | None = None) -> LabelledRows:
+        """The `limit` most recent predictions of `model_name` that have an outcome (served
+        at or after `since`, when given)."""
         query = (
             sa.select(
                 predictions.c.prediction_id,
@@ -163,6 +164,8 @@ class OutcomeStore:
             .order_by(predictions.c.created_at.desc())
             .limit(limit)
         )
+        if since is not None:
+            query = query.where(predictions.c.created_at >= since)
         with self.engine.connect() as connection:
             rows = list(reversed(connection.execute(query).all()))
         return LabelledRows(

@@ -168,6 +168,21 @@ BUILT = [
         reason="live f1 dropped",
         evidence={"live": {"f1": 0.5, "labelled": 300}, "holdout": 0.9},
     ),
+    events.quality_event(
+        model_name="m",
+        model_version="1",
+        window={
+            "name": "last 1000 labelled",
+            "kind": "rows",
+            "size": 1000,
+            "labelled": 300,
+            "min_labels": 200,
+            "champion_rows": 250,
+            "scores": {"accuracy": 0.9, "f1": 0.8, "roc_auc": 0.95},
+        },
+        metric="roc_auc",
+        holdout={"accuracy": 0.93, "f1": 0.9, "roc_auc": 0.97},
+    ),
 ]
 
 
