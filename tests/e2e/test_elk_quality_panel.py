@@ -117,7 +117,8 @@ def test_too_few_labels_give_a_count_and_no_score(written: Written) -> None:
 
 def test_documents_carry_the_champion_and_its_holdout_score(written: Written) -> None:
     metric = written.settings.promotion_metric
-    tags = MlflowClient().get_model_version(written.settings.model_name, written.version).tags
+    client = MlflowClient(written.settings.mlflow_tracking_uri)  # not the cwd's default store
+    tags = client.get_model_version(written.settings.model_name, written.version).tags
     assert len(written.documents) == 4  # two checks, two windows each
     for document in written.documents:
         assert document["mlops"]["model"]["version"] == written.version
