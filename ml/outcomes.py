@@ -199,8 +199,9 @@ class OutcomeStore:
         cutoff = datetime.now(UTC) - keep
         deleted = 0
         with self.engine.begin() as connection:
-            names = connection.execute(sa.select(predictions.c.model_name).distinct()).scalars()
-            for name in list(names):
+            query = sa.select(predictions.c.model_name).distinct()
+            names: list[str] = list(connection.execute(query).scalars())
+            for name in names:
                 expired = _expired(connection, name, cutoff, keep_labelled)
                 connection.execute(outcomes.delete().where(outcomes.c.prediction_id.in_(expired)))
                 deleted += connection.execute(
@@ -215,7 +216,9 @@ def prune_expired(store: OutcomeStore, settings: Settings) -> int:
     return store.prune(timedelta(days=settings.ct_retention_days), settings.ct_max_feedback_rows)
 
 
-def _expired(connection: sa.Connection, model_name: str, cutoff: datetime, keep_labelled: int):
+def _expired(
+    connection: sa.Connection, model_name: str, cutoff: datetime, keep_labelled: int
+) -> sa.Select[tuple[str]]:
     """The ids of one model's predictions that retention deletes (a subquery)."""
     old = sa.and_(predictions.c.model_name == model_name, predictions.c.created_at < cutoff)
     if keep_labelled > 0:
