@@ -75,7 +75,8 @@ def after_promote(settings: Settings, version: str) -> None:
 
 
 def after_ct_check(settings: Settings, report: Any) -> None:
-    """One `mlops.ct` event per trigger verdict of a continuous-training check."""
+    """One `mlops.ct` event per trigger verdict of a continuous-training check (`mlops ct
+    check`, `mlops ct run`), and one `mlops.quality` event per live-quality window."""
     from elk import events
     from elk.sinks import build_emitter
 
@@ -94,8 +95,32 @@ def after_ct_check(settings: Settings, report: Any) -> None:
                     evidence=result.evidence,
                 )
             )
+        for event in quality_events(settings, report):
+            emitter.emit(event)
     finally:
         emitter.close()
+
+
+def quality_events(settings: Settings, report: Any) -> list[dict[str, Any]]:
+    """The live-quality windows of a CT check beside the champion's holdout scores (none
+    without a champion: nothing was served to measure)."""
+    from dataclasses import asdict
+
+    from elk import events
+
+    champion = report.champion
+    if champion is None:
+        return []
+    return [
+        events.quality_event(
+            model_name=settings.model_name,
+            model_version=champion.version,
+            window=asdict(window),
+            metric=settings.promotion_metric,
+            holdout=champion.holdout,
+        )
+        for window in report.quality
+    ]
 
 
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:

@@ -60,6 +60,13 @@ class Panel:
     x_terms: str | None = None  # a terms x-axis instead of the date histogram
     series: str = "line"
     width: int = 24
+    where: str = ""  # more KQL `field : "value"` clauses, joined to the dataset's with `and`
+
+    @property
+    def kql(self) -> str:
+        """The Lens query: the panel's dataset, narrowed by `where`."""
+        dataset = f'event.dataset : "{self.dataset}"'
+        return f"{dataset} and {self.where}" if self.where else dataset
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,9 @@ class Dashboard:
 
 SYSTEM = DataView("mlops-system", "MLOps system", ("system.*", "docker.*"))
 SERVING = DataView(
-    "mlops-serving", "MLOps serving", ("mlops.prediction", "mlops.serve", "mlops.drift")
+    "mlops-serving",
+    "MLOps serving",
+    ("mlops.prediction", "mlops.serve", "mlops.drift", "mlops.quality"),
 )
 TRAINING = DataView(
     "mlops-training",
@@ -83,6 +92,25 @@ TRAINING = DataView(
 DATA_VIEWS = (SYSTEM, SERVING, TRAINING)
 
 PCT = {"percent": True}
+
+
+def live_quality_panel(kind: str, title: str) -> Panel:
+    """Live accuracy, F1 and ROC AUC of one window kind (`mlops.quality`), beside the holdout
+    score the champion was promoted with. A window with too few labels has no scores: a gap."""
+    return Panel(
+        f"mlops-serving-quality-{kind}",
+        title,
+        SERVING,
+        "mlops.quality",
+        (
+            Metric("average", "mlops.quality.accuracy", "Live accuracy"),
+            Metric("average", "mlops.quality.f1", "Live F1"),
+            Metric("average", "mlops.quality.roc_auc", "Live ROC AUC"),
+            Metric("average", "mlops.quality.holdout_score", "Champion holdout score"),
+        ),
+        where=f'mlops.quality.window.kind : "{kind}"',
+    )
+
 
 DASHBOARDS = (
     Dashboard(
@@ -170,7 +198,8 @@ DASHBOARDS = (
     Dashboard(
         "mlops-dashboard-serving",
         "MLOps · Model serving",
-        "Request rate, latency percentiles, errors, classes, model versions, drift.",
+        "Request rate, latency percentiles, errors, classes, model versions, drift, live "
+        "quality beside the champion's holdout score.",
         (
             Panel(
                 "mlops-serving-rate",
@@ -244,6 +273,20 @@ DASHBOARDS = (
                 "mlops.drift",
                 (Metric("max", "mlops.drift.psi", "PSI"),),
                 split="mlops.drift.feature",
+                width=48,
+            ),
+            live_quality_panel("rows", "Live quality, newest labelled predictions, vs holdout"),
+            live_quality_panel("hours", "Live quality, last hours, vs holdout"),
+            Panel(
+                "mlops-serving-quality-labelled",
+                "Labelled predictions per live-quality window (scores need the minimum)",
+                SERVING,
+                "mlops.quality",
+                (
+                    Metric("max", "mlops.quality.labelled", "Labelled"),
+                    Metric("max", "mlops.quality.min_labels", "Needed for scores"),
+                ),
+                split="mlops.quality.window.name",
                 width=48,
             ),
         ),
@@ -440,7 +483,7 @@ def lens_object(panel: Panel) -> dict[str, Any]:
             "preferredSeriesType": panel.series,
             "layers": [layer],
         },
-        "query": {"language": "kuery", "query": f'event.dataset : "{panel.dataset}"'},
+        "query": {"language": "kuery", "query": panel.kql},
         "filters": [],
         "internalReferences": [],
         "adHocDataViews": {},

@@ -41,6 +41,7 @@ DATASET_STAGE = "mlops.stage"
 DATASET_DRIFT = "mlops.drift"
 DATASET_CT = "mlops.ct"
 DATASET_FEEDBACK = "mlops.feedback"
+DATASET_QUALITY = "mlops.quality"
 
 ALL_DATASETS: tuple[str, ...] = (
     DATASET_CPU,
@@ -59,6 +60,7 @@ ALL_DATASETS: tuple[str, ...] = (
     DATASET_DRIFT,
     DATASET_CT,
     DATASET_FEEDBACK,
+    DATASET_QUALITY,
 )
 
 
@@ -534,4 +536,45 @@ def ct_event(
     if model_version is not None:
         model["version"] = str(model_version)
     event["mlops"] = {"ct": ct, "model": model}
+    return event
+
+
+LIVE_SCORES = ("accuracy", "f1", "roc_auc")
+
+
+def quality_event(
+    *,
+    model_name: str,
+    model_version: str,
+    window: Mapping[str, Any],
+    metric: str,
+    holdout: Mapping[str, float],
+) -> dict[str, Any]:
+    """Live quality over one sliding window, beside the holdout scores the champion was
+    registered with, so one panel can chart both. `window` is an `ml.ct.QualityWindow` as a
+    mapping (name, kind, size, labelled, min_labels, scores). Below
+    `min_labels` the document has the count and no scores: a gap, never an invented value."""
+    event = base_event(DATASET_QUALITY, kind="metric")
+    labelled, min_labels = int(window["labelled"]), int(window["min_labels"])
+    quality: dict[str, Any] = {
+        "window": {
+            "name": str(window["name"]),
+            "kind": str(window["kind"]),
+            "size": float(window["size"]),
+        },
+        "labelled": labelled,
+        "min_labels": min_labels,
+        "enough_labels": labelled >= min_labels,
+        "metric": metric,
+        "holdout": {key: float(holdout[key]) for key in LIVE_SCORES if key in holdout},
+    }
+    if quality["enough_labels"]:
+        scores = window["scores"]
+        quality.update({key: float(scores[key]) for key in LIVE_SCORES if key in scores})
+    if metric in holdout:
+        quality["holdout_score"] = float(holdout[metric])
+    event["mlops"] = {
+        "quality": quality,
+        "model": {"name": model_name, "version": str(model_version)},
+    }
     return event

@@ -144,6 +144,12 @@ class Settings(BaseSettings):
     ct_max_feedback_rows: int = Field(
         100_000, ge=1, description="labelled predictions a retrain adds to the source, newest"
     )
+    ct_quality_window_h: float = Field(
+        24.0, gt=0, description="live quality's time window: labelled predictions this recent"
+    )
+    ct_retention_days: float = Field(
+        30.0, gt=0, description="served predictions older than this are pruned by each CT run"
+    )
 
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))

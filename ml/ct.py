@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mlflow.exceptions import MlflowException
@@ -62,9 +62,25 @@ class Champion:
 
 
 @dataclass(frozen=True)
+class QualityWindow:
+    """Live quality over one sliding window of labelled predictions. `scores` (accuracy, F1,
+    ROC AUC when the probabilities allow) are empty below `min_labels`: a count, no guess."""
+
+    name: str
+    kind: str  # "rows": the newest `size` labelled; "hours": served in the last `size` hours
+    size: float
+    labelled: int
+    min_labels: int
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class CtReport:
+    """One check: the champion, each trigger's verdict, and live quality per window."""
+
     champion: Champion | None
     results: list[TriggerResult]
+    quality: list[QualityWindow] = field(default_factory=list)
 
     @property
     def fired(self) -> list[TriggerResult]:
@@ -86,14 +102,16 @@ def check(
         reason = f"no champion of {settings.model_name!r} yet: train one first"
         return CtReport(None, [TriggerResult(name, False, reason, False) for name in TRIGGERS])
     store = OutcomeStore(settings.ct_database)
+    now = now or datetime.now(UTC)
     return CtReport(
         champion,
         [
             new_data(settings, champion, source),
-            schedule(settings, champion, now or datetime.now(UTC)),
+            schedule(settings, champion, now),
             drift(settings, champion, client, store),
             performance(settings, champion, store),
         ],
+        quality_windows(settings, champion, store, now),
     )
 
 
@@ -205,7 +223,9 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
     mistakes of the version it replaced must not count against it (a retrain would follow
     every retrain)."""
     metric = settings.promotion_metric
-    rows = store.labelled(settings.model_name, settings.ct_min_labels * 5, champion.version)
+    rows = store.labelled(
+        settings.model_name, performance_window(settings), version=champion.version
+    )
     live = live_quality(rows)
     evidence: dict[str, Any] = {
         "metric": metric,
@@ -231,6 +251,49 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
         return TriggerResult("performance", True, reason, True, evidence)
     reason = f"live {metric} {now:.4f} holds against the holdout's {holdout:.4f}"
     return TriggerResult("performance", False, reason, True, evidence)
+
+
+def performance_window(settings: Settings) -> int:
+    """How many of the newest labelled predictions the performance trigger judges."""
+    return settings.ct_min_labels * 5
+
+
+def quality_windows(
+    settings: Settings, champion: Champion, store: OutcomeStore, now: datetime
+) -> list[QualityWindow]:
+    """Live quality of the champion's own predictions over two sliding windows: the rows the
+    performance trigger judges, so a
+    chart shows what it decided on, and the last `ct_quality_window_h` hours, which moves with
+    today's traffic even when that many rows span weeks."""
+    rows, hours = performance_window(settings), settings.ct_quality_window_h
+    since = now - timedelta(hours=hours)
+    return [
+        _window(settings, champion, f"last {rows} labelled", "rows", rows, store, None),
+        _window(settings, champion, f"last {hours:g} h", "hours", hours, store, since),
+    ]
+
+
+def _window(
+    settings: Settings,
+    champion: Champion,
+    name: str,
+    kind: str,
+    size: float,
+    store: OutcomeStore,
+    since: datetime | None,
+) -> QualityWindow:
+    limit = int(size) if since is None else settings.ct_max_feedback_rows
+    rows = store.labelled(settings.model_name, limit, since, version=champion.version)
+    enough = len(rows) >= settings.ct_min_labels
+    scores = {key: value for key, value in live_quality(rows).items() if key != "labelled"}
+    return QualityWindow(
+        name=name,
+        kind=kind,
+        size=size,
+        labelled=len(rows),
+        min_labels=settings.ct_min_labels,
+        scores=scores if enough else {},
+    )
 
 
 def live_quality(rows: LabelledRows) -> dict[str, float]:

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ml.common.sqlite import use_wal
+from ml.config import Settings
 from ml.common.values import plain
 
 metadata = sa.MetaData()
@@ -155,9 +156,15 @@ class OutcomeStore:
             for pid in ids
         ]
 
-    def labelled(self, model_name: str, limit: int, version: str | None = None) -> LabelledRows:
-        """The `limit` most recent predictions of `model_name` (of its `version`, when given)
-        that have an outcome."""
+    def labelled(
+        self,
+        model_name: str,
+        limit: int,
+        since: datetime | None = None,
+        version: str | None = None,
+    ) -> LabelledRows:
+        """The `limit` most recent predictions of `model_name` that have an outcome (served
+        at or after `since`, by its `version`, when given)."""
         query = (
             sa.select(
                 predictions.c.prediction_id,
@@ -174,6 +181,8 @@ class OutcomeStore:
         )
         if version is not None:
             query = query.where(predictions.c.model_version == version)
+        if since is not None:
+            query = query.where(predictions.c.created_at >= since)
         with self.engine.connect() as connection:
             rows = list(reversed(connection.execute(query).all()))
         return LabelledRows(
@@ -200,17 +209,55 @@ class OutcomeStore:
         features = [json.loads(text) for text in texts]
         return pd.DataFrame(list(reversed(features)))
 
-    def prune(self, keep: timedelta) -> int:
-        """Delete predictions (and their outcomes) older than `keep`; the retention policy."""
+    def prune(self, keep: timedelta, keep_labelled: int = 0) -> int:
+        """Delete predictions (and their outcomes) older than `keep`, except each model's
+        `keep_labelled` newest labelled ones: a retrain learns from those, whatever their age.
+        One transaction: a crash deletes nothing. The number of predictions deleted."""
         cutoff = datetime.now(UTC) - keep
-        old = sa.select(predictions.c.prediction_id).where(predictions.c.created_at < cutoff)
+        deleted = 0
         with self.engine.begin() as connection:
-            connection.execute(outcomes.delete().where(outcomes.c.prediction_id.in_(old)))
-            return int(
-                connection.execute(
-                    predictions.delete().where(predictions.c.created_at < cutoff)
+            query = sa.select(predictions.c.model_name).distinct()
+            names: list[str] = list(connection.execute(query).scalars())
+            for name in names:
+                expired = _expired(connection, name, cutoff, keep_labelled)
+                connection.execute(outcomes.delete().where(outcomes.c.prediction_id.in_(expired)))
+                deleted += connection.execute(
+                    predictions.delete().where(predictions.c.prediction_id.in_(expired))
                 ).rowcount
-            )
+        return deleted
+
+
+def prune_expired(store: OutcomeStore, settings: Settings) -> int:
+    """The retention of a CT run: `ct_retention_days`, keeping the labelled rows a retrain
+    adds to the source (`ct_max_feedback_rows`), so pruning never takes a lesson back."""
+    return store.prune(timedelta(days=settings.ct_retention_days), settings.ct_max_feedback_rows)
+
+
+def _expired(
+    connection: sa.Connection, model_name: str, cutoff: datetime, keep_labelled: int
+) -> sa.Select[tuple[str]]:
+    """The ids of one model's predictions that retention deletes (a subquery)."""
+    old = sa.and_(predictions.c.model_name == model_name, predictions.c.created_at < cutoff)
+    if keep_labelled > 0:
+        labelled = predictions.c.prediction_id.in_(sa.select(outcomes.c.prediction_id))
+        floor = _newest_labelled_floor(connection, model_name, keep_labelled)
+        kept = labelled if floor is None else sa.and_(labelled, predictions.c.created_at >= floor)
+        old = sa.and_(old, sa.not_(kept))
+    return sa.select(predictions.c.prediction_id).where(old)
+
+
+def _newest_labelled_floor(
+    connection: sa.Connection, model_name: str, count: int
+) -> datetime | None:
+    """When the `count`-th newest labelled prediction of a model was made (None: fewer)."""
+    return connection.execute(
+        sa.select(predictions.c.created_at)
+        .join(outcomes, outcomes.c.prediction_id == predictions.c.prediction_id)
+        .where(predictions.c.model_name == model_name)
+        .order_by(predictions.c.created_at.desc())
+        .offset(count - 1)
+        .limit(1)
+    ).scalar()
 
 
 @functools.cache

@@ -36,7 +36,7 @@ from mlflow.tracking import MlflowClient
 from ml import ct
 from ml.config import Settings
 from ml.data import Dataset, validate
-from ml.outcomes import OutcomeStore, dialect_insert, stored_utc
+from ml.outcomes import OutcomeStore, dialect_insert, prune_expired, stored_utc
 
 LOCK_NAME = "ct"
 EVIDENCE_TAG_LIMIT = 5000  # MLflow tag values are bounded; the ECS events keep it whole
@@ -234,6 +234,7 @@ def _run_locked(
         cooling = None if request else _cooling_down(settings, store, report, now)
         outcome = cooling or _train(settings, store, report, source, callbacks)
     _record_run(store, owner, now, outcome, request)
+    prune_expired(store, settings)  # retention: docs/continuous-training.md
     return outcome
 
 

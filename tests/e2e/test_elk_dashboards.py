@@ -2,17 +2,19 @@
 
 The chain is real: the session's MLflow server and training run (`registered_model`), a real
 Ray Serve app answering /predict (`serve_app`), the host collector (psutil) and Ray's own
-Prometheus endpoint, a drift check, all into a real Elasticsearch. Kibana itself cannot run
-here, so each Lens panel of the packaged saved objects is translated into the search Kibana
-would run (elk.dashboards.panel_searches) and run against Elasticsearch. Container panels are
-the one exception: there is no Docker engine on this machine, so they can only be checked for
-mapped fields (tests/contracts) and a search that runs without error.
+Prometheus endpoint, a drift check, a CT check over labelled predictions (live quality), all
+into a real Elasticsearch. Kibana itself cannot run here, so each Lens panel of the packaged
+saved objects is translated into the search Kibana would run (elk.dashboards.panel_searches)
+and run against Elasticsearch. Container panels are the one exception: there is no Docker
+engine on this machine, so they can only be checked for mapped fields (tests/contracts) and a
+search that runs without error.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from elk.sinks import build_emitter
 from elk.stack import asset_path, install_templates, mapped_fields
 from ml.config import Settings
 from ml.data import load_frame
+from tests.e2e.quality_support import emit_ct_check, serve_labelled
 from tests.fixtures.elasticsearch import ElasticsearchServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -70,6 +73,18 @@ def _scrape_serve_metrics(url: str, timeout_s: float = 90) -> list[dict[str, Any
             return found
         time.sleep(2)
     raise TimeoutError(f"no Ray Serve request counters at {url} after {timeout_s}s")
+
+
+def _live_quality(settings: Settings, version: str, tmp: Path) -> None:
+    """The champion's predictions with their true labels in a CT store, then a CT check's
+    mlops.quality documents (test_elk_quality_panel.py checks them in detail)."""
+    quality = settings.model_copy(
+        update={"ct_database": f"sqlite:///{tmp / 'ct.db'}", "ct_min_labels": 20}
+    )
+    labelled = load_frame("demo").sample(n=60, random_state=7)
+    rows, truth = labelled.drop(columns=["target"]), labelled["target"].tolist()
+    serve_labelled(quality, version, rows, truth, datetime.now(UTC))
+    emit_ct_check(quality)
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +138,8 @@ def populated(
     # templates refresh every 5 s; make what was just shipped searchable now.
     es.indices.refresh(index="mlops-*")
     check_drift(settings, version=model.version, notify=False)
+
+    _live_quality(settings, model.version, tmp)
 
     es.indices.refresh(index="mlops-*")
     study = model.result.tuning

@@ -171,6 +171,20 @@ BUILT = [
     events.feedback_event(
         model_name="m", prediction_id="p", label=1, stored=False, error="not recorded"
     ),
+    events.quality_event(
+        model_name="m",
+        model_version="1",
+        window={
+            "name": "last 1000 labelled",
+            "kind": "rows",
+            "size": 1000,
+            "labelled": 300,
+            "min_labels": 200,
+            "scores": {"accuracy": 0.9, "f1": 0.8, "roc_auc": 0.95},
+        },
+        metric="roc_auc",
+        holdout={"accuracy": 0.93, "f1": 0.9, "roc_auc": 0.97},
+    ),
 ]
 
 
