@@ -169,6 +169,13 @@ def predict(
     with user_errors():
         frame = load_frame(str(input_path))
         champion = load_champion(settings.model_name)
+        frame, dropped = champion.without_target(frame, settings.target)
+        for column in dropped:  # on stderr: stdout may be the predictions CSV
+            err_console.print(
+                f"column {column!r} dropped: it is the target, not a feature of "
+                f"{champion.name} version {champion.version}",
+                highlight=False,
+            )
         predictions = champion.predict_frame(frame)
     if output:
         predictions.to_csv(output, index=False)
