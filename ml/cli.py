@@ -19,8 +19,10 @@ import optuna
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ml.common.cli import console, err_console, fail, load_settings, user_errors
+from ml.common.stages import STUDY_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 
@@ -50,6 +52,27 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    _show_study_notes()
+
+
+class _ConsoleNotes(logging.Handler):
+    """Log records as console lines: which study a run joins and why (`ml.study`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # One unbroken line each: a study name is something to copy.
+        if record.levelno >= logging.WARNING:
+            err_console.print(
+                f"[yellow]warning:[/] {record.getMessage()}", highlight=False, soft_wrap=True
+            )
+        else:
+            console.print(record.getMessage(), highlight=False, soft_wrap=True, markup=False)
+
+
+def _show_study_notes() -> None:
+    logger = logging.getLogger(STUDY_LOGGER)
+    if not any(isinstance(handler, _ConsoleNotes) for handler in logger.handlers):
+        logger.addHandler(_ConsoleNotes())
+        logger.setLevel(logging.INFO)
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -169,6 +192,13 @@ def predict(
     with user_errors():
         frame = load_frame(str(input_path))
         champion = load_champion(settings.model_name)
+        frame, dropped = champion.without_target(frame, settings.target)
+        for column in dropped:  # on stderr: stdout may be the predictions CSV
+            err_console.print(
+                f"column {column!r} dropped: it is the target, not a feature of "
+                f"{champion.name} version {champion.version}",
+                highlight=False,
+            )
         predictions = champion.predict_frame(frame)
     if output:
         predictions.to_csv(output, index=False)
@@ -365,8 +395,11 @@ def _print_summary(result: Any, settings: Settings) -> None:
     table = Table("", "", title="Training summary", show_header=False)
     table.add_row(
         "study",
-        f"{result.tuning.study_name} ({result.tuning.complete} complete, "
-        f"{result.tuning.pruned} pruned)",
+        Text(  # folded, not cut: the name is one to copy
+            f"{result.tuning.study_name} ({result.tuning.complete} complete, "
+            f"{result.tuning.pruned} pruned)",
+            overflow="fold",
+        ),
     )
     table.add_row("best params", json.dumps(result.tuning.best_params, default=str))
     table.add_row("registered", f"{settings.model_name} version {result.trained.version}")

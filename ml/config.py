@@ -72,8 +72,12 @@ class Settings(BaseSettings):
     n_jobs: int = Field(1, ge=1)
     cv_folds: int = Field(3, ge=2, le=10)
     tuning_metric: Metric = "roc_auc"
-    optuna_storage: str = Field("", description="RDB URL; default beside MLflow")
-    study_name: str | None = Field(None, description="default: <model_name>-<data sha[:12]>")
+    optuna_storage: str = Field(
+        "", description="RDB URL; default: the MLflow database, or a file beside it (ml.study)"
+    )
+    study_name: str | None = Field(
+        None, description="default: one study per objective (ml/study.py), so changes restart"
+    )
 
     # --- promotion gate ----------------------------------------------------------------
     promotion_metric: Metric = "roc_auc"
@@ -208,11 +212,23 @@ class Settings(BaseSettings):
         return self
 
     def _default_optuna_storage(self) -> str:
-        """Share the MLflow database when it is a real DB server, else a local SQLite file."""
+        """Follow the tracking store, so two registries never share studies: its database when
+        it is a PostgreSQL/MySQL server, a file beside it when it is a SQLite file, else a
+        local file under var/ (`unshared_study_storage`)."""
         uri = self.mlflow_tracking_uri
         if uri.startswith(("postgresql", "mysql")):
             return uri
+        return _study_file_beside(uri) or self._local_optuna_storage()
+
+    def _local_optuna_storage(self) -> str:
         return f"sqlite:///{self.var_dir / 'optuna.db'}"
+
+    @property
+    def unshared_study_storage(self) -> bool:
+        """True when tracking goes to a server but the studies stay in the local default file,
+        where other machines tracking to that server cannot join them."""
+        remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
+        return remote and self.optuna_storage == self._local_optuna_storage()
 
     @property
     def artifact_root(self) -> Path:
@@ -253,6 +269,18 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"MLOPS_CONFIG: no such settings file: {yaml_path}")
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
         return tuple(sources)
+
+
+def _study_file_beside(tracking_uri: str) -> str | None:
+    """The study file beside a SQLite tracking file: `optuna.db` beside `mlflow.db`,
+    `<name>.optuna.db` beside any other `<name>.db`; None for other stores."""
+    prefix = "sqlite:///"
+    path = tracking_uri[len(prefix) :].split("?", 1)[0]
+    if not tracking_uri.startswith(prefix) or path in {"", ":memory:"}:
+        return None
+    tracking_file = Path(path)
+    name = "optuna.db" if tracking_file.name == "mlflow.db" else f"{tracking_file.stem}.optuna.db"
+    return f"{prefix}{tracking_file.with_name(name)}"
 
 
 def _mask_url_password(text: str) -> str:

@@ -6,6 +6,7 @@ column at fault; the CLI turns it into exit code 2 before anything is registered
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
@@ -20,12 +21,17 @@ from pydantic import BaseModel
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
+from ml.common.values import short_repr, some
+
 FeatureType = Literal["numeric", "categorical", "boolean"]
 DEMO_SOURCE = "demo"
 DEMO_TARGET = "target"
 SQL_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
 TRUE_WORDS = frozenset({"true", "t", "yes", "y", "1"})
 FALSE_WORDS = frozenset({"false", "f", "no", "n", "0"})
+# A numeric target with more distinct values than this, some classes too small to split,
+# is most likely a quantity (a price, a strength), not labels.
+CONTINUOUS_MIN_DISTINCT = 20
 
 
 class DataError(ValueError):
@@ -191,32 +197,23 @@ def validate(
         raise DataError(f"{source}: name the target column (--target / MLOPS_TARGET)")
     if target not in frame.columns:
         raise DataError(
-            f"{source}: target column {target!r} not found; columns are {list(frame.columns)}"
+            f"{source}: target column {target!r} not found; {_columns_hint(frame, target)}"
         )
     frame = frame.copy()
     frame.columns = [str(column) for column in frame.columns]
+    where = f"{source}: target column {target!r}"
+    _check_numeric_target(frame[target], where)
     frame = frame[frame[target].notna()].reset_index(drop=True)
-    frame[target] = _normalise_target(frame[target])
-
+    labels = frame[target]
+    frame[target] = _normalise_target(labels)
     classes = frame[target].value_counts()
-    if len(classes) < 2:
-        found = list(map(str, classes.index)) or "no non-null values"
-        raise DataError(
-            f"{source}: target column {target!r} needs at least two classes, found {found}"
-        )
     needed = min_rows_per_class(cv_folds, test_size)
-    too_small = {str(label): int(count) for label, count in classes.items() if count < needed}
-    if too_small:
-        raise DataError(
-            f"{source}: target column {target!r}: classes {too_small} have fewer than "
-            f"{needed} rows, "
-            f"too few to split into a holdout and {cv_folds} CV folds"
-        )
+    _check_classes(classes, labels, where, needed, cv_folds)
 
     features = [column for column in frame.columns if column != target]
     all_null = [column for column in features if frame[column].isna().all()]
     if all_null:
-        raise DataError(f"{source}: columns {all_null} are entirely empty; drop them or fill them")
+        raise DataError(f"{source}: {_columns(all_null)} entirely empty; drop them or fill them")
 
     feature_types, dropped = infer_feature_types(frame[features])
     if not feature_types:
@@ -237,6 +234,79 @@ def validate(
         fingerprint=fingerprint(frame[[*feature_types, target]]),
     )
     return Dataset(frame=frame[[*feature_types, target]], target=target, report=report)
+
+
+def _columns_hint(frame: pd.DataFrame, target: str) -> str:
+    """A few of the columns, and the closest names to a mistyped one."""
+    names = [str(column) for column in frame.columns]
+    hint = f"columns are {some(names, limit=6)}"
+    close = difflib.get_close_matches(target, names, n=3)
+    return f"{hint}; closest: {some(close)}" if close else hint
+
+
+def _columns(names: list[str]) -> str:
+    if len(names) == 1:
+        return f"column {names[0]!r} is"
+    return f"{len(names)} columns ({some(names)}) are"
+
+
+def _is_number_column(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+
+
+def _check_numeric_target(values: pd.Series, where: str) -> None:
+    """A numeric target needs a finite value on every row: a NaN or an infinity is a broken
+    measurement, not an unlabelled row to drop quietly (a text target's empty cells are)."""
+    if not _is_number_column(values):
+        return
+    as_float = values.astype(float)
+    for problem, bad in (("missing (NaN)", as_float.isna()), ("infinite", np.isinf(as_float))):
+        if bad.any():
+            rows = [int(position) + 1 for position in np.flatnonzero(bad.to_numpy())]
+            many = len(rows) > 1
+            raise DataError(
+                f"{where}: {len(rows)} of {len(values)} values {'are' if many else 'is'} "
+                f"{problem} (data row{'s' if many else ''} {some(rows, show=str)}); a numeric "
+                "target needs a finite value on every row: fill or drop those rows"
+            )
+
+
+def _check_classes(
+    classes: pd.Series, labels: pd.Series, where: str, needed: int, cv_folds: int
+) -> None:
+    """At least two classes, each big enough for a holdout row and every CV fold; the message
+    counts the classes and shows a few, never the whole column."""
+    if classes.empty:
+        raise DataError(f"{where} has no values: it needs at least two classes")
+    if len(classes) == 1:
+        raise DataError(
+            f"{where} is constant: all {int(classes.iloc[0])} rows are "
+            f"{short_repr(classes.index[0])}; a classifier needs at least two classes"
+        )
+    small = classes[classes < needed]
+    if small.empty:
+        return
+    examples = some(list(small.items()), show=lambda item: f"{short_repr(item[0])} ({item[1]})")
+    counted = (
+        f"class {examples} has fewer than {needed} rows"
+        if len(small) == 1
+        else f"{len(small)} classes have fewer than {needed} rows, e.g. {examples}"
+    )
+    if _looks_continuous(labels):
+        raise DataError(
+            f"{where} looks continuous ({labels.nunique()} distinct numeric values in "
+            f"{len(labels)} rows); regression is not supported yet: {counted}"
+        )
+    raise DataError(f"{where}: {counted}, too few to split into a holdout and {cv_folds} CV folds")
+
+
+def _looks_continuous(labels: pd.Series) -> bool:
+    """Numbers with fractions, or more distinct numbers than labels usually have."""
+    if not _is_number_column(labels):
+        return False
+    as_float = labels.astype(float)
+    fractional = bool((as_float != as_float.round()).any())
+    return fractional or labels.nunique() > CONTINUOUS_MIN_DISTINCT
 
 
 def min_rows_per_class(cv_folds: int, test_size: float) -> int:

@@ -25,6 +25,7 @@ from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
 from ml.registry import GateDecision, run_gate
+from ml.study import open_study, plan_study
 from ml.training import TrainedModel, fit_best, log_and_register
 from ml.tracking import TrialTracker
 from ml.tuning import TrialCallback, TuningResult, study_figures, tune
@@ -85,14 +86,6 @@ def load_data(settings: Settings) -> Dataset:
     )
 
 
-def default_study_name(settings: Settings, dataset: Dataset) -> str:
-    """One study per model, data and search space, so re-runs and workers share it."""
-    if settings.study_name:
-        return settings.study_name
-    families = "+".join(sorted(settings.families))
-    return f"{settings.model_name}-{dataset.report.fingerprint[:12]}-{families}"
-
-
 def log_dataset(dataset: Dataset, settings: Settings) -> None:
     """Dataset input, validation report and fingerprint on the active run."""
     report = dataset.report
@@ -138,7 +131,10 @@ def run_pipeline(  # pylint: disable=too-many-locals
         holdout_split: Split = split(dataset, settings.test_size, settings.seed)
     experiment_id = configure_tracking(settings)
     client = MlflowClient()
-    study_name = default_study_name(settings, dataset)
+    # One study per objective: a run resumes only a study it can continue (ml/study.py).
+    plan = plan_study(settings, dataset.report.fingerprint)
+    study_name = plan.name
+    open_study(settings, plan)
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:
         log_dataset(dataset, settings)
         with stage("tune", timings):

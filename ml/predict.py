@@ -17,6 +17,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
@@ -36,6 +37,7 @@ class LoadedModel:
     classes: list[Any]
     input_example: pd.DataFrame | None
     loaded_at: str
+    target: str | None = None  # the column it was trained to predict (its metadata's)
 
     @property
     def ref(self) -> ModelRef:
@@ -47,14 +49,24 @@ class LoadedModel:
         """`models:/name/version`: the exact version, never an alias."""
         return self.ref.uri
 
+    def without_target(
+        self, frame: pd.DataFrame, configured: str | None = None
+    ) -> tuple[pd.DataFrame, list[str]]:
+        """(`frame` without a target column, the columns dropped): the model's own training
+        target or the `configured` one (MLOPS_TARGET), never one of its features. Scoring a
+        labelled file is the first thing a user tries."""
+        targets = {name for name in (self.target, configured) if name} - set(self.feature_types)
+        dropped = [column for column in frame.columns if column in targets]
+        return frame.drop(columns=dropped), dropped
+
     def prepare(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Raw request rows -> the dtypes training saw; DataError names the bad column."""
         unknown = [column for column in frame.columns if column not in self.feature_types]
         if unknown:
-            raise DataError(f"unknown feature columns {unknown}")
+            raise DataError(f"unknown feature columns {some(unknown)}")
         missing = [column for column in self.feature_types if column not in frame.columns]
         if missing:
-            raise DataError(f"missing feature columns {missing}")
+            raise DataError(f"missing feature columns {some(missing)}")
         return coerce_features(frame[list(self.feature_types)], self.feature_types)
 
     def predict_proba(self, frame: pd.DataFrame) -> np.ndarray:
@@ -237,6 +249,7 @@ def load_version(name: str, version: str) -> LoadedModel:
         classes=list(metadata.get("classes") or list(model.classes_)),
         input_example=_input_example(info, local_path),
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        target=metadata.get("target"),
     )
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ml.common.values import plain
+from ml.common.values import plain, some
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,12 @@ def test_nan_becomes_none(nan) -> None:
 def test_none_and_infinity_pass_through() -> None:
     assert plain(None) is None
     assert plain(np.float64("inf")) == math.inf
+
+
+def test_some_shows_a_few_values_and_counts_the_rest() -> None:
+    assert some([]) == ""
+    assert some(["a", "b"]) == "'a', 'b'"
+    assert some(list(range(10)), show=str) == "0, 1, 2 and 7 more"
+    assert some([np.float64(0.5)] * 4, limit=1) == "0.5 and 3 more"
+    long = some(["x" * 1000])
+    assert len(long) == 40 and long.endswith("...")

@@ -16,6 +16,7 @@ from ml.data import (
     load_dataset,
     min_rows_per_class,
     split,
+    validate,
 )
 
 
@@ -109,8 +110,6 @@ def test_sql_source_needs_a_table_and_names_a_missing_one(tmp_path: Path) -> Non
 def test_identifier_columns_are_dropped_and_reported() -> None:
     frame = mixed_frame()
     frame["customer_id"] = [f"c-{i:05d}" for i in range(len(frame))]
-    from ml.data import validate
-
     dataset = validate(frame, "churned", source="frame")
     assert "customer_id" in dataset.report.dropped_columns
     assert "customer_id" not in dataset.X.columns
@@ -162,3 +161,87 @@ def test_coercion_takes_its_own_output() -> None:
     assert once["plan"].tolist()[:2] == [1.0, 0.0]
     with pytest.raises(DataError, match="'plan' must be true/false, got 2"):
         coerce_features(pd.DataFrame({"plan": [1, 2], "x": [1, 2], "state": ["a", "b"]}), types)
+
+
+SHORT = 400  # characters: an error is one readable line, whatever the column holds
+
+
+def _with_target(values) -> pd.DataFrame:
+    frame = mixed_frame(len(values)).drop(columns="churned")
+    return frame.assign(strength=values)
+
+
+def _error(frame: pd.DataFrame, target: str = "strength") -> str:
+    with pytest.raises(DataError) as error:
+        validate(frame, target, source="concrete.csv")
+    message = str(error.value)
+    assert len(message) < SHORT and f"column {target!r}" in message and "\n" not in message
+    return message
+
+
+def test_a_continuous_target_is_named_as_such_with_a_few_of_its_values() -> None:
+    """1,030 rows and about 800 distinct strengths once listed every one of them."""
+    rng = np.random.default_rng(1)
+    message = _error(_with_target(np.round(rng.uniform(2, 80, 1030), 2)))
+    distinct = message.split("(")[1].split(" distinct")[0]
+    assert f"looks continuous ({distinct} distinct numeric values in 1030 rows)" in message
+    assert "regression is not supported yet" in message
+    assert f"{distinct} classes have fewer than 5 rows, e.g. " in message
+    assert f"and {int(distinct) - 3} more" in message
+
+
+def test_many_distinct_integers_look_continuous_too() -> None:
+    message = _error(_with_target(np.arange(300) * 7))
+    assert "looks continuous (300 distinct numeric values in 300 rows)" in message
+
+
+def test_a_few_small_classes_are_counted_and_shown_not_called_continuous() -> None:
+    labels = ["a"] * 200 + ["b", "c", "d", "e", "f", "g", "h", "i"]
+    message = _error(_with_target(labels))
+    assert "8 classes have fewer than 5 rows, e.g. 'b' (1), 'c' (1), 'd' (1) and 5 more" in message
+    assert "continuous" not in message
+    one = _error(_with_target(["a"] * 200 + ["b", "b"]))
+    assert "class 'b' (2) has fewer than 5 rows" in one
+
+
+@pytest.mark.parametrize("value", [1.5, "yes", True])
+def test_a_constant_target_says_so(value) -> None:
+    message = _error(_with_target([value] * 60))
+    assert "is constant: all 60 rows are" in message and "at least two classes" in message
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"), [(np.nan, "missing (NaN)"), (np.inf, "infinite"), (-np.inf, "infinite")]
+)
+def test_a_numeric_target_must_be_finite_on_every_row(bad, problem) -> None:
+    values = np.tile([0.0, 1.0], 300)
+    values[[4, 40, 400, 401, 599]] = bad
+    message = _error(_with_target(values))
+    assert f"5 of 600 values are {problem} (data rows 5, 41, 401 and 2 more)" in message
+    one = values.copy()
+    one[[40, 400, 401, 599]] = 1.0
+    assert f"1 of 600 values is {problem} (data row 5)" in _error(_with_target(one))
+
+
+def test_a_text_target_still_drops_its_unlabelled_rows() -> None:
+    frame = mixed_frame()
+    frame.loc[:9, "churned"] = None
+    assert validate(frame, "churned", source="frame").report.rows == len(frame) - 10
+
+
+def test_a_missing_target_shows_a_few_columns_and_the_closest_name() -> None:
+    frame = pd.DataFrame({f"feature_{i}": [1, 2] for i in range(200)}).assign(Churn=[0, 1])
+    message = _error(frame, "churn")
+    assert "columns are 'feature_0', 'feature_1'" in message and "and 195 more" in message
+    assert "closest: 'Churn'" in message
+
+
+def test_many_empty_columns_are_counted() -> None:
+    empty = pd.DataFrame(np.nan, index=range(240), columns=[f"empty_{i}" for i in range(100)])
+    frame = pd.concat([mixed_frame(), empty], axis=1)
+    with pytest.raises(DataError) as error:
+        validate(frame, "churned", source="frame")
+    assert "100 columns ('empty_0', 'empty_1', 'empty_2' and 97 more) are entirely empty" in str(
+        error.value
+    )
+    assert len(str(error.value)) < SHORT

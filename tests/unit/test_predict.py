@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.ensemble import ExtraTreesClassifier
 
-from ml.data import validate
+from ml.common.tracking import configure_tracking
+from ml.config import Settings
+from ml.data import DataError, load_frame, validate
 from ml.features import build_pipeline
-from ml.predict import estimator_proba, numeric_transform, pipeline_proba
+from ml.predict import estimator_proba, load_champion, numeric_transform, pipeline_proba
+from tests.unit.registry_support import demo_split, register_champion
 from tests.unit.test_data import mixed_frame
 from tests.unit.test_features import PARAMS
 
@@ -115,3 +121,63 @@ def test_numeric_path_keeps_sklearns_overflow_error(numeric_dataset) -> None:
     assert transform is not None
     with pytest.raises(ValueError, match="infinity or a value too large"):
         estimator_proba(model[-1], transform(rows))
+
+
+# --- scoring a labelled file with the registered champion (local SQLite MLflow) ----------
+
+
+@pytest.fixture(scope="module", name="champion_settings")
+def _champion_settings(tmp_path_factory):
+    """A demo logistic regression registered and promoted once for the tests below."""
+    settings = Settings(var_dir=tmp_path_factory.mktemp("predict") / "var", model_name="scored")
+    register_champion(settings, demo_split())
+    return settings
+
+
+def _labelled(rows: int = 4) -> pd.DataFrame:
+    return load_frame("demo").head(rows)  # the demo's features and its target column "target"
+
+
+def test_the_champion_knows_its_target_and_drops_it_not_a_feature(champion_settings) -> None:
+    configure_tracking(champion_settings)
+    champion = load_champion("scored")
+    assert champion.target == "target"
+    features, dropped = champion.without_target(_labelled())
+    assert dropped == ["target"] and set(features.columns) == set(champion.feature_types)
+    assert len(champion.predict_frame(features)) == 4
+    renamed = _labelled().rename(columns={"target": "label"})
+    assert champion.without_target(renamed, configured="label")[1] == ["label"]
+    feature = next(iter(champion.feature_types))  # a configured "target" that is a feature
+    assert champion.without_target(renamed, configured=feature)[1] == []
+
+
+def test_other_unknown_columns_still_fail_naming_a_few(champion_settings) -> None:
+    configure_tracking(champion_settings)
+    champion = load_champion("scored")
+    extra = _labelled().assign(**{f"extra_{i}": 1 for i in range(50)})
+    with pytest.raises(DataError) as error:
+        champion.prepare(champion.without_target(extra)[0])
+    assert str(error.value) == (
+        "unknown feature columns 'extra_0', 'extra_1', 'extra_2' and 47 more"
+    )
+
+
+def test_mlops_predict_drops_the_target_and_says_so_on_stderr(champion_settings, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    rows = tmp_path / "labelled.csv"
+    _labelled(5).to_csv(rows, index=False)
+    env = {
+        "MLOPS_VAR_DIR": str(champion_settings.var_dir),
+        "MLFLOW_TRACKING_URI": champion_settings.mlflow_tracking_uri,
+        "MLOPS_MODEL_NAME": "scored",
+    }
+    result = CliRunner().invoke(app, ["predict", "--input", str(rows)], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == (
+        "column 'target' dropped: it is the target, not a feature of scored version 1"
+    )
+    predictions = pd.read_csv(io.StringIO(result.stdout))
+    assert len(predictions) == 5 and set(predictions["prediction"]) <= {"malignant", "benign"}
