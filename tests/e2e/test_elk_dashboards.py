@@ -64,15 +64,17 @@ def _ray_metrics_url() -> str:
 
 
 def _scrape_serve_metrics(url: str, timeout_s: float = 90) -> list[dict[str, Any]]:
-    """Ray exports replica metrics every few seconds: wait until request counters show."""
+    """Ray exports replica metrics every few seconds: wait until the request counters and the
+    error counter (the 422 above, maybe the session's only error so far) both show."""
     collector = RayServeCollector(url)
+    wanted = {"deployment_requests_total", "http_errors_total"}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         found = collector.collect()
-        if any("deployment_requests_total" in e["mlops"]["serve"] for e in found):
+        if wanted <= {name for event in found for name in event["mlops"]["serve"]}:
             return found
         time.sleep(2)
-    raise TimeoutError(f"no Ray Serve request counters at {url} after {timeout_s}s")
+    raise TimeoutError(f"no Ray Serve {sorted(wanted)} at {url} after {timeout_s}s")
 
 
 def _live_quality(settings: Settings, version: str, tmp: Path) -> None:
