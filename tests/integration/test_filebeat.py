@@ -32,7 +32,8 @@ from elk.stack import asset_path, install_templates
 from tests.fixtures.elasticsearch import ElasticsearchServer
 from tests.fixtures.filebeat import EsFront, Filebeat
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+# 900 s: without `make test` first, the first test also builds Filebeat (~6 min, once)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RunFilebeat = Callable[[Path], Filebeat]
 # Generous: Filebeat scans for new files every 10 s and backs off up to 60 s after an outage.
