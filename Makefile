@@ -58,7 +58,7 @@ train: setup ## Tune, register a challenger, run the promotion gate
 ct-run: setup ## Continuous training: retrain when a trigger fires (exit 0 when none does)
 	$(BIN)/mlops ct run
 
-test: setup ## Every test tier (unit, contracts, integration, e2e, slow); CI runs this
+test: setup filebeat ## Every test tier (unit, contracts, integration, e2e, slow); CI runs this
 	@mkdir -p $(REPORTS_DIR)
 	$(BIN)/pytest --cov --cov-report=xml:$(REPORTS_DIR)/coverage.xml --cov-report=term \
 		--junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS)
@@ -66,7 +66,7 @@ test: setup ## Every test tier (unit, contracts, integration, e2e, slow); CI run
 test-unit: setup ## Fast tests, no servers
 	$(BIN)/pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
-test-integration: setup ## Tests that start real servers
+test-integration: setup filebeat ## Tests that start real servers
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 lint: setup ## flake8, black --check, pylint, hadolint (all run; reports/ for SonarQube)
@@ -241,7 +241,7 @@ bench-training: setup ## Optuna vs RandomizedSearchCV (same space, budget) + MLf
 	$(BIN)/python benchmarks/training.py $(BENCH_ARGS)
 
 # --- observability (ELK) ---------------------------------------------------------------------
-.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry
+.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry filebeat
 monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch
 	$(BIN)/mlops monitor run
 
@@ -253,6 +253,9 @@ monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming
 
 monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
 	$(BIN)/mlops monitor drift
+
+filebeat: ## Build the tests' Filebeat 7.17 from its Go module once (needs Go; cached in CACHE_DIR)
+	scripts/filebeat.sh build >/dev/null
 
 elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasticsearch.sh start)
 	scripts/elasticsearch.sh start

@@ -233,9 +233,9 @@ def ship_files(
     log_dir: Annotated[
         Path | None, typer.Option(help="NDJSON directory (default: log_dir)")
     ] = None,
-    follow: Annotated[bool, typer.Option(help="keep shipping every interval")] = False,
 ) -> None:
-    """Bulk-ship the NDJSON telemetry files to Elasticsearch, remembering offsets."""
+    """Bulk-ship the NDJSON telemetry files to Elasticsearch once, remembering offsets (for
+    hosts without Filebeat; Filebeat is what tails them continuously)."""
     from elk.shipper import Shipper
     from elk.sinks import build_client
 
@@ -244,17 +244,12 @@ def ship_files(
     directory = Path(log_dir or settings.log_dir or "")
     if not directory.is_dir():
         raise _fail(f"--log-dir: no such directory: {directory}")
-    shipper = Shipper(build_client(settings, request_timeout_s=30), directory)
-    while True:
-        report = shipper.ship_once()
-        console.print(
-            f"ship: {report.files} files, {report.delivered} delivered, "
-            f"{report.duplicates} already there, {report.rejected} rejected, "
-            f"{report.unparsable} unparsable lines"
-        )
-        if not follow:
-            break
-        time.sleep(settings.monitor_interval_s)
+    report = Shipper(build_client(settings, request_timeout_s=30), directory).ship_once()
+    console.print(
+        f"ship: {report.files} files, {report.delivered} delivered, "
+        f"{report.duplicates} already there, {report.rejected} rejected, "
+        f"{report.unparsable} unparsable lines"
+    )
     if not report.complete:
         raise _fail("Elasticsearch became unreachable; run again to resume", UNAVAILABLE)
 

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.smtp",
     "tests.fixtures.desktop",
     "tests.fixtures.elasticsearch",
+    "tests.fixtures.filebeat",
     "tests.fixtures.postgres",
     "tests.fixtures.ray_serve",
 ]
