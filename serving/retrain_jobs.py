@@ -53,9 +53,8 @@ def cluster_client() -> Any:
 
 def background() -> list[str]:
     """The command prefix that runs training only on CPU time the replicas leave: Linux's
-    SCHED_IDLE (`chrt --idle 0`) where util-linux has `chrt`, else the weakest nice. Under
-    `nice -n 10`, a retrain beside two replicas cost them 44% of their throughput and doubled
-    their p99 (docs/continuous-training.md)."""
+    SCHED_IDLE (`chrt --idle 0`) where util-linux has `chrt`, else the weakest nice. What a
+    retrain still costs the replicas is measured in docs/continuous-training.md."""
     if shutil.which("chrt"):
         return ["chrt", "--idle", "0"]
     return ["nice", "-n", str(NICENESS)]
