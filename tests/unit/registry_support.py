@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -13,6 +14,19 @@ from ml.registry import run_gate
 from ml.training import fit_best, log_and_register
 
 LOGREG = {"family": "logreg", "C": 1.0}
+
+
+def retrain_settings(tmp_path: Path, model_name: str, **more: object) -> Settings:
+    """A CT run's settings with the smallest real training budget, state under `tmp_path`."""
+    return Settings(
+        var_dir=tmp_path / "var",
+        model_name=model_name,
+        families=["logreg"],
+        trials=2,
+        timeout_s=120,
+        cv_folds=3,
+        **more,  # type: ignore[arg-type]
+    )
 
 
 def demo_split() -> tuple[Dataset, Split]:

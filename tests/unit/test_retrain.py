@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from ml.config import Settings
 from ml.outcomes import OutcomeStore, PredictionRecord
 from ml.retrain import CtLock, ct_runs, retrain, state
-from tests.unit.registry_support import demo_split, register_champion
+from tests.unit.registry_support import demo_split, register_champion, retrain_settings
 
 
 @pytest.fixture
@@ -68,15 +68,7 @@ def demo():
 
 
 def _settings(tmp_path: Path, **more: object) -> Settings:
-    return Settings(
-        var_dir=tmp_path / "var",
-        model_name="retrain-model",
-        families=["logreg"],
-        trials=2,
-        timeout_s=120,
-        cv_folds=3,
-        **more,
-    )
+    return retrain_settings(tmp_path, "retrain-model", **more)
 
 
 def test_no_trigger_trains_nothing_and_says_so(tmp_path: Path, demo) -> None:

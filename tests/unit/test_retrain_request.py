@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from ml.config import Settings
 from ml.retrain import CtLock, Request, lock_holder, open_state, requested_run, retrain
 from serving.retrain_jobs import NICENESS, RetrainJobs, background
-from tests.unit.registry_support import demo_split, register_champion
+from tests.unit.registry_support import demo_split, register_champion, retrain_settings
 
 
 @pytest.fixture(scope="module")
@@ -29,14 +29,7 @@ def demo():
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(
-        var_dir=tmp_path / "var",
-        model_name="requested-model",
-        families=["logreg"],
-        trials=2,
-        timeout_s=120,
-        cv_folds=3,
-    )
+    return retrain_settings(tmp_path, "requested-model")
 
 
 def test_a_request_trains_with_no_trigger_and_past_the_cooldown(settings: Settings, demo) -> None:
