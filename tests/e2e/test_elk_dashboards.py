@@ -4,7 +4,7 @@ The chain is real: the session's MLflow server and training run (`registered_mod
 Ray Serve app answering /predict (`serve_app`), the host collector (psutil) and Ray's own
 Prometheus endpoint, a drift check, a CT check over labelled predictions (live quality), all
 into a real Elasticsearch. Kibana itself cannot run here, so each Lens panel of the packaged
-saved objects is translated into the search Kibana would run (elk.dashboards.panel_searches)
+saved objects is translated into the search Kibana would run (tests/kibana_queries.py)
 and run against Elasticsearch. Container panels are the one exception: there is no Docker
 engine on this machine, so they can only be checked for mapped fields (tests/contracts) and a
 search that runs without error.
@@ -22,7 +22,7 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
-from elk import dashboards, events
+from elk import dashboard_spec, events
 from elk.cli import after_train
 from elk.collectors.host import HostCollector
 from elk.collectors.ray_serve import RayServeCollector
@@ -32,6 +32,7 @@ from elk.sinks import build_emitter
 from elk.stack import asset_path, install_templates, mapped_fields
 from ml.config import Settings
 from ml.data import load_frame
+from tests import kibana_queries
 from tests.e2e.quality_support import emit_ct_check, serve_labelled
 from tests.fixtures.elasticsearch import ElasticsearchServer
 
@@ -149,9 +150,9 @@ def populated(
 
 
 @pytest.fixture(scope="module")
-def searches() -> list[dashboards.PanelSearch]:
-    return dashboards.panel_searches(
-        dashboards.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
+def searches() -> list[kibana_queries.PanelSearch]:
+    return kibana_queries.panel_searches(
+        kibana_queries.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
     )
 
 
@@ -171,7 +172,7 @@ def _metric_values(bucket: dict[str, Any], metric_id: str) -> list[Any]:
 
 
 def test_every_panel_field_is_mapped_and_has_data(
-    populated: Populated, searches: list[dashboards.PanelSearch]
+    populated: Populated, searches: list[kibana_queries.PanelSearch]
 ) -> None:
     mapped = mapped_fields()
     for search in searches:
@@ -192,9 +193,9 @@ def test_every_panel_field_is_mapped_and_has_data(
 
 
 def test_every_panel_aggregation_returns_buckets(
-    populated: Populated, searches: list[dashboards.PanelSearch]
+    populated: Populated, searches: list[kibana_queries.PanelSearch]
 ) -> None:
-    assert len(searches) == sum(len(board.panels) for board in dashboards.DASHBOARDS)
+    assert len(searches) == sum(len(board.panels) for board in dashboard_spec.DASHBOARDS)
     for search in searches:
         response = populated.es.search(index=search.index, **search.body)
         buckets = response["aggregations"]["x"]["buckets"]

@@ -4,7 +4,7 @@ CT checks write, against a real Elasticsearch.
 A demo champion in a local MLflow store, its predictions recorded with their true labels in a
 real SQLite CT store, then two CT checks: the first through `mlops ct check` (the CLI and its
 hook, into Elasticsearch), when the last 24 hours hold too few labels for a score, the second
-after more labelled traffic. Each panel's search (elk.dashboards.panel_searches, what Kibana
+after more labelled traffic. Each panel's search (tests/kibana_queries.py, what Kibana
 would run) must return exactly the documents written, with values in every metric. No Ray
 Serve: the serving dashboard's other panels are tests/e2e/test_elk_dashboards.py's.
 """
@@ -22,10 +22,11 @@ from elasticsearch import Elasticsearch
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from elk import dashboards, events
+from elk import dashboard_spec, events
 from elk.stack import asset_path, install_templates
 from ml.config import Settings
 from ml.data import load_frame
+from tests import kibana_queries
 from tests.e2e.quality_support import QUALITY_PANELS, emit_ct_check, serve_labelled
 from tests.fixtures.elasticsearch import ElasticsearchServer
 from tests.unit.registry_support import demo_split, register_champion
@@ -95,9 +96,9 @@ def written(
 
 
 @pytest.fixture(scope="module")
-def searches() -> dict[str, dashboards.PanelSearch]:
-    objects = dashboards.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
-    return {search.lens_id: search for search in dashboards.panel_searches(objects)}
+def searches() -> dict[str, kibana_queries.PanelSearch]:
+    objects = kibana_queries.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
+    return {search.lens_id: search for search in kibana_queries.panel_searches(objects)}
 
 
 def _values(bucket: dict[str, Any], metric_id: str) -> list[float]:
@@ -106,7 +107,7 @@ def _values(bucket: dict[str, Any], metric_id: str) -> list[float]:
 
 
 def test_the_panels_are_on_the_model_serving_dashboard() -> None:
-    serving = next(board for board in dashboards.DASHBOARDS if board.title.endswith("serving"))
+    serving = next(board for board in dashboard_spec.DASHBOARDS if board.title.endswith("serving"))
     assert set(QUALITY_PANELS) <= {panel.id for panel in serving.panels}
 
 
@@ -130,7 +131,7 @@ def test_documents_carry_the_champion_and_its_holdout_score(written: Written) ->
 
 
 def test_each_quality_panel_returns_the_documents_written(
-    written: Written, searches: dict[str, dashboards.PanelSearch]
+    written: Written, searches: dict[str, kibana_queries.PanelSearch]
 ) -> None:
     every = _quality_documents(written.es)  # the panels chart every model's documents
     assert len(every) >= len(written.documents)
@@ -152,7 +153,7 @@ def test_each_quality_panel_returns_the_documents_written(
 
 
 def test_the_holdout_line_is_the_champions_score(
-    written: Written, searches: dict[str, dashboards.PanelSearch]
+    written: Written, searches: dict[str, kibana_queries.PanelSearch]
 ) -> None:
     holdouts = {doc["mlops"]["quality"]["holdout_score"] for doc in _quality_documents(written.es)}
     assert written.documents[0]["mlops"]["quality"]["holdout_score"] in holdouts

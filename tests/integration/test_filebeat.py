@@ -25,10 +25,11 @@ from typing import Any
 import pytest
 from elasticsearch import Elasticsearch
 
-from elk import dashboards, events
+from elk import events
 from elk.collectors.host import HostCollector
 from elk.sinks import NdjsonSink, dumps
 from elk.stack import asset_path, install_templates
+from tests import kibana_queries
 from tests.fixtures.elasticsearch import ElasticsearchServer
 from tests.fixtures.filebeat import EsFront, Filebeat
 
@@ -160,10 +161,10 @@ def _pipeline_events(trials: int) -> list[dict[str, Any]]:
     return batch
 
 
-def _panels_for(datasets: set[str]) -> list[dashboards.PanelSearch]:
+def _panels_for(datasets: set[str]) -> list[kibana_queries.PanelSearch]:
     """The Kibana panels whose query names one of `datasets`."""
-    searches = dashboards.panel_searches(
-        dashboards.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
+    searches = kibana_queries.panel_searches(
+        kibana_queries.read_ndjson(asset_path("kibana", "dashboards.ndjson"))
     )
     chosen = []
     for search in searches:
@@ -173,7 +174,7 @@ def _panels_for(datasets: set[str]) -> list[dashboards.PanelSearch]:
     return chosen
 
 
-def _check_panel(es: Elasticsearch, panel: dashboards.PanelSearch, service: str) -> None:
+def _check_panel(es: Elasticsearch, panel: kibana_queries.PanelSearch, service: str) -> None:
     """Kibana's search for the panel, on this test's documents: each field it uses is there,
     and its aggregation has buckets. (Data streams of datasets not written here are missing.)"""
     where = {"index": panel.index, "ignore_unavailable": True}
