@@ -18,6 +18,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
+from ml.common.values import some
 from ml.data import DataError, FeatureType
 from ml.model_ref import ModelRef
 
@@ -123,9 +124,11 @@ class RecordValidator:
     def _report_keys(self, index: int, record: dict[str, Any]) -> None:
         unknown = sorted(set(record) - set(self.feature_types))
         if unknown:
-            raise RequestError(f"records[{index}].{unknown[0]}", f"unknown feature(s) {unknown}")
+            raise RequestError(
+                f"records[{index}].{unknown[0]}", f"unknown feature(s) {some(unknown)}"
+            )
         missing = [column for column in self.feature_types if column not in record]
-        raise RequestError(f"records[{index}].{missing[0]}", f"missing feature(s) {missing}")
+        raise RequestError(f"records[{index}].{missing[0]}", f"missing feature(s) {some(missing)}")
 
     def numeric_rows(self, records: list[dict[str, Any]]) -> np.ndarray:
         """All-numeric models: the rows as a float matrix; null is missing (imputed)."""

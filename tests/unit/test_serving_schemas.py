@@ -51,6 +51,25 @@ def test_bad_bodies_name_the_field(body: Any, field: str, status: int) -> None:
     assert caught.value.status == status
 
 
+def test_missing_and_unknown_features_are_counted_not_listed_whole() -> None:
+    """A record for another model (50 other columns) gets one short line, not every name."""
+    wide = RecordValidator({f"feature_{i:02d}": "numeric" for i in range(50)})
+    for record, field, start in [
+        ({"feature_00": 1}, "records[0].feature_01", "missing feature(s) 'feature_01'"),
+        (
+            {f"other_{i}": 1 for i in range(50)},
+            "records[0].other_0",
+            "unknown feature(s) 'other_0'",
+        ),
+    ]:
+        with pytest.raises(RequestError) as caught:
+            wide.records(record, max_rows=10)
+        assert caught.value.field == field
+        message = caught.value.message
+        assert message.startswith(start) and message.endswith(" more"), message
+        assert len(message) < 120
+
+
 @pytest.mark.parametrize("value", ["1", True, [1], math.nan, math.inf, {"x": 1}])
 def test_numeric_rows_reject_what_is_not_a_finite_number(value: Any) -> None:
     with pytest.raises(RequestError) as caught:
