@@ -103,7 +103,6 @@ class OutcomeStore:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: Engine = _engine(url)
-        metadata.create_all(self.engine)
 
     def record_predictions(self, records: Iterable[PredictionRecord]) -> int:
         """Insert a batch; a prediction id seen before is left as it was."""
@@ -262,8 +261,15 @@ def _newest_labelled_floor(
 
 @functools.cache
 def _engine(url: str) -> Engine:
-    """One engine (and connection pool) per database for the process: stores are opened per
-    request and per CT run, and a new pool each time held connections until collected."""
+    """One engine (and connection pool) per database for the process, its tables created
+    once: stores are opened per request and per CT run, and a new pool (and a schema check)
+    each time held connections until collected."""
+    engine = _new_engine(url)
+    metadata.create_all(engine)
+    return engine
+
+
+def _new_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":  # a fresh var/ has no directory yet

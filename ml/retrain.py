@@ -19,6 +19,7 @@ request's id, so whoever asked can read the result from the shared database.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -186,11 +187,17 @@ def retrain(
 
 
 def open_state(settings: Settings) -> OutcomeStore:
-    """The CT database with the lock and run tables, created (or completed) on first use."""
+    """The CT database with the lock and run tables, created (or completed) once a process:
+    replicas open it for every `GET /admin/retrain/{id}`."""
     store = OutcomeStore(settings.ct_database)
-    state.create_all(store.engine)
-    _add_missing_columns(store.engine, ct_runs)
+    _prepare_state(store.engine)
     return store
+
+
+@functools.cache
+def _prepare_state(engine: sa.Engine) -> None:
+    state.create_all(engine)
+    _add_missing_columns(engine, ct_runs)
 
 
 def _add_missing_columns(engine: sa.Engine, table: sa.Table) -> None:
