@@ -25,7 +25,7 @@ from pydantic import SecretStr, ValidationError
 from elk.events import utc_now_iso
 from ml.config import Settings
 from ml.model_ref import ModelRef
-from ml.outcomes import OutcomeStore
+from ml.outcomes import FeedbackResult, OutcomeStore
 from ml.predict import LoadedModel
 from serving.model import Rows, Scored, ServedModel
 from serving.protocol import feedback_items
@@ -66,7 +66,9 @@ class Telemetry(Protocol):
     ) -> None:
         """Queue the event of one rejected request."""
 
-    def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
+    def feedback(
+        self, model_name: str, results: Sequence[FeedbackResult], labels: Sequence[Any]
+    ) -> None:
         """Queue the events of one `/feedback` request's outcomes."""
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from elk.events import feedback_event, utc_now_iso
 from elk.sinks import Emitter
 from ml.config import Settings
-from ml.outcomes import OutcomeStore, PredictionRecord
+from ml.outcomes import FeedbackResult, OutcomeStore, PredictionRecord
 
 logger = logging.getLogger("ray.serve")
 QUEUE_SIZE = 10_000
@@ -78,7 +78,7 @@ class ReportedOutcomes:
     """One `POST /feedback`: each outcome's id, label and whether the store took it."""
 
     model_name: str
-    results: Sequence[Any]  # ml.outcomes.FeedbackResult
+    results: Sequence[FeedbackResult]
     labels: Sequence[Any]
 
     def __len__(self) -> int:
@@ -152,7 +152,9 @@ class PredictionTelemetry:
             )
         )
 
-    def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
+    def feedback(
+        self, model_name: str, results: Sequence[FeedbackResult], labels: Sequence[Any]
+    ) -> None:
         """One `mlops.feedback` event per reported outcome, off the request path."""
         self._offer(ReportedOutcomes(model_name, results, labels))
 
