@@ -33,16 +33,18 @@ readonly FB_DIR="$CACHE_DIR/filebeat"
 readonly BINARY="$FB_DIR/filebeat-$FILEBEAT_VERSION"
 readonly CHECKSUM="$BINARY.sha256"
 
-# Caches under CACHE_DIR (never ~/go), no toolchain download, a module cache we can delete.
+# Caches under CACHE_DIR (never ~/go), no toolchain download, a module cache we can delete;
+# Go's config (its telemetry files, ~/.config/go otherwise) under CACHE_DIR too, so even
+# `make setup`'s version check writes nothing in the user's home.
 go_env() {
   env GOMODCACHE="$CACHE_DIR/go/mod" GOCACHE="$CACHE_DIR/go/build" GOTOOLCHAIN=local \
-    GOFLAGS=-modcacherw CGO_ENABLED=0 "$@"
+    GOFLAGS=-modcacherw CGO_ENABLED=0 GOTELEMETRY=off XDG_CONFIG_HOME="$CACHE_DIR/go/config" "$@"
 }
 
 # --- go -------------------------------------------------------------------------------------
 
 # Prints "1.26" for go1.26.8.
-go_version() { "$GO" env GOVERSION | sed -n 's/^go\([0-9]*\.[0-9]*\).*/\1/p'; }
+go_version() { go_env "$GO" env GOVERSION | sed -n 's/^go\([0-9]*\.[0-9]*\).*/\1/p'; }
 
 require_go() {
   local have
@@ -50,7 +52,7 @@ require_go() {
     die "'$GO' not found: building Filebeat needs Go $GO_MIN_VERSION+ on PATH" \
       "(a machine prerequisite, see scripts/bootstrap.sh), or set GO=/path/to/go"
   have="$(go_version)"
-  [[ -n "$have" ]] || die "cannot tell the version of $("$GO" version 2>&1)"
+  [[ -n "$have" ]] || die "cannot tell the version of $(go_env "$GO" version 2>&1)"
   [[ "$(printf '%s\n%s\n' "$GO_MIN_VERSION" "$have" | sort -V | head -n 1)" == "$GO_MIN_VERSION" ]] ||
     die "Filebeat $FILEBEAT_VERSION needs Go $GO_MIN_VERSION+, '$GO' is Go $have"
 }
@@ -78,7 +80,7 @@ compile() {
   rm -rf "$FB_DIR"/.build.*
   cp -R "$src" "$work"
   chmod -R u+w "$work"
-  log "building Filebeat $FILEBEAT_VERSION with $("$GO" version | cut -d' ' -f3) (about 6 minutes on 2 cores the first time)"
+  log "building Filebeat $FILEBEAT_VERSION with $(go_env "$GO" version | cut -d' ' -f3) (about 6 minutes on 2 cores the first time)"
   # -trimpath keeps the scratch directory's name out of the binary and of the build cache keys.
   (cd "$work/filebeat" && go_env nice -n 19 "$GO" build -trimpath -o "$work/filebeat.bin" .) ||
     {
