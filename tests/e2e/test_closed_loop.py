@@ -278,7 +278,8 @@ def test_admin_retrain_runs_a_ray_job_one_at_a_time(stack: Stack) -> None:
     assert (result["outcome"], result["request_id"]) == ("trained", job), result
     assert "manual" in result["triggers"].split(",")
     assert int(result["trained_version"]) == before + 1
-    assert result["promoted"] in (True, False)
+    expected_champion = result["trained_version"] if result["promoted"] else "2"
+    assert stack.champion() == expected_champion, "the result says what the gate did"
     assert traffic.failures == [], traffic.failures[:5]
     assert stack.client.get(f"{url}/retrain-unknown", headers=admin).status_code == 404
     print(
