@@ -17,6 +17,7 @@ from typing import Annotated, Any, Protocol
 
 import optuna
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -92,7 +93,13 @@ CLI_SERVICE = "mlops"
 def _application_logs() -> None:
     # Before every command: its log records (gate decisions, training results, failed loads)
     # also go to var/log/mlops.log.json as ECS JSON for Filebeat; the console is unchanged.
-    install_app_logs(load_settings(), CLI_SERVICE)
+    # Settings the environment gets wrong are the command's to report (its options may fix
+    # them): no log file then.
+    try:
+        settings = Settings()
+    except (ValidationError, FileNotFoundError):
+        return
+    install_app_logs(settings, CLI_SERVICE)
 
 
 @config_app.command("show")

@@ -41,7 +41,7 @@ from elk import events
 from elk.collectors.host import HostCollector
 from elk.sinks import NdjsonSink, dumps
 from elk.stack import asset_path, install_templates
-from ml.common.logs import APP_DATASET, MASK, EcsFileHandler
+from ml.common.logs import APP_DATASET, MASK
 from ml.config import Settings
 from ml.predict import load_version
 from ml.registry import GateDecision, RegistryError, decision_fields
@@ -380,17 +380,6 @@ SECRETS = (ADMIN_TOKEN, SMTP_WRONG_PASSWORD, ES_PASSWORD)
 
 
 @pytest.fixture
-def app_logs_removed_after() -> Iterator[None]:
-    """The CLI installs its ECS file handler on this process's root logger: take it off again."""
-    yield
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, EcsFileHandler) or handler is logging.lastResort:
-            root.removeHandler(handler)
-            handler.close()
-
-
-@pytest.fixture
 def replica_log_dir(tmp_path: Path) -> Iterator[Path]:
     """Ray's temp dir as a session leaves it (`session_latest` -> the session), with the replica
     logger set up by Ray Serve's own function, JSON encoding: what a replica runs at start."""
@@ -451,7 +440,6 @@ def test_cli_and_replica_logs_reach_the_app_stream_by_their_ecs_fields_without_s
     smtp_server: Inbox,
     replica_log_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
-    app_logs_removed_after: None,  # pylint: disable=unused-argument
 ) -> None:
     """The real `mlops` CLI logs into var/log/mlops.log.json (ecs-logging), a replica's
     ModelService into Ray Serve's JSON replica log (Ray's own logger set-up and formatter, in

@@ -212,3 +212,26 @@ def test_a_training_run_s_result_fields() -> None:
     assert fields["mlops.training.holdout.roc_auc"] == 0.98
     assert fields["mlops.training.run_id"] == "run-1"
     assert fields["event.duration"] == 2_000_000_000
+
+
+@pytest.mark.usefixtures("root")
+def test_every_command_logs_to_var_log_and_bad_settings_stay_the_command_s_error(
+    tmp_path: Path,
+) -> None:
+    """The CLI's callback installs the handler before a command runs; settings the environment
+    gets wrong install nothing and the command reports them as before (exit 2, one line)."""
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    done = CliRunner().invoke(app, ["config", "show"], env={"MLOPS_VAR_DIR": str(tmp_path)})
+    assert done.exit_code == 0, done.output
+    (handler,) = [h for h in logging.getLogger().handlers if isinstance(h, EcsFileHandler)]
+    assert Path(handler.baseFilename) == tmp_path / "log" / "mlops.log.json"
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+
+    bad = {"MLOPS_VAR_DIR": str(tmp_path), "MLOPS_TRIALS": "0"}
+    done = CliRunner().invoke(app, ["config", "show"], env=bad)
+    assert done.exit_code == 2 and "trials" in done.output
+    assert not any(isinstance(h, EcsFileHandler) for h in logging.getLogger().handlers)
