@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import uuid
 from collections.abc import Iterable
 from logging.handlers import RotatingFileHandler
@@ -102,7 +103,7 @@ def install_json_logs(  # pylint: disable=too-many-arguments
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, EcsFileHandler):
-            if Path(handler.baseFilename) == path.resolve():
+            if handler.baseFilename == os.path.abspath(path):  # how the handler keeps it
                 return path
             root.removeHandler(handler)
             handler.close()
