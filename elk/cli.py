@@ -6,7 +6,6 @@ hooks turn a finished training run or a manual promotion into training events.
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -28,6 +27,7 @@ console = Console()
 err_console = Console(stderr=True)
 USAGE_ERROR = 2
 UNAVAILABLE = 1
+MONITOR_SERVICE = "mlops-monitor"
 
 
 def register(app: typer.Typer) -> None:
@@ -153,10 +153,13 @@ def run(
     from elk.collectors.ray_serve import RayServeCollector
     from elk.sinks import build_emitter
 
+    from ml.common.cli import install_app_logs
+    from ml.common.logs import log_to_console
+
     settings = _settings(monitor_interval_s=interval, ray_metrics_url=ray_metrics_url)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_to_console("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # the collector's own log file, beside the CLI's (`mlops.log.json`)
+    install_app_logs(settings, MONITOR_SERVICE)
     collectors: list[Any] = [HostCollector(settings.monitor_processes), DockerCollector()]
     if settings.ray_metrics_url:
         collectors.append(RayServeCollector(settings.ray_metrics_url))

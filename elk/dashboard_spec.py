@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elk.events import INDEX_PREFIX
+from ml.common.logs import APP_DATASET
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ TRAINING = DataView(
     "MLOps training",
     ("mlops.trial", "mlops.study", "mlops.promotion", "mlops.stage"),
 )
-DATA_VIEWS = (SYSTEM, SERVING, TRAINING)
+# The application logs (ml.common.logs; Ray Serve's replica logs mapped by filebeat.yml): for
+# Discover, e.g. `log.level : "error" and mlops.model.version : "7"`.
+LOGS = DataView("mlops-logs", "MLOps logs", (APP_DATASET,))
+DATA_VIEWS = (SYSTEM, SERVING, TRAINING, LOGS)
 
 PCT = {"percent": True}
 

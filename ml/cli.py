@@ -17,11 +17,20 @@ from typing import Annotated, Any, Protocol
 
 import optuna
 import typer
+from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from ml.common.cli import console, err_console, fail, load_settings, user_errors
+from ml.common.cli import (
+    console,
+    err_console,
+    fail,
+    install_app_logs,
+    load_settings,
+    user_errors,
+)
+from ml.common.logs import log_to_console
 from ml.common.stages import STUDY_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
@@ -76,6 +85,21 @@ def _show_study_notes() -> None:
 
 
 # --- commands ----------------------------------------------------------------------------
+
+CLI_SERVICE = "mlops"
+
+
+@app.callback()
+def _application_logs() -> None:
+    # Before every command: its log records (gate decisions, training results, failed loads)
+    # also go to var/log/mlops.log.json as ECS JSON for Filebeat; the console is unchanged.
+    # Settings the environment gets wrong are the command's to report (its options may fix
+    # them): no log file then.
+    try:
+        settings = Settings()
+    except (ValidationError, FileNotFoundError):
+        return
+    install_app_logs(settings, CLI_SERVICE)
 
 
 @config_app.command("show")
@@ -229,7 +253,7 @@ def notify(
     unknown = [channel for channel in wanted if channel not in CHANNELS]
     if unknown or not wanted:
         fail(f"--channels: expected some of {', '.join(CHANNELS)}, got {channels!r}")
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_to_console("%(levelname)s %(name)s: %(message)s")
     delivered = send_notifications(load_settings(), status.lower(), title, body, wanted)
     console.print(
         ", ".join(f"{channel}: {'sent' if ok else 'not sent'}" for channel, ok in delivered.items())

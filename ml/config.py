@@ -253,6 +253,18 @@ class Settings(BaseSettings):
                 shown[name] = _mask_url_password(str(value))
         return shown
 
+    def secret_values(self) -> list[str]:
+        """Every secret's value (tokens, passwords, API keys, passwords inside URLs): what logs
+        must never show (`ml.common.logs` masks them)."""
+        values = []
+        for name in type(self).model_fields:  # pylint: disable=not-an-iterable
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                values.append(value.get_secret_value())
+            elif isinstance(value, str) and (password := _url_password(value)):
+                values.append(password)
+        return [value for value in values if value]
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -281,6 +293,14 @@ def _study_file_beside(tracking_uri: str) -> str | None:
     tracking_file = Path(path)
     name = "optuna.db" if tracking_file.name == "mlflow.db" else f"{tracking_file.stem}.optuna.db"
     return f"{prefix}{tracking_file.with_name(name)}"
+
+
+def _url_password(text: str) -> str | None:
+    """The password of a `scheme://user:password@host` URL, if it has one."""
+    if "://" not in text or "@" not in text:
+        return None
+    credentials = text.split("://", 1)[1].rsplit("@", 1)[0]
+    return credentials.split(":", 1)[1] if ":" in credentials else None
 
 
 def _mask_url_password(text: str) -> str:

@@ -31,6 +31,7 @@ from ml.tracking import TrialTracker
 from ml.tuning import TrialCallback, TuningResult, study_figures, tune
 
 stage_log = logging.getLogger(STAGE_LOGGER)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,7 +175,7 @@ def run_pipeline(  # pylint: disable=too-many-locals
             }
         )
         mlflow.log_metrics({f"stage_{name}_s": seconds for name, seconds in timings.items()})
-    return PipelineResult(
+    result = PipelineResult(
         dataset.report,
         tuning,
         trained,
@@ -184,3 +185,32 @@ def run_pipeline(  # pylint: disable=too-many-locals
         str(settings.mlflow_tracking_uri),
         timings,
     )
+    log.info(
+        "training run finished: %s version %s registered, %s",
+        settings.model_name,
+        trained.version,
+        "promoted" if decision.promoted else "champion kept",
+        extra=result_fields(settings, result),
+    )
+    return result
+
+
+def result_fields(settings: Settings, result: PipelineResult) -> dict[str, object]:
+    """A training run's result as the ECS/`mlops.*` fields of its log record."""
+    fields: dict[str, object] = {
+        "event.action": "training-run",
+        "event.outcome": "success",
+        "event.duration": int(sum(result.stage_seconds.values()) * 1_000_000_000),
+        "mlops.model.name": settings.model_name,
+        "mlops.model.version": result.trained.version,
+        "mlops.study.name": result.tuning.study_name,
+        "mlops.study.metric": settings.tuning_metric,
+        "mlops.study.best_value": result.tuning.best_value,
+        "mlops.study.trials.complete": result.tuning.complete,
+        "mlops.study.trials.pruned": result.tuning.pruned,
+        "mlops.promotion.decision": "promoted" if result.decision.promoted else "rejected",
+        "mlops.training.run_id": result.run_id,
+    }
+    for metric, value in result.trained.holdout.items():
+        fields[f"mlops.training.holdout.{metric}"] = float(value)
+    return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -21,6 +22,8 @@ from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
+
+log = logging.getLogger(__name__)
 
 FORESTS = (RandomForestClassifier, ExtraTreesClassifier)
 
@@ -236,6 +239,12 @@ def load_version(name: str, version: str) -> LoadedModel:
         model = mlflow.sklearn.load_model(local_path)
         info = mlflow.models.Model.load(local_path)
     except MlflowException as exc:
+        log.error(
+            "loading %s failed: %s",
+            uri,
+            exc.message,
+            extra=load_failure_fields(uri, exc, name, str(version)),
+        )
         raise RegistryError(f"cannot load {uri}: {exc.message}") from exc
     metadata = info.metadata or {}
     signature_columns = info.signature.inputs.input_names() if info.signature else []
@@ -251,6 +260,26 @@ def load_version(name: str, version: str) -> LoadedModel:
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=metadata.get("target"),
     )
+
+
+def load_failure_fields(
+    uri: str, error: BaseException | str, name: str | None = None, version: str | None = None
+) -> dict[str, str]:
+    """A failed model load as the ECS/`mlops.*` fields of its log record (the CLI's and a
+    serving replica's)."""
+    fields = {
+        "event.action": "model-load",
+        "event.outcome": "failure",
+        "mlops.model.uri": uri,
+        "error.message": str(error),
+    }
+    if isinstance(error, BaseException):
+        fields["error.type"] = type(error).__name__
+    if name is not None:
+        fields["mlops.model.name"] = name
+    if version is not None:
+        fields["mlops.model.version"] = version
+    return fields
 
 
 def load_champion(name: str) -> LoadedModel:

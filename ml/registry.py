@@ -134,11 +134,32 @@ def _record(client: MlflowClient, name: str, decision: GateDecision) -> None:
     if decision.promoted:
         client.set_registered_model_alias(name, CHAMPION, decision.challenger_version)
     log.info(
-        "gate: version %s %s (%s)",
+        "gate: %s version %s %s (%s)",
+        name,
         decision.challenger_version,
         "promoted" if decision.promoted else "rejected",
         decision.reason,
+        extra=decision_fields(name, decision),
     )
+
+
+def decision_fields(name: str, decision: GateDecision) -> dict[str, object]:
+    """The decision as the ECS/`mlops.*` fields of a log record (the names of the
+    `mlops.promotion` events, so one query finds both)."""
+    fields: dict[str, object] = {
+        "event.action": "promotion-gate",
+        "event.outcome": "success" if decision.promoted else "failure",
+        "mlops.model.name": name,
+        "mlops.model.version": decision.challenger_version,
+        "mlops.promotion.decision": "promoted" if decision.promoted else "rejected",
+        "mlops.promotion.reason": decision.reason,
+        "mlops.promotion.metric": decision.metric,
+        "mlops.promotion.challenger_version": decision.challenger_version,
+        "mlops.promotion.champion_version": decision.champion_version,
+        "mlops.promotion.challenger_score": decision.challenger_score,
+        "mlops.promotion.champion_score": decision.champion_score,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def promote(client: MlflowClient, name: str, version: str, reason: str = "manual") -> None:
@@ -158,3 +179,17 @@ def promote(client: MlflowClient, name: str, version: str, reason: str = "manual
     client.set_model_version_tag(name, version, "gate.decision", "promoted")
     client.set_model_version_tag(name, version, "gate.reason", reason)
     client.set_model_version_tag(name, version, "gate.champion_version", previous or "-")
+    log.info(
+        "manual promotion: %s version %s is champion (%s)",
+        name,
+        version,
+        reason,
+        extra={
+            "event.action": "promotion-manual",
+            "mlops.model.name": name,
+            "mlops.model.version": str(version),
+            "mlops.promotion.decision": "promoted",
+            "mlops.promotion.reason": reason,
+            "mlops.promotion.champion_version": previous or "-",
+        },
+    )

@@ -26,7 +26,7 @@ from elk.events import utc_now_iso
 from ml.config import Settings
 from ml.model_ref import ModelRef
 from ml.outcomes import FeedbackResult, OutcomeStore
-from ml.predict import LoadedModel
+from ml.predict import LoadedModel, load_failure_fields
 from serving.model import Rows, Scored, ServedModel
 from serving.protocol import feedback_items
 from serving.schemas import RequestError, ServingOptions
@@ -199,9 +199,9 @@ class ModelService:
                 served = ServedModel.of(loaded)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 if self._model is None:
-                    self._record_failure(target.uri, str(exc))
+                    self._record_failure(target.uri, exc, target)
                     raise  # a replica without any model must not take traffic
-                self._record_failure(target.uri, str(exc))
+                self._record_failure(target.uri, exc, target)
                 return
             self._model = served  # the swap: one reference assignment, after a good load
             # What is loaded now (the model, every imported module) lives as long as the
@@ -216,15 +216,20 @@ class ModelService:
             )
             logger.info("serving %s (run %s)", loaded.uri, loaded.run_id)
 
-    def _record_failure(self, model_uri: str, error: str) -> None:
+    def _record_failure(
+        self, model_uri: str, error: Exception | str, target: ModelRef | None = None
+    ) -> None:
         self._last_load.update(
-            model_uri=model_uri, status="failed", error=error, finished_at=utc_now_iso()
+            model_uri=model_uri, status="failed", error=str(error), finished_at=utc_now_iso()
         )
+        # The fields ride into Ray's JSON replica log; Filebeat maps it to ECS (filebeat.yml).
+        name, version = (target.name, target.version) if target else (None, None)
         logger.error(
             "loading %s failed, still serving %s: %s",
             model_uri,
             self._model.loaded.uri if self._model else "nothing",
             error,
+            extra=load_failure_fields(model_uri, error, name, version),
         )
 
     def check_health(self) -> None:

@@ -43,6 +43,24 @@ def _reset_mlflow_globals() -> Iterator[None]:
     mlflow.set_registry_uri(None)
 
 
+@pytest.fixture(autouse=True)
+def _reset_application_logs() -> Iterator[None]:
+    """A command run in-process (CliRunner) installs the ECS log file handler on the root
+    logger (ml.common.logs): take it off and give the root its level back after each test."""
+    import logging
+
+    from ml.common.logs import EcsFileHandler
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in list(root.handlers):
+        if isinstance(handler, EcsFileHandler) or handler is logging.lastResort:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _checkout_stays_clean() -> Iterator[None]:
     """No test may leave MLflow's default stores in the checkout: a client without URIs opens

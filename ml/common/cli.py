@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from ml.common.logs import install_json_logs
 from ml.config import Settings
 
 USAGE_ERROR = 2
@@ -56,3 +58,16 @@ def user_errors() -> Iterator[None]:
         yield
     except (DataError, RegistryError) as exc:
         fail(str(exc))
+
+
+def install_app_logs(settings: Settings, service: str) -> Path:
+    """This process's log records as ECS JSON in `<log_dir>/<service>.log.json` (Filebeat's
+    `mlops-app-logs` input), with every secret of the settings masked."""
+    assert settings.log_dir is not None  # set by Settings' defaults
+    return install_json_logs(
+        settings.log_dir,
+        service,
+        secrets=settings.secret_values(),
+        max_bytes=settings.log_max_bytes,
+        backups=settings.log_backups,
+    )

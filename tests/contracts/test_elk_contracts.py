@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -24,6 +25,7 @@ import yaml
 import elasticsearch
 from elk import dashboards, events
 from elk.stack import asset_path, component_templates, index_template, mapped_fields
+from ml.common.logs import APP_DATASET, log_file
 
 pytestmark = pytest.mark.contracts
 
@@ -198,6 +200,91 @@ def test_filebeat_output_uses_our_indices_and_keeps_our_host(filebeat: dict) -> 
     assert filebeat["setup.template.enabled"] is False
     host = next(p["add_host_metadata"] for p in filebeat["processors"] if "add_host_metadata" in p)
     assert host["replace_fields"] is False
+
+
+def _input(filebeat: dict, input_id: str) -> dict:
+    (found,) = [item for item in filebeat["filebeat.inputs"] if item["id"] == input_id]
+    return found
+
+
+def _matching_inputs(filebeat: dict, path: Path, **env: str) -> list[str]:
+    """The ids of the inputs whose paths match `path`, `${NAME:default}` set from `env`."""
+    ids = []
+    for item in filebeat["filebeat.inputs"]:
+        for pattern in item["paths"]:
+            for name, value in env.items():
+                pattern = re.sub(r"\$\{" + name + r":[^}]*\}", value, pattern)
+            if fnmatch.fnmatch(str(path), pattern):
+                ids.append(item["id"])
+    return ids
+
+
+def test_filebeat_reads_each_application_log_once(filebeat: dict, tmp_path: Path) -> None:
+    """The CLI's and the collector's ECS logs (and their rotations) in one input, Ray Serve's
+    replica logs (not its controller's or proxy's, which stay text) in another."""
+    for service in ("mlops", "mlops-monitor"):
+        for path in (log_file(tmp_path, service), Path(f"{log_file(tmp_path, service)}.1")):
+            assert _matching_inputs(filebeat, path, MLOPS_LOG_DIR=str(tmp_path)) == [
+                "mlops-app-logs"
+            ]
+    serve = tmp_path / "ray" / "session_latest" / "logs" / "serve"
+    ray = {"MLOPS_RAY_TEMP_DIR": str(tmp_path / "ray")}
+    for name in ("replica_model_ModelServer_a1b2c3.log", "replica_model_ModelServer_a1b2c3.log.1"):
+        assert _matching_inputs(filebeat, serve / name, **ray) == ["mlops-ray-serve-logs"]
+    for name in ("controller_123.log", "proxy_10.0.0.1.log"):
+        assert not _matching_inputs(filebeat, serve / name, **ray)
+
+
+def test_filebeat_maps_every_field_ray_writes_to_ecs(filebeat: dict) -> None:
+    """Each key Ray's JSON formatter and Serve's filters can write (their own constants, so a
+    Ray upgrade that adds one fails here) is renamed to an ECS or mlops.* field, or dropped;
+    `message` stays; the document lands in the app-log stream as mlops-serving."""
+    from ray._common.logging_constants import LogKey
+    from ray.serve._private import constants
+
+    ray_keys = {key.value for key in LogKey}
+    ray_keys |= {
+        value
+        for name, value in vars(constants).items()
+        if name.startswith("SERVE_LOG_")
+        and isinstance(value, str)
+        and name != "SERVE_LOG_EXTRA_FIELDS"
+    }
+    processors = _input(filebeat, "mlops-ray-serve-logs")["processors"]
+    renamed = {
+        rename["from"]: rename["to"]
+        for step in processors
+        if "rename" in step
+        for rename in step["rename"]["fields"]
+    }
+    dropped = {
+        name
+        for step in processors
+        if "drop_fields" in step
+        for name in step["drop_fields"]["fields"]
+    }
+    assert ray_keys - {"message"} <= set(renamed) | dropped, ray_keys - set(renamed) - dropped
+    assert renamed["levelname"] == "log.level" and renamed["process"] == "process.pid"
+    mapped = mapped_fields()
+    for ecs_name in ("log.level", "log.origin.file.name", "process.pid", "error.stack_trace"):
+        assert ecs_name in mapped, ecs_name
+    fingerprint = next(step["fingerprint"] for step in processors if "fingerprint" in step)
+    assert fingerprint["target_field"] == "@metadata._id"
+    assert "timestamp_ns" in fingerprint["fields"]  # unique per record: no collapsed lines
+    (added,) = [step["add_fields"] for step in processors if "add_fields" in step]
+    assert added["target"] == ""
+    assert added["fields"]["event.dataset"] == APP_DATASET
+    assert added["fields"]["service.name"] == "mlops-serving"
+
+
+def test_application_logs_go_to_a_data_stream_a_data_view_shows() -> None:
+    stream = events.index_for(APP_DATASET)
+    assert fnmatch.fnmatch(stream, "mlops-*")  # under our index template
+    (view,) = [view for view in dashboards.DATA_VIEWS if view.id == "mlops-logs"]
+    assert view.title == stream
+    saved = [json.loads(line) for line in NDJSON.read_text().splitlines()]
+    assert any(obj["type"] == "index-pattern" and obj["id"] == "mlops-logs" for obj in saved)
+    assert mapped_fields()["message"] == "text"  # full-text search in Discover
 
 
 def test_filebeat_config_is_not_group_or_other_writable() -> None:

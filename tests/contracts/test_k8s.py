@@ -310,6 +310,35 @@ def test_filebeat_configmap_carries_our_filebeat_yml() -> None:
     assert config_map["data"]["filebeat.yml"] == source.read_text()
 
 
+def test_filebeat_reads_the_ray_heads_replica_logs_on_the_node() -> None:
+    """The head's Ray temp dir is a per-pod directory of a node path the DaemonSet mounts, and
+    the DaemonSet's MLOPS_RAY_TEMP_DIR globs exactly those directories; Serve writes JSON."""
+    head = rayservice()["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    (ray_mount,) = [
+        m for m in head["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp/ray"
+    ]
+    assert ray_mount["subPathExpr"] == "$(POD_NAME)"
+    env = {e["name"]: e for e in head["containers"][0]["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    (ray_volume,) = [v for v in head["volumes"] if v["name"] == ray_mount["name"]]
+    node_path = ray_volume["hostPath"]["path"]
+    # the non-root head can write its directory: the init container made it its own
+    owner = next(c for c in head["initContainers"] if c["name"] == "log-dir-owner")
+    assert f'"{node_path}/$POD_NAME"' in " ".join(owner["command"])
+
+    (daemonset,) = [d for d in objects("DaemonSet") if d["metadata"]["name"] == "filebeat"]
+    spec = daemonset["spec"]["template"]["spec"]
+    (beat,) = spec["containers"]
+    (volume,) = [v for v in spec["volumes"] if v.get("hostPath", {}).get("path") == node_path]
+    (mount,) = [m for m in beat["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["readOnly"] is True
+    ray_dir = {e["name"]: e.get("value") for e in beat["env"]}["MLOPS_RAY_TEMP_DIR"]
+    assert ray_dir == f"{mount['mountPath']}/*"
+
+    serve_config = yaml.safe_load(rayservice()["spec"]["serveConfigV2"])
+    assert serve_config["logging_config"]["encoding"] == "JSON"
+
+
 # --- sizes -----------------------------------------------------------------------------------
 
 

@@ -13,30 +13,52 @@ is read once it holds 1 KiB (fingerprint identity), so each dataset gets a few e
 # pytest fixtures are passed by parameter name: pylint: disable=redefined-outer-name
 from __future__ import annotations
 
+import asyncio
+import builtins
 import json
+import logging
+import os
 import signal
+import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from elasticsearch import Elasticsearch
+from ray.serve._private.common import ServeComponentType
+from ray.serve._private.constants import SERVE_LOGGER_NAME
+from ray.serve._private.logging_utils import configure_component_logger
+from ray.serve.schema import LoggingConfig
+from typer.testing import CliRunner
 
 from elk import events
 from elk.collectors.host import HostCollector
 from elk.sinks import NdjsonSink, dumps
 from elk.stack import asset_path, install_templates
+from ml.common.logs import APP_DATASET, MASK
+from ml.config import Settings
+from ml.predict import load_version
+from ml.registry import GateDecision, RegistryError, decision_fields
+from serving.main import app as mlops_app
+from serving.schemas import ServingOptions
+from serving.service import ModelService
 from tests import kibana_queries
 from tests.fixtures.elasticsearch import ElasticsearchServer
 from tests.fixtures.filebeat import EsFront, Filebeat
+from tests.fixtures.mlflow_server import free_port
+from tests.fixtures.smtp import SMTP_USER, Inbox
+from tests.unit.serving_support import TelemetryCollector
 
 # 900 s: without `make test` first, the first test also builds Filebeat (~6 min, once)
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
-RunFilebeat = Callable[[Path], Filebeat]
+RunFilebeat = Callable[..., Filebeat]
 # Generous: Filebeat scans for new files every 10 s and backs off up to 60 s after an outage.
 DEADLINE_S = 120.0
 
@@ -347,3 +369,214 @@ def test_an_elasticsearch_outage_loses_nothing(
 
     _wait_count(es, service, 210, beat)
     _settled(es, service, 210)
+
+
+# --- application logs: ECS JSON (ml.common.logs) and Ray Serve's JSON replica logs --------------
+
+ADMIN_TOKEN = "adm-3f9c1e-token"  # noqa: S105 - test values, each grepped for below
+SMTP_WRONG_PASSWORD = "smtp-7b2d4a-password"  # noqa: S105
+ES_PASSWORD = "es-5e8f0c-password"  # noqa: S105
+SECRETS = (ADMIN_TOKEN, SMTP_WRONG_PASSWORD, ES_PASSWORD)
+
+
+@pytest.fixture
+def replica_log_dir(tmp_path: Path) -> Iterator[Path]:
+    """Ray's temp dir as a session leaves it (`session_latest` -> the session), with the replica
+    logger set up by Ray Serve's own function, JSON encoding: what a replica runs at start."""
+    ray_temp = tmp_path / "ray"
+    session = ray_temp / "session_2026-12-07_00-00-00_000000_1"
+    serve_logs = session / "logs" / "serve"
+    serve_logs.mkdir(parents=True)
+    (ray_temp / "session_latest").symlink_to(session)
+    logger = logging.getLogger(SERVE_LOGGER_NAME)
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+    streams = (sys.stdout, sys.stderr, builtins.print)
+    try:
+        configure_component_logger(
+            component_name="model_ModelServer",
+            component_id="fb0replica",
+            logging_config=LoggingConfig(encoding="JSON", logs_dir=str(serve_logs)),
+            component_type=ServeComponentType.REPLICA,
+            max_bytes=10 * 2**20,
+            backup_count=1,
+        )
+        # In a replica Serve also sends print/stdout/stderr to that logger: not in pytest.
+        sys.stdout, sys.stderr, builtins.print = streams
+        yield ray_temp
+    finally:
+        sys.stdout, sys.stderr, builtins.print = streams
+        for handler in logger.handlers:
+            handler.close()
+        logger.handlers[:], logger.propagate = saved[0], saved[1]
+        logger.setLevel(saved[2])
+
+
+def _log_hits(es: Elasticsearch, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+    index = events.index_for(APP_DATASET)
+    es.indices.refresh(index=index, ignore_unavailable=True, allow_no_indices=True)
+    query = {"bool": {"filter": list(filters)}}
+    found = es.search(index=index, query=query, size=50, ignore_unavailable=True)
+    return [hit["_source"] for hit in found["hits"]["hits"]]
+
+
+def _wait_hits(
+    es: Elasticsearch, beat: Filebeat, expected: int, *filters: dict[str, Any]
+) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + DEADLINE_S
+    hits: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        hits = _log_hits(es, *filters)
+        assert len(hits) <= expected, f"{len(hits)} log documents for {expected}: doubles"
+        if len(hits) == expected:
+            return hits
+        time.sleep(1)
+    raise AssertionError(f"{len(hits)}/{expected} log documents\n{beat.log_tail()}")
+
+
+def test_cli_and_replica_logs_reach_the_app_stream_by_their_ecs_fields_without_secrets(
+    es: Elasticsearch,
+    run_filebeat: RunFilebeat,
+    tmp_path: Path,
+    smtp_server: Inbox,
+    replica_log_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real `mlops` CLI logs into var/log/mlops.log.json (ecs-logging), a replica's
+    ModelService into Ray Serve's JSON replica log (Ray's own logger set-up and formatter, in
+    this process: no cluster), and the shipped filebeat.yml carries both into mlops-mlops.app,
+    where they are found by log.level, message and the model version. The run had the admin
+    token, an SMTP password (used: the login fails) and the Elasticsearch password in its
+    settings; none is in the files nor in Elasticsearch.
+
+    What runs: `mlops notify` (SMTP login against a real server), the real model loader
+    against an MLflow registry that does not answer (the failed load: CLI and replica), and
+    the gate's record through `ml.registry`'s logger with its fields (a real gate needs a
+    trained model: the pipeline's own record is in the unit tests' reach, not here)."""
+    model = f"fb-model-{uuid.uuid4().hex[:8]}"
+    var_dir = tmp_path / "var"
+    env = {
+        "MLOPS_VAR_DIR": str(var_dir),
+        "MLOPS_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ELASTICSEARCH_USERNAME": "elastic",
+        "ELASTICSEARCH_PASSWORD": ES_PASSWORD,
+        "SMTP_HOST": smtp_server.host,
+        "SMTP_PORT": str(smtp_server.port),
+        "SMTP_STARTTLS": "false",
+        "SMTP_USER": SMTP_USER,
+        "SMTP_PASSWORD": SMTP_WRONG_PASSWORD,
+        "SMTP_TO": "ops@example.com",
+    }
+    done = CliRunner().invoke(
+        mlops_app,
+        ["notify", "--status", "failure", "--title", model, "--channels", "email"],
+        env=env,
+    )
+    assert done.exit_code == 0, done.output
+    assert "email: not sent" in done.output  # the console as before
+
+    # A registry that does not answer: the load fails at once (no retries), as in an outage.
+    registry = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    mlflow.set_tracking_uri(registry)
+    mlflow.set_registry_uri(registry)
+    settings = Settings(var_dir=var_dir, model_name=model, mlflow_tracking_uri=registry)
+    with pytest.raises(RegistryError):
+        load_version(model, "7")
+    decision = GateDecision(True, "no champion yet", "roc_auc", "7", 0.97, None, None)
+    logging.getLogger("ml.registry").info(
+        "gate: %s version 7 promoted", model, extra=decision_fields(model, decision)
+    )
+    # A library echoing a URL with a password: the mask catches it.
+    url = f"http://elastic:{ES_PASSWORD}@127.0.0.1:9"
+    logging.getLogger("elk.sinks").error("%s: connection refused", url)
+
+    service = ModelService(settings, load_version, TelemetryCollector())
+    with pytest.raises(RegistryError):  # a replica without any model refuses to start
+        asyncio.run(service.apply(ServingOptions(model_uri=f"models:/{model}/8")))
+    for handler in logging.getLogger(SERVE_LOGGER_NAME).handlers:
+        handler.flush()
+
+    log_dir = var_dir / "log"
+    written = "".join(path.read_text() for path in log_dir.glob("*.log.json*"))
+    written += "".join(path.read_text() for path in replica_log_dir.rglob("replica_*.log*"))
+    assert model in written and f"{ES_PASSWORD}" not in written
+    for secret in SECRETS:
+        assert secret not in written, secret
+
+    beat = run_filebeat(log_dir, replica_log_dir)
+    cli_file = {"term": {"log.file.path": str(log_dir / "mlops.log.json")}}
+    mine = {"term": {"mlops.model.name": model}}
+    (failed_load,) = _wait_hits(
+        es,
+        beat,
+        1,
+        cli_file,
+        mine,
+        {"term": {"log.level": "error"}},
+        {"match_phrase": {"message": f"loading models:/{model}/7 failed"}},
+    )
+    assert failed_load["mlops"]["model"] == {
+        "name": model,
+        "version": "7",
+        "uri": f"models:/{model}/7",
+    }
+    assert failed_load["service"]["name"] == "mlops"
+    assert failed_load["event"]["action"] == "model-load"
+    assert failed_load["log"]["logger"] == "ml.predict"
+    (gate,) = _wait_hits(
+        es,
+        beat,
+        1,
+        mine,
+        {"term": {"log.level": "info"}},
+        {"term": {"mlops.model.version": "7"}},
+        {"term": {"mlops.promotion.decision": "promoted"}},
+        {"match_phrase": {"message": "version 7 promoted"}},
+    )
+    assert gate["mlops"]["promotion"]["reason"] == "no champion yet"
+
+    (replica,) = _wait_hits(
+        es,
+        beat,
+        1,
+        mine,
+        {"term": {"service.name": "mlops-serving"}},
+        {"term": {"log.level": "error"}},
+        {"term": {"mlops.model.version": "8"}},
+        {"match_phrase": {"message": f"loading models:/{model}/8 failed"}},
+    )
+    assert replica["event"]["dataset"] == APP_DATASET
+    assert replica["mlops"]["serve"]["deployment"] == "model_ModelServer"
+    assert replica["mlops"]["serve"]["replica"] == "fb0replica"
+    assert replica["process"]["pid"] == os.getpid()
+    assert replica["log"]["origin"]["file"]["name"] == "service.py"
+    assert replica["error"]["type"] == "RegistryError"
+    assert not {"levelname", "asctime", "timestamp_ns", "lineno"} & set(replica)
+    # @timestamp is the record's own time (timestamp_ns, to the millisecond), not the read's
+    (ray_line,) = [
+        json.loads(line)
+        for path in replica_log_dir.rglob("replica_*.log*")
+        for line in path.read_text().splitlines()
+        if f"models:/{model}/8" in line
+    ]
+    logged_ms = ray_line["timestamp_ns"] // 1_000_000
+    shipped_at = datetime.fromisoformat(replica["@timestamp"].replace("Z", "+00:00"))
+    # (1 ms of slack: the script divides a float; Filebeat read the line seconds later)
+    assert abs(round(shipped_at.timestamp() * 1000) - logged_ms) <= 1
+
+    (notify_line,) = _wait_hits(
+        es,
+        beat,
+        1,
+        cli_file,
+        {"term": {"log.logger": "ml.notify"}},
+        {"term": {"log.level": "warning"}},
+    )
+    assert "failed" in notify_line["message"]
+    (echo,) = _wait_hits(es, beat, 1, cli_file, {"term": {"log.logger": "elk.sinks"}})
+    assert MASK in echo["message"]
+    for secret in SECRETS:
+        found = es.count(
+            index=events.index_for(APP_DATASET), query={"query_string": {"query": f'"{secret}"'}}
+        )
+        assert found["count"] == 0, secret

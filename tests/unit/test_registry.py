@@ -179,3 +179,35 @@ def test_load_pipeline_gives_the_registered_pipeline_with_the_tables_trusted_typ
     assert pipeline.predict(demo[1].X_holdout).shape == (len(demo[1].X_holdout),)
     flavor = mlflow.models.get_model_info(ref.uri).flavors["sklearn"]
     assert flavor["skops_trusted_types"] == list(family("logreg").skops_trusted_types)
+
+
+def test_the_gate_decision_is_an_ecs_log_record_with_its_fields(store, demo, tmp_path) -> None:
+    """What Kibana finds of a gate decision: the real gate's record through the handler the
+    CLI installs (ml.common.logs)."""
+    import json
+    import logging
+
+    from ml.common.logs import EcsFileHandler, install_json_logs
+
+    client, settings = _client(store, "logged")
+    version = _register(settings, demo)
+    root = logging.getLogger()
+    saved_level = root.level
+    path = install_json_logs(tmp_path, "mlops")
+    try:
+        decision = _gate(client, "logged", version, demo)
+    finally:
+        for handler in [h for h in root.handlers if isinstance(h, EcsFileHandler)]:
+            root.removeHandler(handler)
+            handler.close()
+        if logging.lastResort in root.handlers:
+            root.removeHandler(logging.lastResort)
+        root.setLevel(saved_level)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    (gate,) = [r for r in records if r.get("event", {}).get("action") == "promotion-gate"]
+    assert gate["log.level"] == "info" and gate["log"]["logger"] == "ml.registry"
+    assert f"logged version {version} promoted" in gate["message"]
+    assert gate["mlops"]["model"] == {"name": "logged", "version": version}
+    assert gate["mlops"]["promotion"]["decision"] == "promoted"
+    assert gate["mlops"]["promotion"]["reason"] == "no champion yet"
+    assert gate["mlops"]["promotion"]["challenger_score"] == decision.challenger_score
