@@ -14,7 +14,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -28,6 +35,28 @@ from ml.families import FAMILIES, UnknownFamilyError
 
 Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
+Profile = Literal["dev", "prod"]
+
+# What `MLOPS_ENV` changes: each profile's values replace the embedded defaults, and anything
+# set explicitly (argument, environment, YAML) still wins. dev is the embedded defaults.
+# docs/operations.md lists the same table (a unit test keeps the two in step).
+PROFILES: dict[str, dict[str, object]] = {
+    "dev": {},
+    "prod": {
+        # a real search, not a smoke test
+        "trials": 50,
+        "timeout_s": 1800.0,
+        "cv_folds": 5,
+        # a challenger must beat the champion by a margin, not by noise
+        "promotion_margin": 0.002,
+        # no desktop in a cluster: notifications go by email
+        "desktop_notifications": False,
+        # retrain at most every 6 h, however often the triggers fire
+        "ct_cooldown_s": 21600.0,
+        # two weeks of nightly backups
+        "backup_keep": 14,
+    },
+}
 
 
 def _all_families() -> list[str]:
@@ -46,7 +75,8 @@ class Settings(BaseSettings):
         env_prefix="MLOPS_", extra="ignore", populate_by_name=True, validate_default=True
     )
 
-    # --- where state lives -------------------------------------------------------------
+    # --- profile and where state lives -------------------------------------------------
+    env: Profile = Field("dev", description="settings profile (MLOPS_ENV): dev or prod")
     var_dir: Path = Path("var")
 
     # --- data --------------------------------------------------------------------------
@@ -155,6 +185,21 @@ class Settings(BaseSettings):
         30.0, gt=0, description="served predictions older than this are pruned by each CT run"
     )
 
+    # --- backups (ml/backup.py, elk/snapshot.py) ---------------------------------------
+    backup_dir: Path | None = Field(None, description="where backups go; default var-backups")
+    backup_keep: int = Field(7, ge=1, description="backups kept; older ones are pruned")
+    mlflow_artifacts_dir: Path | None = Field(
+        None,
+        description="the tracking store's artifacts on disk (a server's --artifacts-destination);"
+        " default var/mlartifacts for the local store",
+    )
+    elasticsearch_snapshot_repository: str = Field(
+        "mlops-backups", description="Elasticsearch snapshot repository (type fs)"
+    )
+    elasticsearch_snapshot_location: str = Field(
+        "mlops-backups", description="its directory, relative to the server's path.repo"
+    )
+
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))
     smtp_port: int = Field(587, validation_alias=_env("SMTP_PORT", "MLOPS_SMTP_PORT"))
@@ -195,10 +240,34 @@ class Settings(BaseSettings):
                 )
         return value
 
+    _from_profile: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> "Settings":
+        """The profile's values where nothing was set explicitly (before derived defaults)."""
+        chosen = {
+            name: value
+            for name, value in PROFILES[self.env].items()
+            if name not in self.model_fields_set
+        }
+        for name, value in chosen.items():
+            setattr(self, name, value)
+        self._from_profile = frozenset(chosen)
+        return self
+
+    @property
+    def from_profile(self) -> frozenset[str]:
+        """The settings whose value the profile (MLOPS_ENV) chose."""
+        return self._from_profile
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> "Settings":
         """Fill defaults that depend on `var_dir`, so one setting moves all local state."""
         self.var_dir = self.var_dir.resolve()
+        if self.backup_dir is None:
+            # beside var/, not in it: a backup must survive losing var/
+            self.backup_dir = self.var_dir.with_name(f"{self.var_dir.name}-backups")
+        self.backup_dir = self.backup_dir.resolve()
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
         if not self.optuna_storage:
@@ -234,6 +303,13 @@ class Settings(BaseSettings):
     def artifact_root(self) -> Path:
         """Where a local (SQLite) tracking store keeps artifacts."""
         return self.var_dir / "mlartifacts"
+
+    @property
+    def artifacts_on_disk(self) -> Path | None:
+        """The tracking store's artifact directory when it is reachable as files here."""
+        if self.mlflow_artifacts_dir is not None:
+            return self.mlflow_artifacts_dir.resolve()
+        return self.artifact_root if self.uses_local_tracking else None
 
     @property
     def uses_local_tracking(self) -> bool:
