@@ -58,7 +58,6 @@ class ElasticsearchSnapshots:
     def take(self, backup_id: str) -> SnapshotEntry:
         """Snapshot our indices; fail unless every shard made it."""
         self.ensure_repository()
-        self.client.indices.refresh(index=INDICES, allow_no_indices=True)
         documents = self.document_counts()
         name = snapshot_name(backup_id)
         answer = self.client.snapshot.create(
@@ -82,6 +81,7 @@ class ElasticsearchSnapshots:
 
     def document_counts(self) -> dict[str, int]:
         """Documents per data stream and per index outside one, of our indices."""
+        self.client.indices.refresh(index=INDICES, allow_no_indices=True)
         resolved = self.client.indices.resolve_index(name=INDICES, expand_wildcards="all")
         names = [stream["name"] for stream in resolved["data_streams"]]
         names += [index["name"] for index in resolved["indices"] if "data_stream" not in index]
@@ -107,17 +107,15 @@ class ElasticsearchSnapshots:
             raise BackupError(f"Elasticsearch snapshot {entry.snapshot}: lacks indices {missing}")
 
     def restore(self, entry: SnapshotEntry) -> None:
-        """Replace our indices by the snapshot's (an open index of the same name blocks it)."""
+        """Replace our indices by the snapshot's: our templates first (a restored data stream
+        needs its template to roll over), then whatever holds the names, then the snapshot."""
+        from elk.stack import install_templates
+
         plain = [name for name in entry.indices if not name.startswith(".ds-")]
         if not plain and not entry.data_streams:
             return
-        for stream in entry.data_streams:
-            try:
-                self.client.indices.delete_data_stream(name=stream)
-            except NotFoundError:
-                pass  # a rebuilt cluster has none yet
-        if plain:
-            self.client.indices.delete(index=",".join(plain), ignore_unavailable=True)
+        install_templates(self.client)
+        self._drop_existing(entry.data_streams, plain)
         answer = self.client.snapshot.restore(
             repository=entry.repository,
             snapshot=entry.snapshot,
@@ -129,6 +127,23 @@ class ElasticsearchSnapshots:
         if shards["failed"]:
             raise BackupError(f"Elasticsearch restore of {entry.snapshot}: {shards}")
         self.client.indices.refresh(index=INDICES, allow_no_indices=True)
+
+    def _drop_existing(self, data_streams: list[str], plain: list[str]) -> None:
+        """An open index or data stream of the same name blocks a restore."""
+        resolved = self.client.indices.resolve_index(name=INDICES, expand_wildcards="all")
+        for stream in resolved["data_streams"]:
+            if stream["name"] not in data_streams:
+                continue
+            try:
+                self.client.indices.delete_data_stream(name=stream["name"])
+            except ApiError as exc:
+                raise BackupError(
+                    f"Elasticsearch data stream {stream['name']}: cannot be deleted to restore "
+                    f"it ({_reason(exc)}); restore into a cluster without it"
+                ) from exc
+        existing = [index["name"] for index in resolved["indices"] if index["name"] in plain]
+        if existing:
+            self.client.indices.delete(index=",".join(existing))
 
     def delete(self, entry: SnapshotEntry) -> None:
         """Drop a pruned backup's snapshot; one already gone is fine."""
