@@ -14,14 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AliasChoices,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -240,25 +233,22 @@ class Settings(BaseSettings):
                 )
         return value
 
-    _from_profile: frozenset[str] = PrivateAttr(default=frozenset())
-
-    @model_validator(mode="after")
-    def _apply_profile(self) -> "Settings":
-        """The profile's values where nothing was set explicitly (before derived defaults)."""
-        chosen = {
-            name: value
-            for name, value in PROFILES[self.env].items()
-            if name not in self.model_fields_set
-        }
-        for name, value in chosen.items():
-            setattr(self, name, value)
-        self._from_profile = frozenset(chosen)
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """The profile's values under whatever was set explicitly (arguments, environment,
+        YAML all arrive here merged); an unknown profile is left to the `env` field's check."""
+        if not isinstance(data, dict):
+            return data
+        profile = PROFILES.get(str(data.get("env", "dev")), {})
+        return {**{name: value for name, value in profile.items() if name not in data}, **data}
 
     @property
     def from_profile(self) -> frozenset[str]:
-        """The settings whose value the profile (MLOPS_ENV) chose."""
-        return self._from_profile
+        """The settings that hold their profile's value (MLOPS_ENV)."""
+        return frozenset(
+            name for name, value in PROFILES[self.env].items() if getattr(self, name) == value
+        )
 
     @model_validator(mode="after")
     def _derive_defaults(self) -> "Settings":
