@@ -9,6 +9,8 @@ the Secret, the prod settings profile. The nightly backup CronJob runs in both.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,76 @@ def test_the_backup_cronjob_backs_up_the_servers_stores(directory: Path) -> None
     keep = int(env["MLOPS_BACKUP_KEEP"])
     assert keep == (14 if directory == PROD else 7)
     Settings(backup_keep=keep)  # a valid setting
+
+
+# --- scripts/deploy_prod.sh: the digest dev ran, pinned in the prod overlay ------------------
+
+DIGEST = "sha256:" + "ab" * 32
+REPOSITORY = "registry.example.com/team/mlops-serving"
+
+
+def deploy_prod(tmp_path: Path, digest_line: str | None) -> subprocess.CompletedProcess[str]:
+    digest_file = tmp_path / "image-digest"
+    if digest_line is not None:
+        digest_file.write_text(digest_line + "\n")
+    venv_bin = Path(sys.executable).parent
+    env = {
+        "PATH": f"{venv_bin}:/usr/bin:/bin",
+        "DRY_RUN": "1",
+        "VAR_DIR": str(tmp_path),
+        "IMAGE_DIGEST_FILE": str(digest_file),
+    }
+    return subprocess.run(
+        [str(REPO_ROOT / "scripts" / "deploy_prod.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_deploy_prod_pins_every_serving_image_to_the_pushed_digest(tmp_path: Path) -> None:
+    done = deploy_prod(tmp_path, f"{REPOSITORY}@{DIGEST}")
+    assert done.returncode == 0, done.stderr
+    assert "apply -k" in done.stdout and "wait --for=condition=Ready" in done.stdout
+    pinned = render(tmp_path / "deploy-prod")
+    images = {
+        container["image"]
+        for template in _templates(pinned)
+        for container in template["spec"]["containers"]
+        if "mlops-serving" in container["image"]
+    }
+    assert images == {f"{REPOSITORY}@{DIGEST}"}, "every serving pod runs the digest dev ran"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (None, "run `make docker-push` first"),
+        (f"mlops-serving@{DIGEST}", "expected REGISTRY/NAMESPACE/NAME@sha256"),
+        (f"{REPOSITORY}:0.1.0", "expected REGISTRY/NAMESPACE/NAME@sha256"),
+    ],
+    ids=["missing", "no-namespace", "a-tag-not-a-digest"],
+)
+def test_deploy_prod_refuses_anything_but_a_recorded_digest(
+    tmp_path: Path, line: str | None, expected: str
+) -> None:
+    done = deploy_prod(tmp_path, line)
+    assert done.returncode == 2 and expected in done.stderr, done.stderr
+    assert "apply" not in done.stdout
+
+
+def _templates(docs: tuple[dict[str, Any], ...]) -> list[dict[str, Any]]:
+    found = []
+    for doc in docs:
+        spec = doc.get("spec", {})
+        if doc["kind"] in ("Deployment", "DaemonSet", "Job"):
+            found.append(spec["template"])
+        elif doc["kind"] == "CronJob":
+            found.append(spec["jobTemplate"]["spec"]["template"])
+        elif doc["kind"] == "RayService":
+            cluster = spec["rayClusterConfig"]
+            found.append(cluster["headGroupSpec"]["template"])
+            found += [group["template"] for group in cluster.get("workerGroupSpecs", [])]
+    return found
