@@ -12,13 +12,17 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from ml.config import Settings
+
+if TYPE_CHECKING:
+    from elk.snapshot import ElasticsearchSnapshots
+    from ml.backup import Manifest
 
 monitor_app = typer.Typer(
     help="Observability: host/container/Ray metrics, Elasticsearch + Kibana, drift alerts.",
@@ -313,7 +317,7 @@ BackupDirOpt = Annotated[
 ]
 
 
-def _snapshots(settings: Settings, skip: bool) -> Any:
+def _snapshots(settings: Settings, skip: bool) -> "ElasticsearchSnapshots | None":
     """The Elasticsearch part, or None when it is skipped or not configured."""
     from elk.snapshot import ElasticsearchSnapshots
 
@@ -349,10 +353,16 @@ def backup_create(
         raise _fail(str(exc)) from exc
     except (ApiError, TransportError) as exc:
         raise _fail(f"Elasticsearch at {settings.elasticsearch_url}: {exc}", UNAVAILABLE) from exc
+    _print_backup(manifest, path, len(pruned))
+
+
+def _print_backup(manifest: "Manifest", path: Path, pruned: int) -> None:
+    from ml.backup import ARTIFACTS
+
     table = Table("part", "what", title=f"Backup {manifest.backup_id}")
     for database in manifest.databases:
         table.add_row(", ".join(database.roles), f"{database.kind}: {database.file}")
-    artifacts = sum(1 for entry in manifest.files if entry.path.startswith(backup.ARTIFACTS))
+    artifacts = sum(1 for entry in manifest.files if entry.path.startswith(ARTIFACTS))
     table.add_row("artifacts", f"{artifacts} files from {manifest.artifact_root or '-'}")
     snapshot = manifest.elasticsearch
     table.add_row(
@@ -360,7 +370,7 @@ def backup_create(
         f"{snapshot.snapshot}: {sum(snapshot.documents.values())} documents" if snapshot else "-",
     )
     console.print(table)
-    console.print(f"backup written to {path}; pruned {len(pruned)} older", highlight=False)
+    console.print(f"backup written to {path}; pruned {pruned} older", highlight=False)
 
 
 @backup_app.command("restore")
