@@ -33,12 +33,13 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="mlops-serving" \
       org.opencontainers.image.description="Ray Serve model server and mlops CLI of mlops-chain" \
       org.opencontainers.image.licenses="Apache-2.0"
-# wget: KubeRay's readiness/liveness probes exec it. Its version comes from the Debian release
+# wget: KubeRay's readiness/liveness probes exec it; postgresql-client: pg_dump/pg_restore for
+# `mlops backup` (the backup CronJob). Their version comes from the Debian release
 # the base image pins; pinning the exact Debian revision would break the build at every
 # security update, which replaces the old revision in the archive.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends wget \
+    && apt-get install -y --no-install-recommends wget postgresql-client \
     && rm -rf /var/lib/apt/lists/*
 # uid 1000 like the rayproject images, so KubeRay's defaults and volume permissions match.
 # /tmp/ray too: a fresh named volume there (compose: ray-logs, read by Filebeat) takes this owner.

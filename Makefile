@@ -86,23 +86,34 @@ clean: ## Remove generated state (var/, reports/, caches); keeps the download ca
 	rm -rf $(VAR_DIR) $(REPORTS_DIR) .pytest_cache .mypy_cache .coverage coverage.xml htmlcov
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
-# --- containers and Minikube -----------------------------------------------------------------
+# --- containers, Minikube (dev) and prod --------------------------------------------------------
 # IMAGE and TAG: the serving image `docker-build` tags and the minikube overlay deploys
-# (`make manifests` writes them into k8s/overlays/minikube/image.yaml). Override from the
-# environment or the command line, e.g. `make docker-push IMAGE=registry.example.com/team/mlops-serving`.
-IMAGE ?= mlops-serving
+# (`make manifests` writes them into k8s/overlays/minikube/image.yaml). REGISTRY is the registry
+# and namespace images are pushed to (e.g. registry.example.com/team): `docker-push` refuses an
+# IMAGE without one, which Docker would send to docker.io/library. Override from the environment
+# or the command line, e.g. `make docker-push REGISTRY=registry.example.com/team`.
+REGISTRY ?=
+IMAGE ?= $(if $(REGISTRY),$(REGISTRY)/mlops-serving,mlops-serving)
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 GIT_SHA := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 DOCKER ?= docker
-export IMAGE TAG
+# What `docker-push` pushed, as REPOSITORY@sha256:...: the one image dev and prod both run.
+IMAGE_DIGEST_FILE ?= $(VAR_DIR)/image-digest
+# build: `deploy-minikube` builds the image inside Minikube; docker: it loads IMAGE:TAG from
+# the Docker engine (the image `docker-push` pushed, so dev runs the digest prod will run).
+MINIKUBE_IMAGE_SOURCE ?= build
+export REGISTRY IMAGE TAG IMAGE_DIGEST_FILE MINIKUBE_IMAGE_SOURCE
 
-.PHONY: docker-build docker-push manifests deploy-minikube
+.PHONY: docker-build docker-push manifests deploy-minikube deploy-prod
 docker-build: ## Build the serving image IMAGE:TAG (TAG: the project version; also git-<sha>)
 	$(DOCKER) build --pull -t $(IMAGE):$(TAG) -t $(IMAGE):git-$(GIT_SHA) \
 		--label org.opencontainers.image.version=$(TAG) \
 		--label org.opencontainers.image.revision=$(GIT_SHA) .
 
-docker-push: ## Push IMAGE:TAG and :git-<sha> (login from REGISTRY_USER/REGISTRY_PASSWORD if set)
+docker-push: ## Push IMAGE:TAG and :git-<sha> to REGISTRY; record the digest in IMAGE_DIGEST_FILE
+	$(if $(findstring /,$(IMAGE)),,$(error docker-push: IMAGE=$(IMAGE) names no registry \
+		namespace and would go to docker.io/library: set REGISTRY, e.g. \
+		REGISTRY=registry.example.com/team))
 	@registry=$${IMAGE%%/*}; case "$$registry" in *.*|*:*|localhost) ;; *) registry= ;; esac; \
 	if [ -n "$${REGISTRY_USER:-}" ]; then \
 		printf '%s' "$${REGISTRY_PASSWORD:?REGISTRY_PASSWORD is not set}" \
@@ -110,12 +121,19 @@ docker-push: ## Push IMAGE:TAG and :git-<sha> (login from REGISTRY_USER/REGISTRY
 	fi
 	$(DOCKER) push $(IMAGE):$(TAG)
 	$(DOCKER) push $(IMAGE):git-$(GIT_SHA)
+	@mkdir -p $(dir $(IMAGE_DIGEST_FILE))
+	$(DOCKER) image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' $(IMAGE):$(TAG) \
+		| grep -m1 '^$(IMAGE)@sha256:' > $(IMAGE_DIGEST_FILE)
+	@echo "pushed $$(cat $(IMAGE_DIGEST_FILE))"
 
 manifests: setup ## Regenerate the generated k8s/ files (serveConfigV2, filebeat.yml, IMAGE:TAG)
 	$(BIN)/python scripts/render_k8s.py --image $(IMAGE):$(TAG)
 
-deploy-minikube: manifests ## Minikube + KubeRay + the whole stack, smoke-tested (DRY_RUN=1 prints)
+deploy-minikube: manifests ## dev: Minikube + KubeRay + the whole stack, smoke-tested (DRY_RUN=1 prints)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy_minikube.sh
+
+deploy-prod: setup ## prod: the pushed digest (IMAGE_DIGEST_FILE) to the KUBECONFIG cluster, smoke-tested
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/deploy_prod.sh
 
 # --- code quality, SonarQube, CI (jenkins/pipelines/quality.Jenkinsfile runs these) ----------
 # Each tool writes its report under REPORTS_DIR in the format sonar-project.properties imports.

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,8 +19,16 @@ from rich.table import Table
 
 from ml.config import Settings
 
+if TYPE_CHECKING:
+    from elk.snapshot import ElasticsearchSnapshots
+    from ml.backup import Manifest
+
 monitor_app = typer.Typer(
     help="Observability: host/container/Ray metrics, Elasticsearch + Kibana, drift alerts.",
+    no_args_is_help=True,
+)
+backup_app = typer.Typer(
+    help="Backups of every store (MLflow, artifacts, Optuna, CT database, Elasticsearch).",
     no_args_is_help=True,
 )
 console = Console()
@@ -35,6 +43,7 @@ def register(app: typer.Typer) -> None:
     from elk.collectors.training import attach_stage_events
 
     app.add_typer(monitor_app, name="monitor")
+    app.add_typer(backup_app, name="backup")
     attach_stage_events()
 
 
@@ -302,3 +311,122 @@ def drift(
             raise typer.Exit(1)
     else:
         console.print("[green]no drift[/] above PSI", report.threshold)
+
+
+# --- backup and restore: ml.backup's files plus elk's Elasticsearch snapshot -------------------
+
+BackupDirOpt = Annotated[
+    Path | None, typer.Option("--backup-dir", help="where backups are kept (MLOPS_BACKUP_DIR)")
+]
+
+
+def _snapshots(settings: Settings, skip: bool) -> "ElasticsearchSnapshots | None":
+    """The Elasticsearch part, or None when it is skipped or not configured."""
+    from elk.snapshot import ElasticsearchSnapshots
+
+    if skip or not settings.elasticsearch_url:
+        return None
+    return ElasticsearchSnapshots.from_settings(settings)
+
+
+@backup_app.command("create")
+def backup_create(
+    backup_dir: BackupDirOpt = None,
+    keep: Annotated[
+        int | None, typer.Option("--keep", min=1, help="backups kept (MLOPS_BACKUP_KEEP)")
+    ] = None,
+    skip_elasticsearch: Annotated[
+        bool, typer.Option(help="no Elasticsearch snapshot even if ELASTICSEARCH_URL is set")
+    ] = False,
+) -> None:
+    """Back up the stores into a new directory with a sha256 manifest; prune beyond --keep."""
+    from elasticsearch import ApiError, TransportError
+
+    from ml import backup
+
+    settings = _settings(backup_dir=backup_dir, backup_keep=keep)
+    snapshots = _snapshots(settings, skip_elasticsearch)
+    try:
+        path, manifest = backup.create(settings, snapshots)
+        pruned = backup.prune(settings)
+        for old in pruned:
+            if old.elasticsearch is not None and snapshots is not None:
+                snapshots.delete(old.elasticsearch)
+    except backup.BackupError as exc:
+        raise _fail(str(exc)) from exc
+    except (ApiError, TransportError) as exc:
+        raise _fail(f"Elasticsearch at {settings.elasticsearch_url}: {exc}", UNAVAILABLE) from exc
+    _print_backup(manifest, path, len(pruned))
+
+
+def _print_backup(manifest: "Manifest", path: Path, pruned: int) -> None:
+    from ml.backup import ARTIFACTS
+
+    table = Table("part", "what", title=f"Backup {manifest.backup_id}")
+    for database in manifest.databases:
+        table.add_row(", ".join(database.roles), f"{database.kind}: {database.file}")
+    artifacts = sum(1 for entry in manifest.files if entry.path.startswith(ARTIFACTS))
+    table.add_row("artifacts", f"{artifacts} files from {manifest.artifact_root or '-'}")
+    snapshot = manifest.elasticsearch
+    table.add_row(
+        "elasticsearch",
+        f"{snapshot.snapshot}: {sum(snapshot.documents.values())} documents" if snapshot else "-",
+    )
+    console.print(table)
+    console.print(f"backup written to {path}; pruned {pruned} older", highlight=False)
+
+
+@backup_app.command("restore")
+def backup_restore(
+    backup_path: Annotated[Path, typer.Argument(help="the backup directory (<backup-dir>/<id>)")],
+    force: Annotated[
+        bool, typer.Option("--force", help="overwrite stores that are not empty")
+    ] = False,
+    skip_elasticsearch: Annotated[
+        bool, typer.Option(help="restore the files only, not the Elasticsearch snapshot")
+    ] = False,
+) -> None:
+    """Verify every file against the manifest, then restore the stores the settings name."""
+    from elasticsearch import ApiError, TransportError
+
+    from ml import backup
+
+    settings = _settings()
+    snapshots = _snapshots(settings, skip_elasticsearch)
+    try:
+        manifest = backup.read_manifest(backup_path)
+        if manifest.elasticsearch is not None and snapshots is None and not skip_elasticsearch:
+            raise backup.BackupError(
+                "ELASTICSEARCH_URL: the backup holds an Elasticsearch snapshot; set it or pass "
+                "--skip-elasticsearch"
+            )
+        manifest = backup.restore(settings, backup_path, force=force, snapshot=snapshots)
+    except backup.BackupError as exc:
+        raise _fail(str(exc)) from exc
+    except (ApiError, TransportError) as exc:
+        raise _fail(f"Elasticsearch at {settings.elasticsearch_url}: {exc}", UNAVAILABLE) from exc
+    console.print(f"restored backup {manifest.backup_id} into {settings.var_dir}", highlight=False)
+
+
+@backup_app.command("list")
+def backup_list(backup_dir: BackupDirOpt = None) -> None:
+    """The complete backups, oldest first."""
+    from ml import backup
+
+    settings = _settings(backup_dir=backup_dir)
+    table = Table("id", "created", "profile", "files", "elasticsearch", title="Backups")
+    for path in backup.complete_backups(backup.backup_root(settings)):
+        try:
+            manifest = backup.read_manifest(path)
+        except backup.BackupError as exc:
+            table.add_row(path.name, f"[red]{exc}[/]", "", "", "")
+            continue
+        snapshot = manifest.elasticsearch.snapshot if manifest.elasticsearch else "-"
+        table.add_row(
+            manifest.backup_id,
+            manifest.created.isoformat(timespec="seconds"),
+            manifest.profile,
+            str(len(manifest.files)),
+            snapshot,
+        )
+    console.print(table)

@@ -104,11 +104,15 @@ def _application_logs() -> None:
 
 @config_app.command("show")
 def config_show() -> None:
-    """Print the effective settings, secrets masked."""
+    """Print the effective settings, secrets masked, and which of them the profile chose."""
     settings = load_settings()
-    table = Table("setting", "value", title="Effective settings")
+    table = Table(
+        "setting", "value", "from", title=f"Effective settings (profile {settings.env}, MLOPS_ENV)"
+    )
     for name, value in settings.masked().items():
-        table.add_row(name, value)
+        table.add_row(
+            name, value, f"profile {settings.env}" if name in settings.from_profile else ""
+        )
     console.print(table)
 
 

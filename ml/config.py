@@ -28,6 +28,28 @@ from ml.families import FAMILIES, UnknownFamilyError
 
 Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
+Profile = Literal["dev", "prod"]
+
+# What `MLOPS_ENV` changes: each profile's values replace the embedded defaults, and anything
+# set explicitly (argument, environment, YAML) still wins. dev is the embedded defaults.
+# docs/operations.md lists the same table (a unit test keeps the two in step).
+PROFILES: dict[str, dict[str, object]] = {
+    "dev": {},
+    "prod": {
+        # a real search, not a smoke test
+        "trials": 50,
+        "timeout_s": 1800.0,
+        "cv_folds": 5,
+        # a challenger must beat the champion by a margin, not by noise
+        "promotion_margin": 0.002,
+        # no desktop in a cluster: notifications go by email
+        "desktop_notifications": False,
+        # retrain at most every 6 h, however often the triggers fire
+        "ct_cooldown_s": 21600.0,
+        # two weeks of nightly backups
+        "backup_keep": 14,
+    },
+}
 
 
 def _all_families() -> list[str]:
@@ -46,7 +68,8 @@ class Settings(BaseSettings):
         env_prefix="MLOPS_", extra="ignore", populate_by_name=True, validate_default=True
     )
 
-    # --- where state lives -------------------------------------------------------------
+    # --- profile and where state lives -------------------------------------------------
+    env: Profile = Field("dev", description="settings profile (MLOPS_ENV): dev or prod")
     var_dir: Path = Path("var")
 
     # --- data --------------------------------------------------------------------------
@@ -155,6 +178,21 @@ class Settings(BaseSettings):
         30.0, gt=0, description="served predictions older than this are pruned by each CT run"
     )
 
+    # --- backups (ml/backup.py, elk/snapshot.py) ---------------------------------------
+    backup_dir: Path | None = Field(None, description="where backups go; default var-backups")
+    backup_keep: int = Field(7, ge=1, description="backups kept; older ones are pruned")
+    mlflow_artifacts_dir: Path | None = Field(
+        None,
+        description="the tracking store's artifacts on disk (a server's --artifacts-destination);"
+        " default var/mlartifacts for the local store",
+    )
+    elasticsearch_snapshot_repository: str = Field(
+        "mlops-backups", description="Elasticsearch snapshot repository (type fs)"
+    )
+    elasticsearch_snapshot_location: str = Field(
+        "mlops-backups", description="its directory, relative to the server's path.repo"
+    )
+
     # --- notifications -----------------------------------------------------------------
     smtp_host: str | None = Field(None, validation_alias=_env("SMTP_HOST", "MLOPS_SMTP_HOST"))
     smtp_port: int = Field(587, validation_alias=_env("SMTP_PORT", "MLOPS_SMTP_PORT"))
@@ -195,10 +233,31 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """The profile's values under whatever was set explicitly (arguments, environment,
+        YAML all arrive here merged); an unknown profile is left to the `env` field's check."""
+        if not isinstance(data, dict):
+            return data
+        profile = PROFILES.get(str(data.get("env", "dev")), {})
+        return {**{name: value for name, value in profile.items() if name not in data}, **data}
+
+    @property
+    def from_profile(self) -> frozenset[str]:
+        """The settings that hold their profile's value (MLOPS_ENV)."""
+        return frozenset(
+            name for name, value in PROFILES[self.env].items() if getattr(self, name) == value
+        )
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> "Settings":
         """Fill defaults that depend on `var_dir`, so one setting moves all local state."""
         self.var_dir = self.var_dir.resolve()
+        if self.backup_dir is None:
+            # beside var/, not in it: a backup must survive losing var/
+            self.backup_dir = self.var_dir.with_name(f"{self.var_dir.name}-backups")
+        self.backup_dir = self.backup_dir.resolve()
         if not self.mlflow_tracking_uri:
             self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
         if not self.optuna_storage:
@@ -234,6 +293,13 @@ class Settings(BaseSettings):
     def artifact_root(self) -> Path:
         """Where a local (SQLite) tracking store keeps artifacts."""
         return self.var_dir / "mlartifacts"
+
+    @property
+    def artifacts_on_disk(self) -> Path | None:
+        """The tracking store's artifact directory when it is reachable as files here."""
+        if self.mlflow_artifacts_dir is not None:
+            return self.mlflow_artifacts_dir.resolve()
+        return self.artifact_root if self.uses_local_tracking else None
 
     @property
     def uses_local_tracking(self) -> bool:

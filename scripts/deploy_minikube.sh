@@ -4,7 +4,9 @@
 #   1. start Minikube (MINIKUBE_CPUS x MINIKUBE_MEMORY, Kubernetes KUBERNETES_VERSION) unless
 #      it is running;
 #   2. install or upgrade the KubeRay operator with Helm at KUBERAY_VERSION;
-#   3. build IMAGE:TAG inside Minikube (no registry needed);
+#   3. build IMAGE:TAG inside Minikube (no registry needed), or with MINIKUBE_IMAGE_SOURCE=docker
+#      load IMAGE:TAG from the Docker engine (the image `make docker-push` pushed: the deploy
+#      pipeline's dev stage runs the very image it then promotes to prod);
 #   4. create the `mlops-secrets` Secret once (values from the environment, else random);
 #   5. `kubectl apply -k k8s/overlays/minikube`, then wait for PostgreSQL, MLflow, the
 #      training Job and the RayService to be ready;
@@ -16,6 +18,7 @@
 #
 # Settings (environment): IMAGE, TAG, MINIKUBE_PROFILE, MINIKUBE_CPUS, MINIKUBE_MEMORY,
 # KUBERNETES_VERSION, KUBERAY_VERSION, NAMESPACE, LOCAL_PORT, WAIT_TIMEOUT, DRY_RUN,
+# MINIKUBE_IMAGE_SOURCE (build | docker),
 # POSTGRES_PASSWORD, MLOPS_ADMIN_TOKEN, ELASTICSEARCH_PASSWORD (secrets, first deploy only).
 set -euo pipefail
 
@@ -33,6 +36,7 @@ NAMESPACE="${NAMESPACE:-mlops}"
 LOCAL_PORT="${LOCAL_PORT:-18000}"
 WAIT_TIMEOUT="${WAIT_TIMEOUT:-900s}"
 DRY_RUN="${DRY_RUN:-0}"
+MINIKUBE_IMAGE_SOURCE="${MINIKUBE_IMAGE_SOURCE:-build}"
 OVERLAY="k8s/overlays/minikube"
 RAYSERVICE="mlops-serving"
 SECRET="mlops-secrets"
@@ -116,8 +120,17 @@ install_kuberay() {
 }
 
 build_image() {
-  say "building $IMAGE:$TAG inside Minikube"
-  run minikube -p "$MINIKUBE_PROFILE" image build -t "$IMAGE:$TAG" .
+  case "$MINIKUBE_IMAGE_SOURCE" in
+  build)
+    say "building $IMAGE:$TAG inside Minikube"
+    run minikube -p "$MINIKUBE_PROFILE" image build -t "$IMAGE:$TAG" .
+    ;;
+  docker)
+    say "loading $IMAGE:$TAG from the Docker engine into Minikube"
+    run minikube -p "$MINIKUBE_PROFILE" image load "$IMAGE:$TAG"
+    ;;
+  *) die "MINIKUBE_IMAGE_SOURCE=$MINIKUBE_IMAGE_SOURCE: expected build or docker" 2 ;;
+  esac
 }
 
 random_secret() { head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n'; }

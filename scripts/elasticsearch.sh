@@ -9,8 +9,9 @@
 # Elasticsearch refuses to run as root: as root the server runs as SERVICE_USER (created on
 # demand). Progress goes to stderr; `start` and `url` print only the URL on stdout.
 #
-# Settings (environment): ES_VERSION, ES_PORT, ES_TRANSPORT_PORT, ES_HOME_DIR, ES_JAVA_HOME,
-# ES_JAVA_OPTS, ES_START_TIMEOUT, ES_STOP_TIMEOUT, SERVICE_USER, CACHE_DIR, VAR_DIR, MAVEN_REPO.
+# Settings (environment): ES_VERSION, ES_PORT, ES_TRANSPORT_PORT, ES_HOME_DIR, ES_PATH_REPO,
+# ES_JAVA_HOME, ES_JAVA_OPTS, ES_START_TIMEOUT, ES_STOP_TIMEOUT, SERVICE_USER, CACHE_DIR, VAR_DIR,
+# MAVEN_REPO.
 set -euo pipefail
 
 LOG_PREFIX="elasticsearch.sh"
@@ -29,6 +30,9 @@ ES_START_TIMEOUT="${ES_START_TIMEOUT:-180}"
 ES_STOP_TIMEOUT="${ES_STOP_TIMEOUT:-60}"
 # Absolute, because these paths end up in elasticsearch.yml and in another user's environment.
 ES_HOME_DIR="$(realpath -m "${ES_HOME_DIR:-$VAR_DIR/elasticsearch}")"
+# path.repo: where filesystem snapshot repositories may live (`mlops backup create` puts its
+# snapshots in a repository under it). Outside the data directory, so it outlives the node's data.
+ES_PATH_REPO="$(realpath -m "${ES_PATH_REPO:-$ES_HOME_DIR/snapshots}")"
 
 readonly MIN_JAVA=17
 readonly DIST_DIR="$ES_HOME_DIR/elasticsearch-$ES_VERSION"
@@ -80,7 +84,7 @@ write_config() {
   # Fresh config from upstream defaults on every start, so nothing stale (auto-generated
   # certificates, keystore entries) survives a settings change; then our elasticsearch.yml.
   rm -rf "$CONF_DIR"
-  mkdir -p "$CONF_DIR" "$DATA_DIR" "$LOGS_DIR" "$TMP_DIR" "$RUN_DIR"
+  mkdir -p "$CONF_DIR" "$DATA_DIR" "$LOGS_DIR" "$TMP_DIR" "$RUN_DIR" "$ES_PATH_REPO"
   cp -R "$DIST_DIR/config/." "$CONF_DIR/"
   cat >"$CONF_DIR/elasticsearch.yml" <<EOF
 # Written by scripts/elasticsearch.sh on every start; edit the script, not this file.
@@ -92,6 +96,7 @@ network.host: 127.0.0.1
 http.port: $ES_PORT
 transport.port: $ES_TRANSPORT_PORT
 discovery.type: single-node
+path.repo: ["$ES_PATH_REPO"]
 # Developer disks are often nearly full; the flood-stage watermark would make indices read-only.
 cluster.routing.allocation.disk.threshold_enabled: false
 # The 8.x integ-test-zip does ship x-pack-security; left on, the first start auto-configures
@@ -99,7 +104,7 @@ cluster.routing.allocation.disk.threshold_enabled: false
 xpack.security.enabled: false
 EOF
   if is_root; then
-    chown -R "$SERVICE_USER:" "$ES_HOME_DIR"
+    chown -R "$SERVICE_USER:" "$ES_HOME_DIR" "$ES_PATH_REPO"
   fi
 }
 

@@ -456,10 +456,15 @@ def test_inline_python_in_compose_compiles() -> None:
 
 
 DOCKER_STAND_IN = """#!/bin/bash
-# Records its command line (and, for login, what came on stdin).
+# Records its command line (and, for login, what came on stdin); answers `image inspect` with
+# the repository digest a push leaves.
 printf '%s\\n' "docker $*" >> "$STANDIN_RECORD"
 if [ "$1" = login ]; then printf 'stdin=%s\\n' "$(cat)" >> "$STANDIN_RECORD"; fi
+if [ "$1" = image ] && [ "$2" = inspect ]; then
+  ref="${@: -1}"; printf '%s@sha256:%064d\\n' "${ref%:*}" 7
+fi
 """
+DIGEST_QUERY = "docker image inspect --format {{range .RepoDigests}}{{println .}}{{end}} "
 
 
 def make_with_stand_in_docker(tmp_path: Path, target: str, **variables: str) -> list[str]:
@@ -492,6 +497,7 @@ def test_docker_push_logs_in_from_the_environment_and_pushes_both_tags(tmp_path:
         "docker-push",
         IMAGE=image,
         TAG="9.9.9",
+        IMAGE_DIGEST_FILE=str(tmp_path / "image-digest"),
         REGISTRY_USER="ci-bot",
         REGISTRY_PASSWORD="s3cret-registry-password",
     )
@@ -507,13 +513,20 @@ def test_docker_push_logs_in_from_the_environment_and_pushes_both_tags(tmp_path:
         "stdin=s3cret-registry-password",  # the password goes on stdin, never in argv
         f"docker push {image}:9.9.9",
         f"docker push {image}:git-{sha}",
+        f"{DIGEST_QUERY}{image}:9.9.9",
     ]
+    digest = (tmp_path / "image-digest").read_text().strip()
+    assert digest == f"{image}@sha256:{7:064d}", "the pushed digest, for the prod deploy"
 
 
 def test_docker_push_without_credentials_uses_the_existing_login(tmp_path: Path) -> None:
     """Jenkins logs in itself (withDockerRegistry): no REGISTRY_USER, no login."""
     lines = make_with_stand_in_docker(
-        tmp_path, "docker-push", IMAGE="team/mlops-serving", TAG="9.9.9"
+        tmp_path,
+        "docker-push",
+        IMAGE="team/mlops-serving",
+        TAG="9.9.9",
+        IMAGE_DIGEST_FILE=str(tmp_path / "image-digest"),
     )
     assert lines[0] == "docker push team/mlops-serving:9.9.9"
     assert not [line for line in lines if "login" in line]

@@ -446,6 +446,12 @@ def test_the_rendered_rayservice_follows_the_champion(directory: Path) -> None:
     assert options.alias == "champion" and options.pinned is None
 
 
+def named(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    """The one object of `kind` called `name` (there are two CronJobs: CT and backup)."""
+    (found,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return found
+
+
 def _env(container: dict[str, Any]) -> dict[str, Any]:
     return {item["name"]: item.get("value", item.get("valueFrom")) for item in container["env"]}
 
@@ -459,7 +465,7 @@ def test_the_ct_cronjob_runs_mlops_ct_run_with_the_servings_stores(directory: Pa
     from serving.main import app
 
     docs = render(directory)
-    cronjob = next(doc for doc in docs if doc["kind"] == "CronJob")
+    cronjob = named(docs, "CronJob", "mlops-ct")
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -490,7 +496,7 @@ def test_every_training_run_reads_one_training_configmap(directory: Path) -> Non
     ]
     name = config["metadata"]["name"]
     job = next(doc for doc in docs if doc["kind"] == "Job")["spec"]["template"]["spec"]
-    cronjob = next(doc for doc in docs if doc["kind"] == "CronJob")
+    cronjob = named(docs, "CronJob", "mlops-ct")
     ct = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     service = next(doc for doc in docs if doc["kind"] == "RayService")
     head = service["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
