@@ -1,4 +1,5 @@
-"""The training side of `mlops`: data, train, pipeline, promote, predict, notify, config.
+"""The training side of `mlops`: data, train, pipeline, promote, predict, evaluate, notify,
+config.
 
 The `mlops` command itself is `serving.main`, in the top layer: it adds the `elk` and
 `serving` commands to this app and subscribes them to what these commands do (`subscribe`),
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -239,6 +241,32 @@ def predict(
 
 
 @app.command()
+def evaluate(
+    data_path: Annotated[
+        Path, typer.Option("--data", help="labelled CSV or Parquet: feature columns + target")
+    ],
+    version: Annotated[
+        str | None, typer.Option("--version", help="model version to score (default: champion)")
+    ] = None,
+    target: TargetOpt = None,
+    model_name: ModelOpt = None,
+) -> None:
+    """Score a labelled file with the champion (or --version): metrics, confusion matrix, and
+    the plots under var/reports/evaluate/."""
+    from ml.labelled import evaluate_file
+    from ml.predict import load_version, resolve_version
+
+    settings = load_settings(model_name=model_name, target=target)
+    _quiet_libraries()
+    configure_tracking(settings)
+    with user_errors():
+        model = load_version(settings.model_name, version or resolve_version(settings.model_name))
+        reports = settings.var_dir / "reports" / "evaluate" / f"{model.name}-v{model.version}"
+        evaluation = evaluate_file(data_path, model, settings.target, reports)
+    _print_evaluation(evaluation, model, settings)
+
+
+@app.command()
 def notify(
     status: Annotated[str, typer.Option(help="success or failure (also: unstable, aborted)")],
     title: Annotated[str, typer.Option(help="subject line / notification title")],
@@ -368,6 +396,31 @@ def _ct_json(report: Any) -> dict[str, Any]:
 
 
 # --- output helpers ------------------------------------------------------------------------
+
+
+def _print_evaluation(evaluation: Any, model: Any, settings: Settings) -> None:
+    """The metrics beside the version's holdout scores, then the confusion matrix."""
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_model_version(model.name, model.version).tags
+    title = (
+        f"{model.name} version {model.version} on {evaluation.source} "
+        f"({evaluation.rows} labelled rows, target {evaluation.target!r})"
+    )
+    table = Table("metric", "this file", "holdout (at training)", title=title)
+    for name, value in evaluation.metrics.items():
+        shown = evaluation.notes.get(name, "n/a") if math.isnan(value) else f"{value:.4f}"
+        holdout = tags.get(f"holdout.{name}")
+        label = f"{name} (gate)" if name == settings.promotion_metric else name
+        table.add_row(label, shown, f"{float(holdout):.4f}" if holdout else "-")
+    console.print(table)
+    names = [str(label) for label in evaluation.classes]
+    matrix = Table("true / predicted", *names, title="Confusion matrix (rows: true class)")
+    for name, counts in zip(names, evaluation.confusion.tolist()):
+        matrix.add_row(name, *(str(count) for count in counts))
+    console.print(matrix)
+    for plot in evaluation.plots.values():
+        console.print(f"plot written to {plot}", highlight=False)
 
 
 def _print_report(report: Any) -> None:

@@ -61,6 +61,9 @@ class Dataset:
     frame: pd.DataFrame
     target: str
     report: ValidationReport
+    # The feature columns as loaded, before coercion, on `frame`'s index: the registered
+    # model's signature describes these (what a user sends), not the coerced dtypes.
+    raw_features: pd.DataFrame | None = None
 
     @property
     def feature_types(self) -> dict[str, FeatureType]:
@@ -205,7 +208,7 @@ def validate(
     _check_numeric_target(frame[target], where)
     frame = frame[frame[target].notna()].reset_index(drop=True)
     labels = frame[target]
-    frame[target] = _normalise_target(labels)
+    frame[target] = normalise_target(labels)
     classes = frame[target].value_counts()
     needed = min_rows_per_class(cv_folds, test_size)
     _check_classes(classes, labels, where, needed, cv_folds)
@@ -218,6 +221,7 @@ def validate(
     feature_types, dropped = infer_feature_types(frame[features])
     if not feature_types:
         raise DataError(f"{source}: no usable feature columns besides the target {target!r}")
+    raw_features = frame[list(feature_types)]
     frame = coerce_features(frame, feature_types)
 
     report = ValidationReport(
@@ -233,7 +237,12 @@ def validate(
         min_rows_per_class=needed,
         fingerprint=fingerprint(frame[[*feature_types, target]]),
     )
-    return Dataset(frame=frame[[*feature_types, target]], target=target, report=report)
+    return Dataset(
+        frame=frame[[*feature_types, target]],
+        target=target,
+        report=report,
+        raw_features=raw_features,
+    )
 
 
 def _columns_hint(frame: pd.DataFrame, target: str) -> str:
@@ -314,8 +323,9 @@ def min_rows_per_class(cv_folds: int, test_size: float) -> int:
     return max(math.ceil(1 / test_size), math.ceil(cv_folds / (1 - test_size)) + 1)
 
 
-def _normalise_target(target: pd.Series) -> pd.Series:
-    """Booleans and TRUE/FALSE strings become bools; other labels keep their own type.
+def normalise_target(target: pd.Series) -> pd.Series:
+    """Booleans and TRUE/FALSE strings become bools; other labels keep their own type
+    (`mlops evaluate` reads a labelled file's target the way training did).
 
     Classifiers encode labels internally and keep them in `classes_`, so the label mapping
     travels inside the model and predictions come back as the original labels.

@@ -100,15 +100,26 @@ def direction(metric: str) -> Literal["minimize", "maximize"]:
 
 def confusion_matrix_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # noqa: N803
     """Counts of true vs predicted labels on the holdout."""
-    display = skm.ConfusionMatrixDisplay.from_estimator(model, X, y, colorbar=False)
-    display.ax_.set_title("Holdout confusion matrix")
+    return confusion_matrix_plot(y, model.predict(X), list(model.classes_), "Holdout")
+
+
+def confusion_matrix_plot(y: Any, predicted: Any, classes: list[Any], title: str) -> Figure:
+    """Counts of true vs predicted labels, classes in the model's order."""
+    display = skm.ConfusionMatrixDisplay.from_predictions(
+        y, predicted, labels=classes, colorbar=False
+    )
+    display.ax_.set_title(f"{title} confusion matrix")
     return display.figure_
 
 
 def roc_curve_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # noqa: N803
     """ROC per class (one-vs-rest), which is the plain ROC curve when binary."""
-    classes = list(model.classes_)
-    proba = model.predict_proba(X)
+    return roc_plot(y, model.predict_proba(X), list(model.classes_), "Holdout")
+
+
+def roc_plot(y: Any, proba: np.ndarray, classes: list[Any], title: str) -> Figure:
+    """ROC per class (one-vs-rest) from probabilities in `classes` order; a class absent
+    from `y` has no curve."""
     figure = Figure(figsize=(5, 4))
     axes = figure.add_subplot()
     targets = [classes[1]] if len(classes) == 2 else classes
@@ -116,7 +127,9 @@ def roc_curve_figure(model: Any, X: pd.DataFrame, y: pd.Series) -> Figure:  # no
     for index, label in enumerate(targets):
         column = 1 if len(classes) == 2 else index
         positives = (np.asarray(y) == label) if truth is None else truth[:, index]
+        if positives.all() or not positives.any():
+            continue
         skm.RocCurveDisplay.from_predictions(positives, proba[:, column], name=str(label), ax=axes)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
-    axes.set_title("Holdout ROC")
+    axes.set_title(f"{title} ROC")
     return figure

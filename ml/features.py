@@ -1,21 +1,64 @@
 """Preprocessing and model construction: one sklearn Pipeline, so serving takes raw columns.
 
 What differs per model family (its estimator, whether numbers are scaled) is its entry in
-`ml.families`; this module assembles the pipeline around it.
+`ml.families`; this module assembles the pipeline around it. The registered pipeline starts
+with `CoerceFeatures` (`with_coercion`), so any MLflow consumer scores the raw columns.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sklearn.base import ClassifierMixin
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from ml.data import FeatureType
+from ml.data import FeatureType, coerce_features
 from ml.families import family
+
+# What skops must trust to load a registered pipeline beyond its family's types.
+COERCION_TRUSTED_TYPES = ("ml.features.CoerceFeatures",)
+
+
+class CoerceFeatures(TransformerMixin, BaseEstimator):
+    """Raw feature columns -> the dtypes training saw (`ml.data.coerce_features`): yes/no to
+    1.0/0.0, integers to floats, categories to text. Stateless: the feature types are the
+    training data's, given, not learned. It takes its own output unchanged, so already
+    coerced rows (the gate's holdout, serving's prepared rows) pass through it too.
+
+    The first step of every registered pipeline: `mlflow.pyfunc` and `mlflow models serve`
+    then score the rows a user has, as our server does, with no coercion of their own."""
+
+    def __init__(self, feature_types: dict[str, FeatureType] | None = None) -> None:
+        self.feature_types = feature_types
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> CoerceFeatures:  # noqa: N803
+        """Nothing to learn."""
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
+        """The feature columns, in training order, coerced; DataError names a bad column."""
+        types = dict(self.feature_types or {})
+        return coerce_features(pd.DataFrame(X), types)[list(types)]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return True  # stateless: the Pipeline's fitted check must not refuse it
+
+
+def with_coercion(pipeline: Pipeline, feature_types: dict[str, FeatureType]) -> Pipeline:
+    """The fitted `pipeline` behind a `CoerceFeatures` step: what is registered."""
+    return Pipeline([("coerce", CoerceFeatures(dict(feature_types))), *pipeline.steps])
+
+
+def without_coercion(pipeline: Pipeline) -> Pipeline:
+    """A registered pipeline minus its leading `CoerceFeatures`, for callers that coerce (and
+    check) rows themselves first; a version registered before the step existed is as it was."""
+    if len(pipeline) > 1 and isinstance(pipeline[0], CoerceFeatures):
+        return pipeline[1:]
+    return pipeline
 
 
 def build_preprocessor(

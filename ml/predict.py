@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
+from ml.features import without_coercion
 from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
 
@@ -229,7 +230,10 @@ def load_version(name: str, version: str) -> LoadedModel:
     from the MLmodel file), its metadata and its input example from that copy.
 
     Scoring raw rows needs all of it; the promotion gate needs only the pipeline
-    (`ml.registry.load_pipeline`)."""
+    (`ml.registry.load_pipeline`). The registered pipeline's own coercion step is left out:
+    `LoadedModel.prepare` coerces (and checks the columns) first, and serving's numeric fast
+    path replays the preprocessing that follows it. A version registered before that step
+    existed loads the same way."""
     try:
         uri = ModelRef(name, str(version)).uri
     except ValueError as exc:  # no such version can exist
@@ -237,6 +241,8 @@ def load_version(name: str, version: str) -> LoadedModel:
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
         model = mlflow.sklearn.load_model(local_path)
+        if isinstance(model, Pipeline):
+            model = without_coercion(model)
         info = mlflow.models.Model.load(local_path)
     except MlflowException as exc:
         log.error(

@@ -19,7 +19,7 @@ from ml.data import Dataset, Split
 from ml.drift import PROFILE_ARTIFACT, build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.families import family
-from ml.features import build_pipeline
+from ml.features import COERCION_TRUSTED_TYPES, build_pipeline, with_coercion
 from ml.model_ref import ModelRef
 
 CHALLENGER = "challenger"
@@ -70,6 +70,14 @@ def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) ->
     }
 
 
+def raw_rows(dataset: Dataset, rows: pd.DataFrame) -> pd.DataFrame:
+    """`rows` (coerced features) as the user's columns were loaded: what the signature and
+    the input example describe, so MLflow's schema check accepts the raw table."""
+    if dataset.raw_features is None:
+        return rows
+    return dataset.raw_features.loc[rows.index, list(rows.columns)]
+
+
 def log_and_register(
     model: Pipeline,
     params: dict[str, Any],
@@ -89,16 +97,19 @@ def log_and_register(
         mlflow.log_figure(figure, f"plots/{name}.png")
         plt.close(figure)
 
-    example = split.X_train.head(3)
-    signature = infer_signature(split.X_train, pd.Series(model.predict(split.X_train.head(20))))
+    raw_train = raw_rows(dataset, split.X_train)
+    signature = infer_signature(raw_train, pd.Series(model.predict(split.X_train.head(20))))
     info = mlflow.sklearn.log_model(
-        model,
+        with_coercion(model, dataset.feature_types),
         name=MODEL_ARTIFACT,
         signature=signature,
-        input_example=example,
+        input_example=raw_train.head(3),
         registered_model_name=settings.model_name,
         serialization_format="skops",
-        skops_trusted_types=list(family(params["family"]).skops_trusted_types),
+        skops_trusted_types=[
+            *family(params["family"]).skops_trusted_types,
+            *COERCION_TRUSTED_TYPES,
+        ],
         pip_requirements=pinned_requirements(),
         metadata=model_metadata(dataset, model, params),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from serving.main import app  # the `mlops` command, all layers
+from tests.fixtures.trained_model import RegisteredModel
 from tests.unit.test_data import mixed_frame
 
 pytestmark = pytest.mark.integration
@@ -166,3 +168,81 @@ def test_mlops_run_directly_sends_no_usage_reports(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no champion" in done.stdout
     assert not (home / ".config" / "mlflow").exists()
+
+
+# --- mlops evaluate ---------------------------------------------------------------------------
+
+
+def evaluate_env(model: RegisteredModel, tmp_path: Path) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": model.settings.mlflow_tracking_uri,
+        "MLOPS_MODEL_NAME": model.name,
+        "MLOPS_VAR_DIR": str(tmp_path / "var"),
+    }
+
+
+def test_evaluate_scores_a_labelled_file_with_the_champion(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    """The session's champion on labelled demo rows: the metrics and the confusion matrix are
+    what scikit-learn computes from the same version's predictions, the plots are written."""
+    import mlflow
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    from ml.data import load_frame
+    from ml.predict import load_version, resolve_version
+
+    labelled = load_frame("demo").sample(150, random_state=3)
+    labelled.to_csv(tmp_path / "labelled.csv", index=False)
+    result = runner.invoke(
+        app,
+        ["evaluate", "--data", str(tmp_path / "labelled.csv")],
+        env=evaluate_env(registered_model, tmp_path),
+    )
+    assert result.exit_code == 0, result.output
+
+    mlflow.set_tracking_uri(registered_model.settings.mlflow_tracking_uri)
+    version = resolve_version(registered_model.name)
+    model = load_version(registered_model.name, version)
+    predicted = model.predict_frame(labelled.drop(columns="target"))["prediction"]
+    truth = labelled["target"]
+    accuracy = accuracy_score(truth, predicted)
+    reports = tmp_path / "var" / "reports" / "evaluate" / f"{registered_model.name}-v{version}"
+    written = json.loads((reports / "metrics.json").read_text())
+    assert written["rows"] == 150 and written["target"] == "target"
+    assert written["metrics"]["accuracy"] == pytest.approx(accuracy)
+    assert written["metrics"]["f1"] == pytest.approx(
+        f1_score(truth, predicted, pos_label=model.classes[1])
+    )
+    matrix = confusion_matrix(truth, predicted, labels=model.classes)
+    assert written["confusion_matrix"] == matrix.tolist()
+    assert f"{accuracy:.4f}" in result.output and "roc_auc (gate)" in result.output
+    assert "Confusion matrix" in result.output
+    for plot in ("confusion_matrix.png", "roc_curve.png"):
+        assert (reports / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_a_file_without_labels_naming_file_and_column(
+    registered_model: RegisteredModel, tmp_path: Path
+) -> None:
+    from ml.data import load_frame
+
+    unlabelled = tmp_path / "unlabelled.csv"
+    load_frame("demo").drop(columns="target").head(20).to_csv(unlabelled, index=False)
+    wrong = load_frame("demo").head(20).assign(target="maybe")
+    wrong.to_csv(tmp_path / "wrong.csv", index=False)
+    env = evaluate_env(registered_model, tmp_path)
+    version = registered_model.version
+
+    result = runner.invoke(
+        app, ["evaluate", "--data", str(unlabelled), "--version", version], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert "unlabelled.csv: target column 'target' not found" in result.output
+    assert "mlops predict" in result.output and "Traceback" not in result.output
+
+    result = runner.invoke(app, ["evaluate", "--data", str(tmp_path / "wrong.csv")], env=env)
+    assert result.exit_code == 2, result.output
+    assert "wrong.csv: target column 'target' holds labels" in result.output
+    assert "'maybe'" in result.output
+    assert not (tmp_path / "var" / "reports").exists()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
 
-from ml.data import validate
+from ml.data import DataError, validate
 from ml.families import FAMILIES, family
-from ml.features import build_pipeline
+from ml.features import COERCION_TRUSTED_TYPES, build_pipeline, with_coercion, without_coercion
 from tests.unit.test_data import mixed_frame
 
 # One small configuration per family, inside the tuning search space (ml.tuning), so tests
@@ -90,3 +91,51 @@ def test_a_family_that_does_not_scale_gets_no_scaler(dataset, monkeypatch) -> No
     monkeypatch.setattr(ml.families, "FAMILIES", {**FAMILIES, "random_forest": unscaled})
     model = build_pipeline(PARAMS["random_forest"], dataset.feature_types, seed=0)
     assert numeric_steps(model) == ["impute"]
+
+
+# --- the registered pipeline: coercion first --------------------------------------------------
+
+
+def test_registered_pipeline_scores_raw_rows_as_the_coerced_ones(dataset) -> None:
+    """`with_coercion` puts `ml.data.coerce_features` inside the model: the raw columns (the
+    TRUE/FALSE text, the gaps) score exactly as the coerced frame through the bare pipeline."""
+    model = build_pipeline(PARAMS["logreg"], dataset.feature_types, seed=0).fit(
+        dataset.X, dataset.y
+    )
+    registered = with_coercion(model, dataset.feature_types)
+    raw = dataset.raw_features
+    assert raw["member"].isin(["TRUE", "FALSE"]).all()  # really the raw text
+    np.testing.assert_array_equal(
+        registered.predict_proba(raw.iloc[:, ::-1]), model.predict_proba(dataset.X)
+    )
+    # Its own output passes through unchanged: the gate scores coerced holdouts with it.
+    np.testing.assert_array_equal(registered.predict(dataset.X), model.predict(dataset.X))
+    assert without_coercion(registered).steps == model.steps
+    assert without_coercion(model) is model
+
+
+def test_registered_pipeline_names_the_column_it_cannot_coerce(dataset) -> None:
+    model = build_pipeline(PARAMS["logreg"], dataset.feature_types, seed=0).fit(
+        dataset.X, dataset.y
+    )
+    registered = with_coercion(model, dataset.feature_types)
+    raw = dataset.raw_features.head(3).copy()
+    raw["member"] = "maybe"
+    with pytest.raises(DataError, match="column 'member' must be true/false, got 'maybe'"):
+        registered.predict(raw)
+    with pytest.raises(DataError, match="missing feature column 'spend'"):
+        registered.predict(dataset.raw_features.drop(columns="spend"))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_registered_pipeline_needs_the_family_types_and_the_coercion_step(
+    dataset, name: str
+) -> None:
+    model = build_pipeline(PARAMS[name], dataset.feature_types, seed=0).fit(dataset.X, dataset.y)
+    saved = sio.dumps(with_coercion(model, dataset.feature_types))
+    trusted = [*family(name).skops_trusted_types, *COERCION_TRUSTED_TYPES]
+    assert sorted(sio.get_untrusted_types(data=saved)) == sorted(trusted)
+    restored = sio.loads(saved, trusted=trusted)
+    np.testing.assert_array_equal(
+        restored.predict_proba(dataset.raw_features), model.predict_proba(dataset.X)
+    )

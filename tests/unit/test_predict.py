@@ -12,8 +12,9 @@ from sklearn.ensemble import ExtraTreesClassifier
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import DataError, load_frame, validate
-from ml.features import build_pipeline
+from ml.features import CoerceFeatures, build_pipeline
 from ml.predict import estimator_proba, load_champion, numeric_transform, pipeline_proba
+from ml.registry import load_pipeline
 from tests.unit.registry_support import demo_split, register_champion
 from tests.unit.test_data import mixed_frame
 from tests.unit.test_features import PARAMS
@@ -181,3 +182,20 @@ def test_mlops_predict_drops_the_target_and_says_so_on_stderr(champion_settings,
     )
     predictions = pd.read_csv(io.StringIO(result.stdout))
     assert len(predictions) == 5 and set(predictions["prediction"]) <= {"malignant", "benign"}
+
+
+def test_a_registered_numeric_model_keeps_servings_fast_path(champion_settings) -> None:
+    """The registered pipeline starts with `CoerceFeatures`; the loader leaves it out (rows are
+    coerced by `LoadedModel.prepare` first), so serving's numeric transform still replays the
+    preprocessing and scores float matrices as the whole registered pipeline scores frames."""
+    from serving.model import ServedModel
+
+    configure_tracking(champion_settings)
+    champion = load_champion("scored")
+    registered = load_pipeline(champion.ref)
+    assert isinstance(registered[0], CoerceFeatures) and len(registered) == 3
+    served = ServedModel.of(champion)
+    assert served.numeric is not None
+    rows = _labelled(8).drop(columns="target")
+    matrix = rows[served.validator.columns].to_numpy(dtype=float)
+    np.testing.assert_array_equal(served.predict_proba(matrix), registered.predict_proba(rows))

@@ -163,22 +163,27 @@ def test_decision_tags_write_missing_scores_as_a_dash() -> None:
 def test_load_pipeline_gives_the_registered_pipeline_with_the_tables_trusted_types(
     store: Path, demo: tuple[Dataset, Split]
 ) -> None:
-    """The gate scores the bare pipeline; the MLmodel file keeps the family's trusted types
-    (what lets versions registered before and after the family table load alike)."""
+    """The gate scores the registered pipeline (its coercion step first); the MLmodel file
+    keeps the family's trusted types and the step's (what lets versions registered before and
+    after the family table load alike)."""
     import mlflow
     from sklearn.pipeline import Pipeline
 
     from ml.families import family
+    from ml.features import COERCION_TRUSTED_TYPES, CoerceFeatures
     from ml.model_ref import ModelRef
     from ml.registry import load_pipeline
 
     _, settings = _client(store, "load-pipeline")
     ref = ModelRef(settings.model_name, _register(settings, demo))
     pipeline = load_pipeline(ref)
-    assert isinstance(pipeline, Pipeline)
+    assert isinstance(pipeline, Pipeline) and isinstance(pipeline[0], CoerceFeatures)
     assert pipeline.predict(demo[1].X_holdout).shape == (len(demo[1].X_holdout),)
     flavor = mlflow.models.get_model_info(ref.uri).flavors["sklearn"]
-    assert flavor["skops_trusted_types"] == list(family("logreg").skops_trusted_types)
+    assert flavor["skops_trusted_types"] == [
+        *family("logreg").skops_trusted_types,
+        *COERCION_TRUSTED_TYPES,
+    ]
 
 
 def test_the_gate_decision_is_an_ecs_log_record_with_its_fields(store, demo, tmp_path) -> None:
