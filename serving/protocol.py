@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from starlette.requests import Request
 
 from ml.data import DataError
 from serving.model import Rows, Scored, ServedModel
@@ -37,14 +38,45 @@ def require_content_type(content_type: str, expected: str) -> None:
         )
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, read while it streams in and refused (413) as soon as it is over
+    `max_bytes`: a declared Content-Length over it before reading a byte, a chunked body at
+    the chunk that crosses it. So no body over the limit is ever held in full."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise body_too_large(max_bytes)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise body_too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)  # one chunk (the usual small body) is returned without a copy
+
+
+def body_too_large(max_bytes: int) -> RequestError:
+    return RequestError(
+        "body", f"over the limit of {max_bytes} bytes a request (max_request_bytes)", 413
+    )
+
+
 def parse_json(body: bytes) -> Any:
-    """A `/predict` body: empty is a 422 (nothing to score), malformed a 400."""
+    """A `/predict` body: empty is a 422 (nothing to score), malformed or nested too deep for
+    the parser (a `[[[[...` bomb) a 400."""
     if not body.strip():
         raise RequestError("body", "the request body is empty")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError("body", f"not valid JSON: {exc}", 400) from exc
+    except RecursionError as exc:
+        raise too_deep() from exc
+
+
+def too_deep() -> RequestError:
+    """json's C parser raises RecursionError past about 1,000 levels; no record nests so."""
+    return RequestError("body", "JSON nested too deeply", 400)
 
 
 def as_request_error(error: RequestError | DataError) -> RequestError:
@@ -106,9 +138,14 @@ def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataF
             f"expected {JSON_TYPE} or {CSV_TYPE}, got " f"{content_type or 'none'!r}",
             415,
         )
-    decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
-    data = {key: value for key, value in decoded.items() if key != "params"}
-    return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+    try:
+        decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
+        if not isinstance(decoded.get("params", {}), dict):
+            raise RequestError("params", "must be an object", 400)
+        data = {key: value for key, value in decoded.items() if key != "params"}
+        return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+    except RecursionError as exc:  # json.loads, or numpy/pandas walking nested lists
+        raise too_deep() from exc
 
 
 def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
@@ -119,7 +156,7 @@ def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
         if isinstance(parsed, pd.DataFrame):
             return parsed
         if isinstance(parsed, dict):
-            return pd.DataFrame({key: np.atleast_1d(value) for key, value in parsed.items()})
+            return pd.DataFrame({key: column(value) for key, value in parsed.items()})
         if isinstance(parsed, list) and all(isinstance(row, dict) for row in parsed):
             return pd.DataFrame.from_records([scalars(row) for row in parsed])
         matrix = np.asarray(parsed)
@@ -132,6 +169,17 @@ def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
         f"expected records keyed by feature name, or rows of "
         f"{len(columns)} values in feature order",
         400,
+    )
+
+
+def column(values: Any) -> np.ndarray:
+    """A column MLflow's parser built: where records mix null and numbers, it holds 0-d
+    arrays (`array(None, dtype=object)`); those are plain values, not nested ones."""
+    values = np.atleast_1d(values)
+    if values.dtype != object:
+        return values
+    return np.array(
+        [v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in values], dtype=object
     )
 
 
