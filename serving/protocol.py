@@ -104,6 +104,7 @@ async def invocation_rows(
     if matrix is None:
         frame = mlflow_frame(content_type, body, model.validator.columns)
         check_frame(frame, max_rows)
+        model.validator.check_no_booleans(frame)
         return frame
     check_row_count(len(matrix), max_rows)
     return matrix

@@ -207,6 +207,18 @@ class RecordValidator:
             matrix = matrix[:, [columns.index(column) for column in self.columns]]
         return np.ascontiguousarray(matrix, dtype=float)
 
+    def check_no_booleans(self, frame: pd.DataFrame) -> None:
+        """MLflow's parser passes JSON true/false on, and the model would read them as 1/0:
+        a numeric feature refuses them, as on `/predict` (found by schemathesis)."""
+        for column, kind in self.feature_types.items():
+            if kind != "numeric" or column not in frame.columns:
+                continue
+            values = frame[column]
+            if pd.api.types.is_bool_dtype(values.dtype) or (
+                values.dtype == object and values.map(_is_bool).any()
+            ):
+                raise RequestError(column, "must be a number, got a boolean")
+
     def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> the raw frame `LoadedModel.prepare` coerces (mixed-type models)."""
         for row_index, record in enumerate(records):
@@ -225,6 +237,10 @@ class RecordValidator:
             raise RequestError(where, f"must be a number, got {value!r}")
         if kind == "numeric" and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
             raise RequestError(where, out_of_range(value))
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 def check_row_count(rows: int, max_rows: int) -> None:

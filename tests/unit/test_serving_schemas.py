@@ -270,3 +270,12 @@ def test_a_config_without_the_model_app_is_refused(tmp_path: Path) -> None:
         model_deployment(read_config(path))
     with pytest.raises(ServeError, match="no such"):
         read_config(tmp_path / "missing.yaml")
+
+
+def test_booleans_in_numeric_columns_of_mlflow_frames_are_refused() -> None:
+    for column in ([True], [1.5, False]):
+        with pytest.raises(RequestError) as caught:
+            NUMERIC.check_no_booleans(pd.DataFrame({"a": [1.0] * len(column), "b": column}))
+        assert caught.value.field == "b" and "boolean" in caught.value.message
+    NUMERIC.check_no_booleans(pd.DataFrame({"a": [1.0], "b": [None]}))
+    MIXED.check_no_booleans(pd.DataFrame({"a": [1.0], "colour": ["x"], "flag": [True]}))
