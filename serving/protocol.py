@@ -22,6 +22,7 @@ from serving.schemas import RequestError, check_frame, check_row_count, data_err
 
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
+MLFLOW_KEYS = {"dataframe_split", "dataframe_records", "instances", "inputs", "params"}
 LARGE_BODY_BYTES = 64 * 1024  # parsed in a worker thread, so the event loop keeps serving
 
 
@@ -141,6 +142,12 @@ def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataF
         )
     try:
         decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
+        unknown = sorted(set(decoded) - MLFLOW_KEYS)
+        # MLflow's parser ignores them next to a format key (and names the fault without one)
+        if unknown and len(unknown) < len(decoded):
+            raise RequestError(
+                unknown[0], f"unknown key: expected one of {sorted(MLFLOW_KEYS)}", 400
+            )
         if not isinstance(decoded.get("params", {}), dict):
             raise RequestError("params", "must be an object", 400)
         data = {key: value for key, value in decoded.items() if key != "params"}

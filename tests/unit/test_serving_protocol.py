@@ -385,3 +385,9 @@ def test_params_that_are_not_an_object_are_400(model: ServedModel, rows: pd.Data
     with pytest.raises(RequestError) as caught:
         _parse(model, JSON, _body({"inputs": _records(rows.head(1)), "params": 3}))
     assert (caught.value.status, caught.value.field) == (400, "params")
+
+
+def test_an_unknown_top_level_key_is_400_naming_it(model: ServedModel, rows: pd.DataFrame) -> None:
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"dataframe_records": _records(rows.head(1)), "extra": 1}))
+    assert (caught.value.status, caught.value.field) == (400, "extra")
