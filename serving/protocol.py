@@ -150,10 +150,19 @@ def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataF
             )
         if not isinstance(decoded.get("params", {}), dict):
             raise RequestError("params", "must be an object", 400)
+        check_split_rows(decoded.get("dataframe_split"))
         data = {key: value for key, value in decoded.items() if key != "params"}
         return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
     except RecursionError as exc:  # json.loads, or numpy/pandas walking nested lists
         raise too_deep() from exc
+
+
+def check_split_rows(split: Any) -> None:
+    """`dataframe_split` rows are arrays; MLflow's parser also takes objects (`[{}]`, a row
+    of nothing, then imputed): a 400, as the schema says (found by schemathesis)."""
+    data = split.get("data") if isinstance(split, dict) else None
+    if isinstance(data, list) and not all(isinstance(row, list) for row in data):
+        raise RequestError("dataframe_split.data", "each row must be an array of values", 400)
 
 
 def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:

@@ -391,3 +391,10 @@ def test_an_unknown_top_level_key_is_400_naming_it(model: ServedModel, rows: pd.
     with pytest.raises(RequestError) as caught:
         _parse(model, JSON, _body({"dataframe_records": _records(rows.head(1)), "extra": 1}))
     assert (caught.value.status, caught.value.field) == (400, "extra")
+
+
+def test_split_rows_that_are_not_arrays_are_400(model: ServedModel) -> None:
+    split = {"columns": model.validator.columns, "data": [{}]}
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"dataframe_split": split}))
+    assert (caught.value.status, caught.value.field) == (400, "dataframe_split.data")
