@@ -343,7 +343,10 @@ def invocations_schema(
             {
                 "type": "object",
                 "required": ["columns", "data"],
+                # MLflow's parser refuses any other key (found by schemathesis, seed 2026)
+                "additionalProperties": False,
                 "properties": {
+                    "index": {"type": "array", "items": {"type": ["integer", "string"]}},
                     # every feature once, in any order; each row as wide
                     "columns": {
                         "type": "array",

@@ -217,6 +217,8 @@ def test_openapi_schemas_come_from_the_model() -> None:
         "instances",
         "inputs",
     }
+    split = next(v for v in invocations["oneOf"] if "dataframe_split" in v["required"])
+    assert split["properties"]["dataframe_split"]["additionalProperties"] is False
     assert "models:/m/3" in spec["info"]["description"]
     content = spec["paths"]["/invocations"]["post"]["requestBody"]["content"]
     assert set(content) == {"application/json", "text/csv"}
