@@ -22,8 +22,8 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock run stop pipeline data train ct-run test test-unit test-integration lint format \
-	typecheck clean mlflow-ui
+.PHONY: help setup lock run stop pipeline data train ct-run test test-unit test-integration \
+	test-resilience soak lint format typecheck clean mlflow-ui
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*?## "} /^[a-zA-Z_-]+:.*?## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -58,7 +58,7 @@ train: setup ## Tune, register a challenger, run the promotion gate
 ct-run: setup ## Continuous training: retrain when a trigger fires (exit 0 when none does)
 	$(BIN)/mlops ct run
 
-test: setup filebeat ## Every test tier (unit, contracts, integration, e2e, slow); CI runs this
+test: setup filebeat ## Every test tier (unit, contracts, integration, e2e, slow, resilience); CI runs this
 	@mkdir -p $(REPORTS_DIR)
 	$(BIN)/pytest --cov --cov-report=xml:$(REPORTS_DIR)/coverage.xml --cov-report=term \
 		--junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS)
@@ -68,6 +68,14 @@ test-unit: setup ## Fast tests, no servers
 
 test-integration: setup filebeat ## Tests that start real servers
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test-resilience: setup filebeat ## The fault matrix (docs/reliability.md): real servers under faults
+	$(BIN)/pytest tests/resilience -m resilience $(PYTEST_ARGS)
+
+SOAK_S ?= 600
+soak: setup ## 50 users against 2 serving replicas for SOAK_S s (600); figures in reports/
+	@mkdir -p $(REPORTS_DIR)
+	MLOPS_SOAK_S=$(SOAK_S) $(BIN)/pytest tests/resilience/test_replicas.py -k soak -s $(PYTEST_ARGS)
 
 lint: setup ## flake8, black --check, pylint, hadolint (all run; reports/ for SonarQube)
 	@$(MAKE) -k lint-style lint-black lint-pylint lint-hadolint

@@ -118,6 +118,9 @@ class Settings(BaseSettings):
         100.0, gt=0, description="outcomes one replica accepts per second (bursts of 10 s)"
     )
     max_batch_rows: int = Field(10_000, ge=1)
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="request bodies over this many bytes get a 413"
+    )
     serve_haproxy: bool = Field(True, description="Ray Serve HAProxy mode when haproxy exists")
     serve_num_cpus: int = Field(2, ge=1, description="CPUs of the local Ray cluster")
     ray_dashboard_port: int = 8265

@@ -18,7 +18,7 @@ import mlflow
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from mlflow.exceptions import MlflowException
 from ray import serve
 from starlette.background import BackgroundTask
@@ -40,10 +40,11 @@ from serving.protocol import (
     model_rows,
     parse_json,
     predict_body,
+    read_body,
     require_content_type,
 )
 from serving.retrain_jobs import RetrainJobs
-from serving.schemas import RequestError, with_model_schemas
+from serving.schemas import RequestError, RequestLimits, with_model_schemas
 from serving.service import Answer, InputRows, ModelService
 from serving.telemetry import PredictionTelemetry
 
@@ -69,6 +70,10 @@ _OUTCOME = {
         "prediction_id": {"type": "string", "minLength": 1, "maxLength": 64},
         "label": {"type": ["string", "number", "boolean"]},
     },
+}
+ADMIN_DENIALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "no bearer token"},
+    403: {"description": "wrong token, or admin disabled"},
 }
 FEEDBACK_SCHEMA = {"oneOf": [_OUTCOME, {"type": "array", "items": _OUTCOME, "minItems": 1}]}
 
@@ -160,7 +165,7 @@ class ModelServer:
         started = time.perf_counter()
         try:
             require_content_type(request.headers.get("content-type", ""), JSON_TYPE)
-            body = parse_json(await request.body())
+            body = parse_json(await read_body(request, self._service.max_bytes))
             model = self._service.require_model()
             records = model.validator.records(body, self._service.max_rows)
             scored = await self._scheduler.score_records(records)
@@ -185,7 +190,7 @@ class ModelServer:
             inputs = await invocation_rows(
                 model,
                 request.headers.get("content-type", ""),
-                await request.body(),
+                await read_body(request, self._service.max_bytes),
                 self._service.max_rows,
             )
             scored = await self._scheduler.score_rows(
@@ -233,23 +238,38 @@ class ModelServer:
         self._service.scored(scored, ids, "/ws/predict", started, records)
         return predict_body(scored, ids)
 
-    @api.get("/health")
+    @api.get("/health", responses={503: {"description": "no model loaded yet"}})
     async def health(self) -> Response:
         """Ready (200) once a model is loaded; the last load attempt either way."""
         return _send(self._service.health(self._scheduler.stats))
 
-    @api.get("/ping")
+    @api.get(
+        "/ping",
+        response_class=PlainTextResponse,
+        responses={
+            200: {"description": "a model is loaded"},
+            503: {"description": "no model loaded yet", "content": {"text/plain": {}}},
+        },
+    )
     async def ping(self) -> Response:
-        """MLflow's readiness probe (its clients poll it before scoring)."""
+        """MLflow's readiness probe (its clients poll it before scoring): a newline, as
+        `mlflow models serve` answers."""
         ready = self._service.model is not None
-        return Response("\n", status_code=200 if ready else 503, media_type="text/plain")
+        return PlainTextResponse("\n", status_code=200 if ready else 503)
 
-    @api.get("/version")
+    @api.get("/version", responses={503: {"description": "no model loaded yet"}})
     async def version(self) -> Response:
         """Which model this replica serves."""
         return _send(self._service.version())
 
-    @api.post("/admin/reload")
+    @api.post(
+        "/admin/reload",
+        responses={
+            **ADMIN_DENIALS,
+            502: {"description": "the version could not be resolved or loaded; `last_load`"},
+            503: {"description": "not configured yet"},
+        },
+    )
     async def reload(self, request: Request) -> Response:
         """Reload the configured model version on this replica (bearer token required)."""
         return _send(await self._service.reload(request.headers.get("authorization")))
@@ -258,9 +278,9 @@ class ModelServer:
         "/admin/retrain",
         status_code=202,
         responses={
-            401: {"description": "no bearer token"},
-            403: {"description": "wrong token, or admin disabled"},
+            **ADMIN_DENIALS,
             409: {"description": "a retrain job or another CT run is running"},
+            503: {"description": "the Ray Jobs API did not answer"},
         },
     )
     async def retrain(self, request: Request) -> Response:
@@ -271,7 +291,14 @@ class ModelServer:
             return _send(denied)
         return _send(await asyncio.to_thread(self._retrain_jobs.submit))
 
-    @api.get("/admin/retrain/{job_id}")
+    @api.get(
+        "/admin/retrain/{job_id}",
+        responses={
+            **ADMIN_DENIALS,
+            404: {"description": "no such retrain job"},
+            503: {"description": "the Ray Jobs API did not answer"},
+        },
+    )
     async def retrain_status(self, job_id: str, request: Request) -> Response:
         """A retrain job's state, and what its CT run did once it finished (bearer token)."""
         denied = self._service.admin_denial(request.headers.get("authorization"))
@@ -285,11 +312,16 @@ class ModelServer:
             "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": FEEDBACK_SCHEMA}}}
         },
         responses={
+            400: {"description": "not JSON, or nested too deeply"},
             401: {"description": "no bearer token"},
             403: {"description": "wrong token, or feedback disabled"},
-            413: {"description": "more outcomes than a request may carry"},
+            413: {
+                "description": "more outcomes than a request may carry (max_request_rows), "
+                "or a body over max_request_bytes"
+            },
             422: {"description": "a malformed outcome; `field` names it"},
             429: {"description": "too many outcomes; see Retry-After"},
+            503: {"description": "no outcome store on this replica"},
         },
     )
     async def feedback(self, request: Request) -> Response:
@@ -297,9 +329,11 @@ class ModelServer:
         list; bearer token `MLOPS_FEEDBACK_TOKEN` or the admin one. A result per item: an id
         not recorded (never issued, expired, or not yet written: retry after a second) fails
         alone; a repeated id replaces its label."""
-        return _send(
-            await self._service.feedback(request.headers.get("authorization"), await request.body())
-        )
+        try:
+            body = await read_body(request, self._service.max_bytes)
+        except RequestError as error:
+            return JSONResponse(error.body(), status_code=error.status)
+        return _send(await self._service.feedback(request.headers.get("authorization"), body))
 
     @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self) -> Response:
@@ -308,7 +342,8 @@ class ModelServer:
             title=api.title, version=api.version, description=api.description, routes=api.routes
         )
         model = self._service.model.loaded if self._service.model else None
-        return JSONResponse(with_model_schemas(base, model))
+        limits = RequestLimits(self._service.max_rows, self._service.max_bytes)
+        return JSONResponse(with_model_schemas(base, model, limits))
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self) -> HTMLResponse:

@@ -74,6 +74,7 @@ def render_config(
     user_config = deployment.setdefault("user_config", {})
     user_config["model_uri"] = model_uri
     user_config["max_request_rows"] = settings.max_batch_rows
+    user_config["max_request_bytes"] = settings.max_request_bytes
     if max_batch_size is not None:
         user_config["max_batch_size"] = max_batch_size
     if num_replicas is not None:

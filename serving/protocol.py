@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from starlette.requests import Request
 
 from ml.data import DataError
 from serving.model import Rows, Scored, ServedModel
@@ -21,6 +22,7 @@ from serving.schemas import RequestError, check_frame, check_row_count, data_err
 
 JSON_TYPE = "application/json"
 CSV_TYPE = "text/csv"
+MLFLOW_KEYS = {"dataframe_split", "dataframe_records", "instances", "inputs", "params"}
 LARGE_BODY_BYTES = 64 * 1024  # parsed in a worker thread, so the event loop keeps serving
 
 
@@ -37,14 +39,45 @@ def require_content_type(content_type: str, expected: str) -> None:
         )
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, read while it streams in and refused (413) as soon as it is over
+    `max_bytes`: a declared Content-Length over it before reading a byte, a chunked body at
+    the chunk that crosses it. So no body over the limit is ever held in full."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise body_too_large(max_bytes)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise body_too_large(max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)  # one chunk (the usual small body) is returned without a copy
+
+
+def body_too_large(max_bytes: int) -> RequestError:
+    return RequestError(
+        "body", f"over the limit of {max_bytes} bytes a request (max_request_bytes)", 413
+    )
+
+
 def parse_json(body: bytes) -> Any:
-    """A `/predict` body: empty is a 422 (nothing to score), malformed a 400."""
+    """A `/predict` body: empty is a 422 (nothing to score), malformed or nested too deep for
+    the parser (a `[[[[...` bomb) a 400."""
     if not body.strip():
         raise RequestError("body", "the request body is empty")
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError("body", f"not valid JSON: {exc}", 400) from exc
+    except RecursionError as exc:
+        raise too_deep() from exc
+
+
+def too_deep() -> RequestError:
+    """json's C parser raises RecursionError past about 1,000 levels; no record nests so."""
+    return RequestError("body", "JSON nested too deeply", 400)
 
 
 def as_request_error(error: RequestError | DataError) -> RequestError:
@@ -72,6 +105,7 @@ async def invocation_rows(
     if matrix is None:
         frame = mlflow_frame(content_type, body, model.validator.columns)
         check_frame(frame, max_rows)
+        model.validator.check_no_booleans(frame)
         return frame
     check_row_count(len(matrix), max_rows)
     return matrix
@@ -106,9 +140,29 @@ def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataF
             f"expected {JSON_TYPE} or {CSV_TYPE}, got " f"{content_type or 'none'!r}",
             415,
         )
-    decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
-    data = {key: value for key, value in decoded.items() if key != "params"}
-    return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+    try:
+        decoded = scoring_server._decode_json_input(body)  # pylint: disable=protected-access
+        unknown = sorted(set(decoded) - MLFLOW_KEYS)
+        # MLflow's parser ignores them next to a format key (and names the fault without one)
+        if unknown and len(unknown) < len(decoded):
+            raise RequestError(
+                unknown[0], f"unknown key: expected one of {sorted(MLFLOW_KEYS)}", 400
+            )
+        if not isinstance(decoded.get("params", {}), dict):
+            raise RequestError("params", "must be an object", 400)
+        check_split_rows(decoded.get("dataframe_split"))
+        data = {key: value for key, value in decoded.items() if key != "params"}
+        return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
+    except RecursionError as exc:  # json.loads, or numpy/pandas walking nested lists
+        raise too_deep() from exc
+
+
+def check_split_rows(split: Any) -> None:
+    """`dataframe_split` rows are arrays; MLflow's parser also takes objects (`[{}]`, a row
+    of nothing, then imputed): a 400, as the schema says (found by schemathesis)."""
+    data = split.get("data") if isinstance(split, dict) else None
+    if isinstance(data, list) and not all(isinstance(row, list) for row in data):
+        raise RequestError("dataframe_split.data", "each row must be an array of values", 400)
 
 
 def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
@@ -119,7 +173,7 @@ def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
         if isinstance(parsed, pd.DataFrame):
             return parsed
         if isinstance(parsed, dict):
-            return pd.DataFrame({key: np.atleast_1d(value) for key, value in parsed.items()})
+            return pd.DataFrame({key: column(value) for key, value in parsed.items()})
         if isinstance(parsed, list) and all(isinstance(row, dict) for row in parsed):
             return pd.DataFrame.from_records([scalars(row) for row in parsed])
         matrix = np.asarray(parsed)
@@ -132,6 +186,17 @@ def as_input_frame(parsed: Any, columns: list[str]) -> pd.DataFrame:
         f"expected records keyed by feature name, or rows of "
         f"{len(columns)} values in feature order",
         400,
+    )
+
+
+def column(values: Any) -> np.ndarray:
+    """A column MLflow's parser built: where records mix null and numbers, it holds 0-d
+    arrays (`array(None, dtype=object)`); those are plain values, not nested ones."""
+    values = np.atleast_1d(values)
+    if values.dtype != object:
+        return values
+    return np.array(
+        [v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v for v in values], dtype=object
     )
 
 

@@ -24,8 +24,14 @@ from ml.model_ref import ModelRef
 
 # An alias in a models:/ URI (MLflow's own form); a version is parsed by ModelRef.
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z_][A-Za-z0-9_-]*)")
+# Bodies larger than this are refused (413) while they stream in: 10,000 rows of a few dozen
+# features in `dataframe_split` are a few MB.
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Tree models compute in float32: a larger number becomes infinity and is refused (422), so
+# the schema bounds numbers to float32's range rather than promise what the model refuses.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _JSON_TYPES: dict[FeatureType, dict[str, Any]] = {
-    "numeric": {"type": "number"},
+    "numeric": {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX},
     "boolean": {"type": "boolean"},
     "categorical": {"type": "string"},
 }
@@ -56,6 +62,7 @@ class ServingOptions(BaseModel):
     max_batch_size: int = Field(64, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(0.002, ge=0.0, le=1.0)
     max_request_rows: int = Field(10_000, ge=1)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     alias_poll_s: float = Field(15.0, gt=0.0, le=3600.0)
 
     @field_validator("model_uri")
@@ -141,11 +148,9 @@ class RecordValidator:
                 if value is None:
                     row[column_index] = math.nan
                 elif type(value) is float or type(value) is int:  # noqa: E721 - bool excluded
-                    if not math.isfinite(value):
-                        raise RequestError(
-                            f"records[{row_index}].{column}",
-                            f"must be a finite number or null, got {value!r}",
-                        )
+                    # False for NaN and infinity too: one comparison does both checks
+                    if not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+                        raise RequestError(f"records[{row_index}].{column}", out_of_range(value))
                     row[column_index] = value
                 else:
                     raise RequestError(
@@ -190,14 +195,29 @@ class RecordValidator:
         if matrix.dtype.kind == "O" and all(
             value is None or type(value) in (int, float) for value in matrix.flat
         ):
-            matrix = matrix.astype(float)  # nulls -> NaN, imputed as on MLflow's path
+            try:
+                matrix = matrix.astype(float)  # nulls -> NaN, imputed as on MLflow's path
+            except OverflowError:  # an integer beyond float64
+                return None
         if matrix.dtype.kind not in "if" or matrix.shape != (len(data), len(columns)):
             return None  # strings or nesting
-        if matrix.dtype.kind == "f" and np.isinf(matrix).any():
+        if matrix.dtype.kind == "f" and (np.abs(matrix) > FLOAT32_MAX).any():
             return None  # MLflow's path names the column
         if columns != self.columns:
             matrix = matrix[:, [columns.index(column) for column in self.columns]]
         return np.ascontiguousarray(matrix, dtype=float)
+
+    def check_no_booleans(self, frame: pd.DataFrame) -> None:
+        """MLflow's parser passes JSON true/false on, and the model would read them as 1/0:
+        a numeric feature refuses them, as on `/predict` (found by schemathesis)."""
+        for column, kind in self.feature_types.items():
+            if kind != "numeric" or column not in frame.columns:
+                continue
+            values = frame[column]
+            if pd.api.types.is_bool_dtype(values.dtype) or (
+                values.dtype == object and values.map(_is_bool).any()
+            ):
+                raise RequestError(column, "must be a number, got a boolean")
 
     def frame(self, records: list[dict[str, Any]]) -> pd.DataFrame:
         """Records -> the raw frame `LoadedModel.prepare` coerces (mixed-type models)."""
@@ -215,8 +235,12 @@ class RecordValidator:
             raise RequestError(where, f"must be a single value, got {type(value).__name__}")
         if kind == "numeric" and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise RequestError(where, f"must be a number, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RequestError(where, f"must be a finite number or null, got {value!r}")
+        if kind == "numeric" and not -FLOAT32_MAX <= value <= FLOAT32_MAX:
+            raise RequestError(where, out_of_range(value))
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 def check_row_count(rows: int, max_rows: int) -> None:
@@ -235,9 +259,15 @@ def check_frame(frame: pd.DataFrame, max_rows: int) -> None:
         if nested.any():
             raise RequestError(str(column), "must be a single value, got a nested one")
     numeric = frame.select_dtypes(include="number")
-    infinite = numeric.columns[np.isinf(numeric.to_numpy(dtype=float)).any(axis=0)]
-    if len(infinite):
-        raise RequestError(str(infinite[0]), "must be a finite number or null")
+    outside = numeric.columns[(np.abs(numeric.to_numpy(dtype=float)) > FLOAT32_MAX).any(axis=0)]
+    if len(outside):
+        raise RequestError(str(outside[0]), out_of_range(None))
+
+
+def out_of_range(value: Any) -> str:
+    """What a number outside the schema's bound is told (float32: see FLOAT32_MAX)."""
+    got = "" if value is None else f", got {value!r}"
+    return f"must be a finite number within float32's range (+/-{FLOAT32_MAX:.7g}) or null{got}"
 
 
 def data_error_field(error: DataError) -> str:
@@ -252,7 +282,7 @@ def data_error_field(error: DataError) -> str:
 def record_schema(feature_types: dict[str, FeatureType], example: dict[str, Any] | None) -> dict:
     """JSON schema of one record: every feature required, null allowed (it is imputed)."""
     properties = {
-        column: {"type": [_JSON_TYPES[kind]["type"], "null"], "title": column}
+        column: {**_JSON_TYPES[kind], "type": [_JSON_TYPES[kind]["type"], "null"], "title": column}
         for column, kind in feature_types.items()
     }
     schema: dict[str, Any] = {
@@ -306,15 +336,29 @@ def invocations_schema(
         if example
         else None
     )
+    width = {"minItems": len(columns), "maxItems": len(columns)}
     variants = [
         _one_key(
             "dataframe_split",
             {
                 "type": "object",
                 "required": ["columns", "data"],
+                # MLflow's parser refuses any other key (found by schemathesis, seed 2026)
+                "additionalProperties": False,
                 "properties": {
-                    "columns": {"type": "array", "items": {"type": "string", "enum": columns}},
-                    "data": {"type": "array", "minItems": 1, "items": {"type": "array"}},
+                    "index": {"type": "array", "items": {"type": ["integer", "string"]}},
+                    # every feature once, in any order; each row as wide
+                    "columns": {
+                        "type": "array",
+                        "items": {"type": "string", "enum": columns},
+                        "uniqueItems": True,
+                        **width,
+                    },
+                    "data": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {"type": "array", "items": _split_value(feature_types), **width},
+                    },
                 },
             },
         ),
@@ -326,6 +370,49 @@ def invocations_schema(
     if split_example:
         schema["example"] = split_example
     return schema
+
+
+# A CSV value of each feature type; empty is a missing value (imputed)
+_CSV_VALUES: dict[FeatureType, str] = {
+    "numeric": r"(-?[0-9]{1,15}(\.[0-9]{1,15})?)?",
+    "boolean": "(true|false)?",
+    "categorical": "[A-Za-z0-9_]*",
+}
+
+
+def csv_schema(feature_types: dict[str, FeatureType]) -> dict[str, Any]:
+    """`text/csv` on `/invocations`: a header naming every feature, then at least one row.
+    MLflow's parser takes more (quoting, exponents), but this is what the schema promises."""
+    header = ",".join(_literal(_csv_field(column)) for column in feature_types)
+    row = ",".join(_CSV_VALUES[kind] for kind in feature_types.values())
+    return {
+        "type": "string",
+        "minLength": 1,
+        "pattern": f"^{header}\\r?\\n({row}\\r?\\n)*{row}\\r?\\n?$",
+    }
+
+
+def _literal(text: str) -> str:
+    """`text` as a regular expression that matches it, valid in ECMA-262 (OpenAPI's dialect:
+    Python's re.escape also escapes spaces, which ECMA's unicode mode refuses)."""
+    return "".join(f"\\{char}" if char in "\\^$.|?*+()[]{}/" else char for char in text)
+
+
+def _csv_field(name: str) -> str:
+    """A header field as CSV writes it: quoted when it holds a comma, quote or newline."""
+    if any(char in name for char in ',"\n\r'):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
+def _split_value(feature_types: dict[str, FeatureType]) -> dict[str, Any]:
+    """A value in a `dataframe_split` row. Columns come in any order, so a per-column type
+    only fits when every feature has the same one; else any single value."""
+    kinds = set(feature_types.values())
+    if len(kinds) == 1:
+        (kind,) = kinds
+        return {**_JSON_TYPES[kind], "type": [_JSON_TYPES[kind]["type"], "null"]}
+    return {"type": ["number", "string", "boolean", "null"]}
 
 
 def _one_key(key: str, value_schema: dict[str, Any]) -> dict[str, Any]:
@@ -375,7 +462,23 @@ MLFLOW_ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def with_model_schemas(openapi: dict[str, Any], model: Any | None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may carry (`ServingOptions`), stated in the schema's 413s."""
+
+    max_rows: int = 10_000
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+
+    def describe(self) -> str:
+        return (
+            f"over {self.max_rows} rows (max_request_rows), or a body over {self.max_bytes} "
+            "bytes (max_request_bytes; refused while it streams in, before it is parsed)"
+        )
+
+
+def with_model_schemas(
+    openapi: dict[str, Any], model: Any | None, limits: RequestLimits = RequestLimits()
+) -> dict[str, Any]:
     """Fill the request/response schemas of the scoring routes from the served model."""
     feature_types = dict(model.feature_types) if model is not None else {}
     example = example_record(model.input_example) if model is not None else None
@@ -399,16 +502,18 @@ def with_model_schemas(openapi: dict[str, Any], model: Any | None) -> dict[str, 
         },
         ok="#/components/schemas/PredictResponse",
         error="#/components/schemas/Error",
+        limits=limits,
     )
     _set_operation(
         paths,
         "/invocations",
         request={
             "application/json": {"schema": {"$ref": "#/components/schemas/InvocationsRequest"}},
-            "text/csv": {"schema": {"type": "string"}},
+            "text/csv": {"schema": csv_schema(feature_types)},
         },
         ok=None,
         error="#/components/schemas/MlflowError",
+        limits=limits,
     )
     if model is not None:
         openapi["info"]["description"] += (
@@ -419,12 +524,21 @@ def with_model_schemas(openapi: dict[str, Any], model: Any | None) -> dict[str, 
 
 
 def _set_operation(
-    paths: dict[str, Any], path: str, request: dict[str, Any], ok: str | None, error: str
+    paths: dict[str, Any],
+    path: str,
+    request: dict[str, Any],
+    ok: str | None,
+    error: str,
+    limits: RequestLimits,
 ) -> None:
     operation = paths.get(path, {}).get("post")
     if operation is None:
         return
-    operation["requestBody"] = {"required": True, "content": request}
+    operation["requestBody"] = {
+        "required": True,
+        "description": f"At most {limits.max_rows} rows and {limits.max_bytes} bytes.",
+        "content": request,
+    }
     ok_schema: dict[str, Any] = (
         {"$ref": ok}
         if ok
@@ -440,8 +554,8 @@ def _set_operation(
             "description": "Predictions",
             "content": {"application/json": {"schema": ok_schema}},
         },
-        "400": {"description": "Malformed body", **error_body},
-        "413": {"description": "Too many rows", **error_body},
+        "400": {"description": "Malformed body, or JSON nested too deeply", **error_body},
+        "413": {"description": f"Too large: {limits.describe()}", **error_body},
         "415": {"description": "Wrong content type", **error_body},
         "422": {"description": "A feature value or name is wrong", **error_body},
         "503": {"description": "No model loaded yet", **error_body},

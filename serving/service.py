@@ -29,7 +29,7 @@ from ml.outcomes import FeedbackResult, OutcomeStore
 from ml.predict import LoadedModel, load_failure_fields
 from serving.model import Rows, Scored, ServedModel
 from serving.protocol import feedback_items
-from serving.schemas import RequestError, ServingOptions
+from serving.schemas import DEFAULT_MAX_REQUEST_BYTES, RequestError, ServingOptions
 
 logger = logging.getLogger("ray.serve")
 
@@ -47,6 +47,10 @@ class Telemetry(Protocol):
     @property
     def dropped(self) -> int:
         """Events lost because a queue was full (reported by `/health`)."""
+
+    @property
+    def queued(self) -> int:
+        """Requests whose telemetry waits in the queue now (reported by `/health`)."""
 
     def predictions(
         self,
@@ -126,6 +130,11 @@ class ModelService:
     def max_rows(self) -> int:
         """The per-request row limit (413 over it)."""
         return self._options.max_request_rows if self._options else 10_000
+
+    @property
+    def max_bytes(self) -> int:
+        """The per-request body limit in bytes (413 over it)."""
+        return self._options.max_request_bytes if self._options else DEFAULT_MAX_REQUEST_BYTES
 
     def require_model(self) -> ServedModel:
         """The model serving now, or a 503 for the client."""
@@ -246,6 +255,7 @@ class ModelService:
             "model_uri": self._model.loaded.uri if self._model else None,
             "last_load": self._last_load,
             "telemetry_dropped": self._telemetry.dropped,
+            "telemetry_queued": self._telemetry.queued,
             "scoring": scoring,
         }
         if self._options is not None and self._options.alias is not None:

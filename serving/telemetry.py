@@ -109,6 +109,10 @@ class PredictionTelemetry:
     def dropped(self) -> int:
         return self._dropped_here + int(getattr(self._emitter, "dropped", 0))
 
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
     def predictions(
         self,
         model: Any,

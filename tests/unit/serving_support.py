@@ -115,6 +115,7 @@ class TelemetryCollector:
     """Keeps what the service hands to telemetry, for the test to read."""
 
     dropped: int = 0
+    queued: int = 0
     scored: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)

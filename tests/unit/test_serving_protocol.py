@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.exceptions import MlflowException
+from starlette.requests import Request
 
 from ml.data import DataError
 from serving.model import Rows, Scored, ServedModel
@@ -29,6 +30,7 @@ from serving.protocol import (
     model_rows,
     parse_json,
     predict_body,
+    read_body,
     require_content_type,
 )
 from serving.schemas import RequestError
@@ -111,6 +113,60 @@ def test_a_body_that_is_not_json_is_400(body: bytes) -> None:
 
 def test_json_is_parsed() -> None:
     assert parse_json(b'[{"a": 1}]') == [{"a": 1}]
+
+
+NESTING_BOMB = b"[" * 100_000
+
+
+def test_a_json_nesting_bomb_is_400_not_a_recursion_error(model: ServedModel) -> None:
+    with pytest.raises(RequestError) as caught:
+        parse_json(NESTING_BOMB)
+    assert (caught.value.status, caught.value.field) == (400, "body")
+    assert "nested too deeply" in caught.value.message
+    with pytest.raises(RequestError) as via_mlflow:
+        _parse(model, JSON, NESTING_BOMB)
+    assert via_mlflow.value.status == 400
+    assert "nested too deeply" in via_mlflow.value.message
+
+
+def _streamed(chunks: list[bytes], headers: dict[str, str]) -> tuple[Request, list[bytes]]:
+    """A real Starlette request whose body arrives in `chunks`; the list records what was
+    received."""
+    pending = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+    received: list[bytes] = []
+
+    async def receive() -> dict[str, Any]:
+        message = pending.pop(0)
+        received.append(message["body"])
+        return message
+
+    raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+    return Request({"type": "http", "method": "POST", "headers": raw}, receive), received
+
+
+def test_a_body_within_the_limit_is_read_whole() -> None:
+    request, _ = _streamed([b'{"a": ', b"1}"], {})
+    assert asyncio.run(read_body(request, max_bytes=11)) == b'{"a": 1}'
+
+
+def test_a_declared_length_over_the_limit_is_413_before_a_byte_is_read() -> None:
+    request, received = _streamed([b"x" * 100], {"content-length": "100"})
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(read_body(request, max_bytes=99))
+    assert (caught.value.status, caught.value.field) == (413, "body")
+    assert "99 bytes" in caught.value.message and "max_request_bytes" in caught.value.message
+    assert received == []
+
+
+def test_a_streamed_body_over_the_limit_is_413_at_the_chunk_that_crosses_it() -> None:
+    request, received = _streamed([b"x" * 60, b"x" * 60, b"x" * 60], {})
+    with pytest.raises(RequestError) as caught:
+        asyncio.run(read_body(request, max_bytes=100))
+    assert caught.value.status == 413
+    assert len(received) == 2  # the third chunk was never asked for
 
 
 # --- /invocations: MLflow's four JSON formats and CSV ----------------------------------------
@@ -312,3 +368,33 @@ def test_a_data_error_becomes_a_422_naming_its_column() -> None:
     assert (error.status, error.field) == (422, "colour")
     same = RequestError("x", "y", 413)
     assert as_request_error(same) is same
+
+
+def test_instances_mixing_null_and_numbers_are_rows_not_nested_values(
+    model: ServedModel, rows: pd.DataFrame
+) -> None:
+    """MLflow's parser gives such columns as 0-d arrays (found by schemathesis, seed 2026)."""
+    records = _records(rows.head(2))
+    first = rows.columns[0]
+    records[0][first] = None
+    parsed = _parse(model, JSON, _body({"instances": records}))
+    assert len(parsed) == 2
+
+
+def test_params_that_are_not_an_object_are_400(model: ServedModel, rows: pd.DataFrame) -> None:
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"inputs": _records(rows.head(1)), "params": 3}))
+    assert (caught.value.status, caught.value.field) == (400, "params")
+
+
+def test_an_unknown_top_level_key_is_400_naming_it(model: ServedModel, rows: pd.DataFrame) -> None:
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"dataframe_records": _records(rows.head(1)), "extra": 1}))
+    assert (caught.value.status, caught.value.field) == (400, "extra")
+
+
+def test_split_rows_that_are_not_arrays_are_400(model: ServedModel) -> None:
+    split = {"columns": model.validator.columns, "data": [{}]}
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"dataframe_split": split}))
+    assert (caught.value.status, caught.value.field) == (400, "dataframe_split.data")

@@ -111,6 +111,7 @@ def test_health_and_version_answer_for_the_loaded_model(
 ) -> None:
     _loaded(service)
     telemetry.dropped = 3
+    telemetry.queued = 2
     scoring = {"solo": 2, "batches": 1, "batched_requests": 5}
     health = service.health(scoring)
     assert health.status == 200
@@ -119,6 +120,7 @@ def test_health_and_version_answer_for_the_loaded_model(
         "model_uri": "models:/demo/1",
         "last_load": service.last_load,
         "telemetry_dropped": 3,
+        "telemetry_queued": 2,
         "scoring": scoring,
     }
     version = service.version()
