@@ -298,10 +298,13 @@ def training_data(settings: Settings, store: OutcomeStore, source: Dataset) -> t
     if len(labelled) < settings.ct_min_labels:
         return source, 0
     target = source.target
-    features = labelled.features.reindex(columns=list(source.X.columns))
+    # The source's columns as loaded, not coerced: validate() infers the feature types again,
+    # and the new version's signature must describe the raw table, like the first version's.
+    base = source.raw_features if source.raw_features is not None else source.X
+    features = labelled.features.reindex(columns=list(base.columns))
     feedback = features.assign(**{target: labelled.truth})
     combined = pd.concat(
-        [source.X.assign(**{target: source.y.to_numpy()}), feedback], ignore_index=True
+        [base.assign(**{target: source.y.to_numpy()}), feedback], ignore_index=True
     )
     dataset = validate(
         combined,

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
@@ -150,3 +152,39 @@ def test_mlops_ct_run_exits_0_when_nothing_fires(tmp_path: Path, demo) -> None:
     assert result.exit_code == 0, result.output
     assert "ct run: no_trigger: no trigger fired" in result.stdout
     assert (Path(settings.log_dir) / "mlops-mlops.ct.ndjson").read_text().count("\n") == 4
+
+
+def test_feedback_rows_join_the_source_as_loaded_so_the_types_stay_raw(tmp_path: Path) -> None:
+    """A retrain's data is the raw source plus the raw served records: a yes/no column stays a
+    boolean feature of strings (the new version's signature describes what users send), not the
+    0.0/1.0 the first version's coercion made of it."""
+    from ml.data import validate
+    from ml.retrain import training_data
+
+    rng = np.random.default_rng(0)
+    rows = 60
+    frame = pd.DataFrame(
+        {
+            "plan": rng.choice(["yes", "no"], rows),
+            "calls": rng.integers(0, 9, rows),
+            "minutes": rng.normal(100, 20, rows).round(1),
+            "churn": rng.choice(["TRUE", "FALSE"], rows),
+        }
+    )
+    source = validate(frame, "churn", source="churn.csv", cv_folds=3, test_size=0.2)
+    settings = _settings(tmp_path, ct_min_labels=5)
+    store = OutcomeStore(settings.ct_database)
+    served = frame.drop(columns="churn").head(8).to_dict("records")
+    ids = [f"p{i}" for i in range(len(served))]
+    store.record_predictions(
+        PredictionRecord(pid, settings.model_name, "1", record, "TRUE")
+        for pid, record in zip(ids, served)
+    )
+    store.record_feedback([(pid, "FALSE") for pid in ids])
+
+    dataset, from_feedback = training_data(settings, store, source)
+
+    assert from_feedback == len(ids) and len(dataset.X) == rows + len(ids)
+    assert dataset.feature_types == source.feature_types
+    assert dataset.raw_features is not None
+    assert set(dataset.raw_features["plan"]) == {"yes", "no"}
