@@ -10,6 +10,7 @@ arrived is answered 409 and counted as a duplicate, so nothing is lost and nothi
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -101,7 +102,7 @@ class NdjsonSink:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 if not _same_file(fd, path):  # rotated by another process meanwhile
                     continue
-                os.write(fd, payload)
+                _write_whole(fd, payload)
                 if os.fstat(fd).st_size >= self.max_bytes:
                     self._rotate(path)
                 return
@@ -123,6 +124,21 @@ class NdjsonSink:
 
     def close(self) -> None:
         """Every batch is written through; nothing is buffered."""
+
+
+def _write_whole(fd: int, payload: bytes) -> None:
+    """All of `payload` or nothing: on a full disk `write()` can store part of it and return
+    the count, which would leave a torn last line for Filebeat. The part is cut off again (the
+    caller holds the file's lock) and the batch counts as failed."""
+    size = os.fstat(fd).st_size
+    try:
+        written = os.write(fd, payload)
+    except OSError:
+        os.ftruncate(fd, size)
+        raise
+    if written != len(payload):
+        os.ftruncate(fd, size)
+        raise OSError(errno.ENOSPC, f"short write: {written} of {len(payload)} bytes")
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -424,7 +440,7 @@ class Emitter:
         self.queue_size = queue_size
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
-        self.dropped = 0
+        self.dropped = 0  # not queued: the queue was full or the emitter closed
         self.emitted = 0
         self._waiting = 0  # events queued and not yet written
         self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
@@ -434,6 +450,12 @@ class Emitter:
             target=self._run, name=f"telemetry-{service_name}", daemon=True
         )
         self._thread.start()
+
+    @property
+    def lost(self) -> int:
+        """Events that will never arrive: dropped here, or failed in the sink (a full disk
+        under the NDJSON files)."""
+        return self.dropped + int(getattr(self.sink, "failed", 0))
 
     def emit(self, event: dict[str, Any]) -> None:
         """Queue `event` for the sink; never blocks: a full queue (or a closed emitter) drops."""

@@ -30,10 +30,11 @@ from ml.common.cli import (
     fail,
     install_app_logs,
     load_settings,
+    stops_on_sigterm,
     user_errors,
 )
 from ml.common.logs import log_to_console
-from ml.common.stages import STUDY_LOGGER
+from ml.common.stages import STAGE_LOGGER, STUDY_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 
@@ -80,10 +81,13 @@ class _ConsoleNotes(logging.Handler):
 
 
 def _show_study_notes() -> None:
-    logger = logging.getLogger(STUDY_LOGGER)
-    if not any(isinstance(handler, _ConsoleNotes) for handler in logger.handlers):
-        logger.addHandler(_ConsoleNotes())
-        logger.setLevel(logging.INFO)
+    """Which study a run joins, and each stage as it starts and ends (`stage tune started`):
+    where a long or interrupted run is, in a Jenkins log or a terminal."""
+    for name in (STUDY_LOGGER, STAGE_LOGGER):
+        logger = logging.getLogger(name)
+        if not any(isinstance(handler, _ConsoleNotes) for handler in logger.handlers):
+            logger.addHandler(_ConsoleNotes())
+            logger.setLevel(logging.INFO)
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -159,7 +163,8 @@ def _training_command(show_report: bool) -> Callable[..., None]:
             timeout_s=timeout,
             n_jobs=n_jobs,
         )
-        _train(settings, show_report=show_report)
+        with stops_on_sigterm("mlops pipeline" if show_report else "mlops train"):
+            _train(settings, show_report=show_report)
 
     return command
 
@@ -180,7 +185,7 @@ def _train(settings: Settings, show_report: bool = False) -> None:
         dataset = load_data(settings)
     if show_report:
         _print_report(dataset.report)
-    with _trial_progress(settings) as callback:
+    with user_errors(), _trial_progress(settings) as callback:
         result = run_pipeline(settings, callbacks=[callback], dataset=dataset)
     _print_summary(result, settings)
     _run_hooks("after_train", settings, result)
@@ -199,8 +204,8 @@ def promote(
 
     settings = load_settings(model_name=model_name)
     _quiet_libraries()
-    configure_tracking(settings)
     with user_errors():
+        configure_tracking(settings)
         promote_version(MlflowClient(), settings.model_name, version, reason)
     console.print(f"[green]{settings.model_name} version {version} is now champion[/]")
     _run_hooks("after_promote", settings, version)
@@ -218,8 +223,8 @@ def predict(
 
     settings = load_settings(model_name=model_name)
     _quiet_libraries()
-    configure_tracking(settings)
     with user_errors():
+        configure_tracking(settings)
         frame = load_frame(str(input_path))
         champion = load_champion(settings.model_name)
         frame, dropped = champion.without_target(frame, settings.target)
@@ -302,8 +307,8 @@ def ct_check(
 
     settings = load_settings(model_name=model_name)
     _quiet_libraries()
-    configure_tracking(settings)
     with user_errors():
+        configure_tracking(settings)
         report = ct.check(settings)
     _run_hooks("after_ct_check", settings, report)
     if as_json:
@@ -351,11 +356,11 @@ def ct_run(
         fail("--request-id: only with --force (it names a requested run)")
     settings = load_settings(model_name=model_name)
     _quiet_libraries()
-    configure_tracking(settings)
     request = None
     if force:
         request = Request(request_id or f"cli-{uuid.uuid4().hex[:12]}", "mlops ct run --force")
-    with user_errors(), _trial_progress(settings) as callback:
+    with stops_on_sigterm("mlops ct run"), user_errors(), _trial_progress(settings) as callback:
+        configure_tracking(settings)
         outcome = retrain(settings, callbacks=[callback], request=request)
     if outcome.report is not None:
         _run_hooks("after_ct_check", settings, outcome.report)

@@ -20,6 +20,7 @@ from matplotlib import pyplot as plt
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
+from ml.common.signals import Terminated
 from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
@@ -65,6 +66,10 @@ def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
     try:
         yield
         status = "success"
+    except Terminated as exc:
+        exc.stage = exc.stage or name  # the innermost stage: what the report names
+        status = "terminated"
+        raise
     finally:
         timings[name] = time.perf_counter() - started
         stage_log.info(

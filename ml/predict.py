@@ -18,15 +18,18 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ml.common.tracking import require_reachable
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.features import without_coercion
+from ml.integrity import DIGEST_TAG, IntegrityError, check_digest
 from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
 
 log = logging.getLogger(__name__)
 
 FORESTS = (RandomForestClassifier, ExtraTreesClassifier)
+UNCHECKED = f"unchecked: no {DIGEST_TAG} tag (registered before digests were recorded)"
 
 
 @dataclass
@@ -42,6 +45,7 @@ class LoadedModel:
     input_example: pd.DataFrame | None
     loaded_at: str
     target: str | None = None  # the column it was trained to predict (its metadata's)
+    integrity: str = "sha256 verified"  # or UNCHECKED, for a version without the tag
 
     @property
     def ref(self) -> ModelRef:
@@ -238,8 +242,10 @@ def load_version(name: str, version: str) -> LoadedModel:
         uri = ModelRef(name, str(version)).uri
     except ValueError as exc:  # no such version can exist
         raise RegistryError(f"cannot load {name!r} version {version!r}: {exc}") from exc
+    require_reachable(mlflow.get_tracking_uri())  # down: one line now, not 4 min of retries
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
+        integrity = _verify(name, str(version), local_path)
         model = mlflow.sklearn.load_model(local_path)
         if isinstance(model, Pipeline):
             model = without_coercion(model)
@@ -252,6 +258,11 @@ def load_version(name: str, version: str) -> LoadedModel:
             extra=load_failure_fields(uri, exc, name, str(version)),
         )
         raise RegistryError(f"cannot load {uri}: {exc.message}") from exc
+    except IntegrityError as exc:
+        log.error(
+            "refusing to load %s", exc, extra=load_failure_fields(uri, exc, name, str(version))
+        )
+        raise RegistryError(f"refusing to load {exc}") from exc
     metadata = info.metadata or {}
     signature_columns = info.signature.inputs.input_names() if info.signature else []
     feature_types = metadata.get("feature_types") or dict.fromkeys(signature_columns, "numeric")
@@ -265,6 +276,7 @@ def load_version(name: str, version: str) -> LoadedModel:
         input_example=_input_example(info, local_path),
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=metadata.get("target"),
+        integrity=integrity,
     )
 
 
@@ -286,6 +298,17 @@ def load_failure_fields(
     if version is not None:
         fields["mlops.model.version"] = version
     return fields
+
+
+def _verify(name: str, version: str, local_path: str) -> str:
+    """The downloaded files against the version's recorded sha256 (IntegrityError when they
+    differ); a version without the tag loads with a warning."""
+    recorded = MlflowClient().get_model_version(name, version).tags.get(DIGEST_TAG)
+    if recorded is None:
+        log.warning("%s: %s", ModelRef(name, version).uri, UNCHECKED)
+        return UNCHECKED
+    check_digest(local_path, recorded, ModelRef(name, version).uri)
+    return "sha256 verified"
 
 
 def load_champion(name: str) -> LoadedModel:

@@ -12,6 +12,7 @@ Trial workers forked later inherit the queue, so trials from every process reach
 from __future__ import annotations
 
 import logging
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+from ml.common.signals import EXIT_CODE, Terminated, die_with_parent
 from ml.forking import FORK, next_message, start
 from ml.common.sqlite import use_wal
 
@@ -70,6 +72,7 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
         self.written = 0
         self._records: Any = FORK.Queue()
         self._reports: Any = FORK.Queue()
+        self._parent_pid = os.getpid()
         self._writer = FORK.Process(target=self._write_all, name="trial-tracking", daemon=True)
         start(self._writer)
 
@@ -115,7 +118,15 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
             )
 
     def _write_all(self) -> None:
-        """The writer process: one child run per record until the closing None."""
+        """The writer process: one child run per record until the closing None; it ends
+        with its parent, quietly (a SIGTERM meanwhile loses the records not yet written)."""
+        try:
+            die_with_parent(self._parent_pid)
+            self._write_records()
+        except Terminated:
+            raise SystemExit(EXIT_CODE) from None
+
+    def _write_records(self) -> None:
         started = time.process_time()
         client = _client_after_fork(self.tracking_uri)
         written, failures, first_error = 0, 0, None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from typing import Any
@@ -20,6 +21,7 @@ from ml.drift import PROFILE_ARTIFACT, build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.families import family
 from ml.features import COERCION_TRUSTED_TYPES, build_pipeline, with_coercion
+from ml.integrity import DIGEST_TAG, model_digest
 from ml.model_ref import ModelRef
 
 CHALLENGER = "challenger"
@@ -113,14 +115,21 @@ def log_and_register(
         pip_requirements=pinned_requirements(),
         metadata=model_metadata(dataset, model, params),
     )
-    version = str(info.registered_model_version)
+    ref = ModelRef(settings.model_name, str(info.registered_model_version))
     client = MlflowClient()
-    client.set_registered_model_alias(settings.model_name, CHALLENGER, version)
+    client.set_model_version_tag(ref.name, ref.version, DIGEST_TAG, stored_digest(ref))
     client.set_model_version_tag(
-        settings.model_name, version, "data.fingerprint", dataset.report.fingerprint
+        ref.name, ref.version, "data.fingerprint", dataset.report.fingerprint
     )
     for name, value in holdout.items():
-        client.set_model_version_tag(
-            settings.model_name, version, f"holdout.{name}", f"{value:.6f}"
-        )
-    return TrainedModel(model=model, ref=ModelRef(settings.model_name, version), holdout=holdout)
+        client.set_model_version_tag(ref.name, ref.version, f"holdout.{name}", f"{value:.6f}")
+    # The alias last: a run stopped before here leaves a version no alias points at.
+    client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
+    return TrainedModel(model=model, ref=ref, holdout=holdout)
+
+
+def stored_digest(ref: ModelRef) -> str:
+    """The sha256 of the version's files as the store gives them back: reading them proves
+    they all arrived before any alias points at the version."""
+    with tempfile.TemporaryDirectory(prefix="mlops-digest-") as scratch:
+        return model_digest(mlflow.artifacts.download_artifacts(ref.uri, dst_path=scratch))

@@ -9,6 +9,7 @@ Forked workers start with everything imported and every fold prepared (a spawned
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import traceback
@@ -28,6 +29,7 @@ from ml.data import FeatureType, Split
 from ml.evaluation import direction, score
 from ml.families import FAMILIES, family
 from ml.features import build_classifier, build_preprocessor
+from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
 from ml.storage import study_storage
 from ml.forking import FORK, next_message, start
 from ml.tracking import TrialTracker
@@ -300,6 +302,7 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
 ) -> TuningResult:
     """Run `settings.trials` trials (or until the timeout) and return the best; closes the
     tracker whatever happens."""
+    quiet_terminations("optuna")  # a trial stopped by SIGTERM is logged without a traceback
     try:
         study = create_study(settings, study_name)
         enqueue_defaults(study, list(settings.families))
@@ -357,7 +360,7 @@ def optimize_in_processes(
         FORK.Process(
             target=_trial_worker,
             args=(study.study_name, objective, settings.seed + index, unclaimed, deadline),
-            kwargs={"finished": finished},
+            kwargs={"finished": finished, "parent_pid": os.getpid()},
             name=f"trial-worker-{index}",
             daemon=True,
         )
@@ -393,9 +396,13 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
     unclaimed: Any,
     deadline: float | None,
     finished: Any,
+    parent_pid: int,
 ) -> None:
-    """One worker process: claim a trial, run it, report it; until none is left or time is up."""
+    """One worker process: claim a trial, run it, report it; until none is left or time is up.
+    A SIGTERM (from the parent's `terminate()`, or the kernel when the parent died) fails the
+    running trial in the study and ends the worker quietly."""
     try:
+        die_with_parent(parent_pid)
         # Its own storage connections (the parent's do not survive a fork) and its own sampler
         # seed: two workers with one seed would propose the same configurations.
         study = optuna.load_study(
@@ -414,6 +421,9 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
                 callbacks=[lambda _study, trial: finished.put((trial, None))],
             )
         finished.put((None, None))
+    except Terminated:
+        finished.put((None, f"{FORK.current_process().name}: terminated by SIGTERM"))
+        raise SystemExit(EXIT_CODE) from None
     except BaseException as error:  # the parent raises it; the traceback goes to stderr
         name = FORK.current_process().name
         finished.put((None, f"{name}: {''.join(traceback.format_exception_only(error)).strip()}"))

@@ -222,6 +222,7 @@ class ModelService:
                 status="loaded",
                 finished_at=utc_now_iso(),
                 duration_s=round(time.perf_counter() - started, 3),
+                integrity=loaded.integrity,
             )
             logger.info("serving %s (run %s)", loaded.uri, loaded.run_id)
 

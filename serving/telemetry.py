@@ -107,7 +107,7 @@ class PredictionTelemetry:
 
     @property
     def dropped(self) -> int:
-        return self._dropped_here + int(getattr(self._emitter, "dropped", 0))
+        return self._dropped_here + self._emitter.lost
 
     @property
     def queued(self) -> int:

@@ -13,9 +13,11 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from ml.common.logs import install_json_logs
+from ml.common.signals import EXIT_CODE, Terminated, sigterm_raises
 from ml.config import Settings
 
 USAGE_ERROR = 2
+UNAVAILABLE = 1  # a service the command needs does not answer
 console = Console()
 err_console = Console(stderr=True)
 
@@ -51,6 +53,7 @@ def load_settings(**overrides: Any) -> Settings:
 @contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into one message and exit 2, never a traceback."""
+    from ml.common.tracking import TrackingUnavailable
     from ml.data import DataError
     from ml.registry import RegistryError
 
@@ -58,6 +61,27 @@ def user_errors() -> Iterator[None]:
         yield
     except (DataError, RegistryError) as exc:
         fail(str(exc))
+    except TrackingUnavailable as exc:  # not the user's input: exit 1, not 2
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(UNAVAILABLE) from None
+
+
+@contextmanager
+def stops_on_sigterm(command: str) -> Iterator[None]:
+    """SIGTERM unwinds the block (children stopped, MLflow run KILLED, running trials FAIL),
+    then one line says where it stopped, and the exit code is 143 as for a plain SIGTERM."""
+    with sigterm_raises():
+        try:
+            yield
+        except Terminated as exc:
+            where = f" in stage {exc.stage}" if exc.stage else ""
+            err_console.print(
+                f"[bold red]error:[/] {command} stopped by SIGTERM{where}: its trial workers "
+                "and MLflow writer were stopped, its MLflow run is marked KILLED",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_CODE) from None
 
 
 def install_app_logs(settings: Settings, service: str) -> Path:
