@@ -24,6 +24,8 @@ from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
+from ml.decision import Classifier, split_threshold
+from ml.evaluation import holdout_metrics
 from ml.registry import GateDecision, run_gate
 from ml.study import open_study, plan_study
 from ml.training import TrainedModel, fit_best, log_and_register
@@ -122,6 +124,30 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     )
 
 
+def log_decision(settings: Settings, tuning: TuningResult) -> None:
+    """How the model decides: the decision metric, and the threshold chosen for it on the best
+    trial's out-of-fold rows (none: the most probable class)."""
+    mlflow.log_param("decision_metric", settings.decision or "none")
+    if tuning.threshold is not None:
+        mlflow.log_param("decision_threshold", f"{tuning.threshold:.6f}")
+        mlflow.log_metric("decision_threshold", tuning.threshold)
+
+
+def log_holdout_at_half(model: Classifier, holdout: Split) -> None:
+    """With a tuned threshold, the holdout's threshold metrics at 0.5 too (`holdout_*_at_0.5`),
+    so a run shows what the threshold changed."""
+    pipeline, threshold = split_threshold(model)
+    if threshold is None:
+        return
+    at_half = holdout_metrics(
+        pipeline,
+        holdout.X_holdout,
+        holdout.y_holdout,
+        only=("accuracy", "precision", "recall", "f1"),
+    )
+    mlflow.log_metrics({f"holdout_{name}_at_0.5": value for name, value in at_half.items()})
+
+
 def run_pipeline(  # pylint: disable=too-many-locals
     settings: Settings, callbacks: list[TrialCallback] | None = None, dataset: Dataset | None = None
 ) -> PipelineResult:
@@ -146,6 +172,7 @@ def run_pipeline(  # pylint: disable=too-many-locals
                 holdout_split, dataset.feature_types, settings, study_name, tracker, callbacks
             )
         mlflow.log_params({f"best_{key}": value for key, value in tuning.best_params.items()})
+        log_decision(settings, tuning)
         mlflow.log_metrics(
             {
                 f"best_cv_{settings.tuning_metric}": tuning.best_value,
@@ -157,8 +184,11 @@ def run_pipeline(  # pylint: disable=too-many-locals
             mlflow.log_figure(figure, f"plots/{file_name}")
             plt.close(figure)
         with stage("train", timings):
-            model = fit_best(tuning.best_params, dataset, holdout_split, settings.seed)
+            model = fit_best(
+                tuning.best_params, dataset, holdout_split, settings.seed, tuning.threshold
+            )
             trained = log_and_register(model, tuning.best_params, dataset, holdout_split, settings)
+            log_holdout_at_half(model, holdout_split)
         with stage("gate", timings):
             decision = run_gate(
                 client,

@@ -20,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
+from ml.decision import decide, split_threshold
 from ml.model_ref import ModelRef
 from ml.registry import CHAMPION, RegistryError
 
@@ -41,6 +42,8 @@ class LoadedModel:
     input_example: pd.DataFrame | None
     loaded_at: str
     target: str | None = None  # the column it was trained to predict (its metadata's)
+    # Binary: `classes[1]` when its probability reaches this; None: the most probable class.
+    threshold: float | None = None
 
     @property
     def ref(self) -> ModelRef:
@@ -79,7 +82,7 @@ class LoadedModel:
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Labels and one probability column per class, the original labels restored."""
         proba = self.predict_proba(frame)
-        labels = np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
+        labels = decide(proba, np.asarray(self.classes, dtype=object), self.threshold)
         result = pd.DataFrame({"prediction": labels})
         for index, label in enumerate(self.classes):
             result[f"proba_{label}"] = proba[:, index]
@@ -236,7 +239,9 @@ def load_version(name: str, version: str) -> LoadedModel:
         raise RegistryError(f"cannot load {name!r} version {version!r}: {exc}") from exc
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
-        model = mlflow.sklearn.load_model(local_path)
+        # The pipeline scores probabilities (its fast paths need it bare); the threshold it
+        # was logged with decides (ml/decision.py).
+        model, threshold = split_threshold(mlflow.sklearn.load_model(local_path))
         info = mlflow.models.Model.load(local_path)
     except MlflowException as exc:
         log.error(
@@ -259,6 +264,7 @@ def load_version(name: str, version: str) -> LoadedModel:
         input_example=_input_example(info, local_path),
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=metadata.get("target"),
+        threshold=threshold,
     )
 
 
