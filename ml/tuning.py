@@ -321,7 +321,7 @@ class OutOfFold:
 
     def add(self, model: Any, fold: PreparedFold) -> float:
         """Take a fitted fold model's validation probabilities; that fold's score."""
-        classes = np.asarray(model.classes_, dtype=object)
+        classes = np.asarray(model.classes_)  # their own dtype: metrics refuse object labels
         self.folds.append((fold.y_valid, model.predict_proba(fold.X_valid), classes))
         truth = np.concatenate([np.asarray(y) == labels[1] for y, _, labels in self.folds])
         scores = np.concatenate([proba[:, 1] for _, proba, _ in self.folds])
