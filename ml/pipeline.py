@@ -20,6 +20,7 @@ from matplotlib import pyplot as plt
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
+from ml.baselines import Choice, keep_tuned_or_baseline
 from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
@@ -124,13 +125,29 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     )
 
 
-def log_decision(settings: Settings, tuning: TuningResult) -> None:
-    """How the model decides: the decision metric, and the threshold chosen for it on the best
-    trial's out-of-fold rows (none: the most probable class)."""
+def log_decision(settings: Settings, model: Classifier) -> None:
+    """How the registered model decides: the decision metric, and the threshold chosen for it
+    on the best trial's out-of-fold rows (none: the most probable class)."""
     mlflow.log_param("decision_metric", settings.decision or "none")
-    if tuning.threshold is not None:
-        mlflow.log_param("decision_threshold", f"{tuning.threshold:.6f}")
-        mlflow.log_metric("decision_threshold", tuning.threshold)
+    threshold = split_threshold(model)[1]
+    if threshold is not None:
+        mlflow.log_param("decision_threshold", f"{threshold:.6f}")
+        mlflow.log_metric("decision_threshold", threshold)
+
+
+def log_choice(choice: Choice, metric: str) -> None:
+    """Which model is registered (`chosen_model`: tuned, or the untuned baseline that beat it
+    on the holdout) and every candidate's holdout score (`candidate_holdout_<metric>_*`)."""
+    mlflow.set_tag("chosen_model", choice.kept)
+    mlflow.log_metrics(
+        {f"candidate_holdout_{metric}_{name}": value for name, value in choice.scores.items()}
+    )
+    if choice.kept != "tuned":
+        log.warning(
+            "an %s model beats the tuned one on the holdout (%s): registering it instead",
+            choice.kept,
+            ", ".join(f"{name} {value:.4f}" for name, value in choice.scores.items()),
+        )
 
 
 def log_holdout_at_half(model: Classifier, holdout: Split) -> None:
@@ -172,7 +189,6 @@ def run_pipeline(  # pylint: disable=too-many-locals
                 holdout_split, dataset.feature_types, settings, study_name, tracker, callbacks
             )
         mlflow.log_params({f"best_{key}": value for key, value in tuning.best_params.items()})
-        log_decision(settings, tuning)
         mlflow.log_metrics(
             {
                 f"best_cv_{settings.tuning_metric}": tuning.best_value,
@@ -187,8 +203,22 @@ def run_pipeline(  # pylint: disable=too-many-locals
             model = fit_best(
                 tuning.best_params, dataset, holdout_split, settings.seed, tuning.threshold
             )
-            trained = log_and_register(model, tuning.best_params, dataset, holdout_split, settings)
-            log_holdout_at_half(model, holdout_split)
+            choice = keep_tuned_or_baseline(
+                model,
+                tuning.best_params,
+                list(settings.families),
+                dataset,
+                holdout_split,
+                settings.promotion_metric,
+                settings.promotion_margin,
+                settings.seed,
+            )
+            log_choice(choice, settings.promotion_metric)
+            log_decision(settings, choice.model)
+            trained = log_and_register(
+                choice.model, choice.params, dataset, holdout_split, settings
+            )
+            log_holdout_at_half(choice.model, holdout_split)
         with stage("gate", timings):
             decision = run_gate(
                 client,
