@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -16,7 +18,7 @@ from ml.decision import choose_threshold, decide, split_threshold, with_threshol
 from ml.features import build_pipeline
 from ml.tuning import THRESHOLD_ATTR, tune
 from serving.model import Scored, ServedModel
-from tests.unit.serving_support import LOGREG, fitted, mixed_dataset
+from tests.unit.serving_support import LOGREG, demo_dataset, fitted, mixed_dataset
 
 METRICS = {"f1": f1_score, "accuracy": accuracy_score}
 
@@ -162,3 +164,20 @@ def test_a_binary_study_records_each_trials_threshold_and_scores_it_there(tmp_pa
     for proba, labels in pipelines:
         fold_f1.append(f1_score(labels, (proba >= threshold).astype(int)))
     assert result.best_value == pytest.approx(np.mean(fold_f1))
+
+
+def test_the_numeric_fast_path_applies_the_threshold_too() -> None:
+    """All-numeric records are scored as a float matrix without the pipeline's
+    ColumnTransformer; their labels follow the threshold all the same."""
+    dataset = demo_dataset()
+    loaded = fitted(dataset, "demo", "7")  # a fresh copy: the cached one is shared
+    rows = dataset.X.head(120)
+    proba = loaded.predict_proba(rows)
+    loaded.threshold = float(np.quantile(proba[:, 1], 0.5))  # far from 0.5 on this data
+    served = ServedModel.of(loaded)
+    matrix = served.input_rows(json.loads(rows.to_json(orient="records")))
+    assert served.numeric is not None and isinstance(matrix, np.ndarray)
+    labels = Scored(served, served.score(matrix)).labels
+    expected = list(decide(proba, served.label_array, loaded.threshold))
+    assert labels == expected
+    assert expected != list(served.label_array[proba.argmax(axis=1)])
