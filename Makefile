@@ -266,6 +266,10 @@ bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/
 bench-training: setup ## Optuna vs RandomizedSearchCV (same space, budget) + MLflow tracking cost
 	$(BIN)/python benchmarks/training.py $(BENCH_ARGS)
 
+.PHONY: bench-decision
+bench-decision: setup ## Holdout F1 at 0.5 vs at the tuned threshold on an imbalanced table
+	$(BIN)/python benchmarks/decision.py $(BENCH_ARGS)
+
 # --- observability (ELK) ---------------------------------------------------------------------
 .PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry filebeat
 monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch

@@ -28,6 +28,9 @@ from ml.families import FAMILIES, UnknownFamilyError
 
 Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
 LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
+# Metrics a binary decision threshold is chosen for (ml/decision.py). Not precision or recall
+# alone: maximised over the threshold they are degenerate (flag one row / flag every row).
+THRESHOLD_METRICS = ("f1", "accuracy")
 Profile = Literal["dev", "prod"]
 
 # What `MLOPS_ENV` changes: each profile's values replace the embedded defaults, and anything
@@ -95,6 +98,11 @@ class Settings(BaseSettings):
     n_jobs: int = Field(1, ge=1)
     cv_folds: int = Field(3, ge=2, le=10)
     tuning_metric: Metric = "roc_auc"
+    decision_metric: Literal["auto", "f1", "accuracy", "none"] = Field(
+        "auto",
+        description="binary models: the metric their decision threshold is tuned for "
+        "(ml/decision.py); auto: the tuning metric when it is f1 or accuracy, else none (0.5)",
+    )
     optuna_storage: str = Field(
         "", description="RDB URL; default: the MLflow database, or a file beside it (ml.study)"
     )
@@ -291,6 +299,13 @@ class Settings(BaseSettings):
         where other machines tracking to that server cannot join them."""
         remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
         return remote and self.optuna_storage == self._local_optuna_storage()
+
+    @property
+    def decision(self) -> str | None:
+        """The metric a binary model's threshold is tuned for, or None: decide at 0.5."""
+        if self.decision_metric == "auto":
+            return self.tuning_metric if self.tuning_metric in THRESHOLD_METRICS else None
+        return None if self.decision_metric == "none" else self.decision_metric
 
     @property
     def artifact_root(self) -> Path:

@@ -48,17 +48,21 @@ class CoerceFeatures(TransformerMixin, BaseEstimator):
         return True  # stateless: the Pipeline's fitted check must not refuse it
 
 
-def with_coercion(pipeline: Pipeline, feature_types: dict[str, FeatureType]) -> Pipeline:
-    """The fitted `pipeline` behind a `CoerceFeatures` step: what is registered."""
-    return Pipeline([("coerce", CoerceFeatures(dict(feature_types))), *pipeline.steps])
+def with_coercion(model: BaseEstimator, feature_types: dict[str, FeatureType]) -> Pipeline:
+    """The fitted `model` (a pipeline, or a thresholded classifier around one) behind a
+    `CoerceFeatures` step: what is registered."""
+    steps = model.steps if isinstance(model, Pipeline) else [("model", model)]
+    return Pipeline([("coerce", CoerceFeatures(dict(feature_types))), *steps])
 
 
-def without_coercion(pipeline: Pipeline) -> Pipeline:
-    """A registered pipeline minus its leading `CoerceFeatures`, for callers that coerce (and
-    check) rows themselves first; a version registered before the step existed is as it was."""
-    if len(pipeline) > 1 and isinstance(pipeline[0], CoerceFeatures):
-        return pipeline[1:]
-    return pipeline
+def without_coercion(model: BaseEstimator) -> BaseEstimator:
+    """A registered model minus its leading `CoerceFeatures`, for callers that coerce (and
+    check) rows themselves first: the pipeline after it, or the one estimator after it (a
+    thresholded classifier); a version registered before the step existed is as it was."""
+    if isinstance(model, Pipeline) and len(model) > 1 and isinstance(model[0], CoerceFeatures):
+        rest = model[1:]
+        return rest[0] if len(rest) == 1 else rest
+    return model
 
 
 def build_preprocessor(

@@ -21,10 +21,13 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.tracking import MlflowClient
 
 from ml.common.signals import Terminated
+from ml.baselines import Choice, keep_tuned_or_baseline
 from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, ValidationReport, load_dataset, split
+from ml.decision import Classifier, split_threshold
+from ml.evaluation import holdout_metrics
 from ml.registry import GateDecision, run_gate
 from ml.study import open_study, plan_study
 from ml.training import TrainedModel, fit_best, log_and_register
@@ -127,6 +130,46 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
     )
 
 
+def log_decision(settings: Settings, model: Classifier) -> None:
+    """How the registered model decides: the decision metric, and the threshold chosen for it
+    on the best trial's out-of-fold rows (none: the most probable class)."""
+    mlflow.log_param("decision_metric", settings.decision or "none")
+    threshold = split_threshold(model)[1]
+    if threshold is not None:
+        mlflow.log_param("decision_threshold", f"{threshold:.6f}")
+        mlflow.log_metric("decision_threshold", threshold)
+
+
+def log_choice(choice: Choice, metric: str) -> None:
+    """Which model is registered (`chosen_model`: tuned, or the untuned baseline that beat it
+    on the holdout) and every candidate's holdout score (`candidate_holdout_<metric>_*`)."""
+    mlflow.set_tag("chosen_model", choice.kept)
+    mlflow.log_metrics(
+        {f"candidate_holdout_{metric}_{name}": value for name, value in choice.scores.items()}
+    )
+    if choice.kept != "tuned":
+        log.warning(
+            "an %s model beats the tuned one on the holdout (%s): registering it instead",
+            choice.kept,
+            ", ".join(f"{name} {value:.4f}" for name, value in choice.scores.items()),
+        )
+
+
+def log_holdout_at_half(model: Classifier, holdout: Split) -> None:
+    """With a tuned threshold, the holdout's threshold metrics at 0.5 too (`holdout_*_at_0.5`),
+    so a run shows what the threshold changed."""
+    pipeline, threshold = split_threshold(model)
+    if threshold is None:
+        return
+    at_half = holdout_metrics(
+        pipeline,
+        holdout.X_holdout,
+        holdout.y_holdout,
+        only=("accuracy", "precision", "recall", "f1"),
+    )
+    mlflow.log_metrics({f"holdout_{name}_at_0.5": value for name, value in at_half.items()})
+
+
 def run_pipeline(  # pylint: disable=too-many-locals
     settings: Settings, callbacks: list[TrialCallback] | None = None, dataset: Dataset | None = None
 ) -> PipelineResult:
@@ -162,8 +205,25 @@ def run_pipeline(  # pylint: disable=too-many-locals
             mlflow.log_figure(figure, f"plots/{file_name}")
             plt.close(figure)
         with stage("train", timings):
-            model = fit_best(tuning.best_params, dataset, holdout_split, settings.seed)
-            trained = log_and_register(model, tuning.best_params, dataset, holdout_split, settings)
+            model = fit_best(
+                tuning.best_params, dataset, holdout_split, settings.seed, tuning.threshold
+            )
+            choice = keep_tuned_or_baseline(
+                model,
+                tuning.best_params,
+                list(settings.families),
+                dataset,
+                holdout_split,
+                settings.promotion_metric,
+                settings.promotion_margin,
+                settings.seed,
+            )
+            log_choice(choice, settings.promotion_metric)
+            log_decision(settings, choice.model)
+            trained = log_and_register(
+                choice.model, choice.params, dataset, holdout_split, settings
+            )
+            log_holdout_at_half(choice.model, holdout_split)
         with stage("gate", timings):
             decision = run_gate(
                 client,

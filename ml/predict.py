@@ -21,6 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from ml.common.tracking import require_reachable
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
+from ml.decision import decide, split_threshold
 from ml.features import without_coercion
 from ml.integrity import DIGEST_TAG, IntegrityError, check_digest
 from ml.model_ref import ModelRef
@@ -46,6 +47,8 @@ class LoadedModel:
     loaded_at: str
     target: str | None = None  # the column it was trained to predict (its metadata's)
     integrity: str = "sha256 verified"  # or UNCHECKED, for a version without the tag
+    # Binary: `classes[1]` when its probability reaches this; None: the most probable class.
+    threshold: float | None = None
 
     @property
     def ref(self) -> ModelRef:
@@ -84,7 +87,7 @@ class LoadedModel:
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Labels and one probability column per class, the original labels restored."""
         proba = self.predict_proba(frame)
-        labels = np.asarray(self.classes, dtype=object)[proba.argmax(axis=1)]
+        labels = decide(proba, np.asarray(self.classes, dtype=object), self.threshold)
         result = pd.DataFrame({"prediction": labels})
         for index, label in enumerate(self.classes):
             result[f"proba_{label}"] = proba[:, index]
@@ -246,9 +249,9 @@ def load_version(name: str, version: str) -> LoadedModel:
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
         integrity = _verify(name, str(version), local_path)
-        model = mlflow.sklearn.load_model(local_path)
-        if isinstance(model, Pipeline):
-            model = without_coercion(model)
+        # The pipeline scores probabilities (its fast paths need it bare, without the coercion
+        # step too); the threshold it was logged with decides (ml/decision.py).
+        model, threshold = split_threshold(without_coercion(mlflow.sklearn.load_model(local_path)))
         info = mlflow.models.Model.load(local_path)
     except MlflowException as exc:
         log.error(
@@ -277,6 +280,7 @@ def load_version(name: str, version: str) -> LoadedModel:
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=metadata.get("target"),
         integrity=integrity,
+        threshold=threshold,
     )
 
 

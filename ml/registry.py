@@ -8,9 +8,8 @@ from dataclasses import asdict, dataclass
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sklearn.pipeline import Pipeline
-
 from ml.data import Split
+from ml.decision import Classifier
 from ml.evaluation import is_better, score
 from ml.model_ref import ModelRef
 
@@ -53,10 +52,12 @@ def champion_version(client: MlflowClient, name: str) -> str | None:
         raise
 
 
-def load_pipeline(ref: ModelRef) -> Pipeline:
-    """The bare fitted sklearn pipeline of one registered version, for scoring a holdout
-    (serving's `ml.predict.load_version` adds what scoring raw request rows needs)."""
-    pipeline: Pipeline = mlflow.sklearn.load_model(ref.uri)
+def load_pipeline(ref: ModelRef) -> Classifier:
+    """The bare fitted sklearn model of one registered version, for scoring a holdout: its
+    pipeline, wrapped with its decision threshold when it has one, so the gate scores the
+    decisions users get (serving's `ml.predict.load_version` adds what scoring raw request
+    rows needs)."""
+    pipeline: Classifier = mlflow.sklearn.load_model(ref.uri)
     return pipeline
 
 

@@ -2,8 +2,9 @@
 it can continue.
 
 Trial scores are comparable only while everything that defines them stays the same: the
-model name, the data, the task, the metric and its direction, the CV folds (their number,
-and the holdout share and seed that choose their rows), the families and their search spaces.
+model name, the data, the task, the metric and its direction, the decision metric a binary
+trial's threshold is chosen for, the CV folds (their number, and the holdout share and seed
+that choose their rows), the families and their search spaces.
 All of it is the study's identity and goes into its name, so a change starts a new study;
 when a study of the same model and data exists, the run says what changed. An explicit
 `MLOPS_STUDY_NAME` wins: that study is the user's choice.
@@ -38,6 +39,7 @@ LABELS = {
     "data_fingerprint": "data",
     "task": "task",
     "metric": "tuning metric",
+    "decision": "decision metric",
     "direction": "direction",
     "cv_folds": "CV folds",
     "test_size": "holdout share",
@@ -56,6 +58,9 @@ class StudyIdentity:  # pylint: disable=too-many-instance-attributes
     task: str
     metric: str
     direction: Literal["minimize", "maximize"]
+    # The metric binary trials choose their threshold for ("none": 0.5); with it a trial's
+    # F1 or accuracy is scored at its own threshold, not 0.5.
+    decision: str
     cv_folds: int
     test_size: float
     seed: int  # the holdout split and the CV folds follow it
@@ -71,6 +76,7 @@ class StudyIdentity:  # pylint: disable=too-many-instance-attributes
             task=task,
             metric=settings.tuning_metric,
             direction=direction(settings.tuning_metric),
+            decision=settings.decision or "none",
             cv_folds=settings.cv_folds,
             test_size=settings.test_size,
             seed=settings.seed,

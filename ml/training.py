@@ -12,11 +12,11 @@ import pandas as pd
 from matplotlib import pyplot as plt
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
-from sklearn.pipeline import Pipeline
 
 from ml.common.values import plain
 from ml.config import Settings
 from ml.data import Dataset, Split
+from ml.decision import Classifier, split_threshold, with_threshold
 from ml.drift import PROFILE_ARTIFACT, build_profile
 from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
 from ml.families import family
@@ -40,7 +40,7 @@ def pinned_requirements() -> list[str]:
 class TrainedModel:
     """The refit pipeline and where it is registered."""
 
-    model: Pipeline
+    model: Classifier
     ref: ModelRef
     holdout: dict[str, float]
 
@@ -55,13 +55,20 @@ class TrainedModel:
         return self.ref.uri
 
 
-def fit_best(params: dict[str, Any], dataset: Dataset, split: Split, seed: int) -> Pipeline:
-    """The chosen configuration refit on the whole training split."""
-    model = build_pipeline(params, dataset.feature_types, seed)
+def fit_best(
+    params: dict[str, Any],
+    dataset: Dataset,
+    split: Split,
+    seed: int,
+    threshold: float | None = None,
+) -> Classifier:
+    """The chosen configuration refit on the whole training split; with a decision threshold,
+    wrapped so its `predict` applies it (ml/decision.py)."""
+    model = with_threshold(build_pipeline(params, dataset.feature_types, seed), threshold)
     return model.fit(split.X_train, split.y_train)
 
 
-def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) -> dict[str, Any]:
+def model_metadata(dataset: Dataset, model: Classifier, params: dict[str, Any]) -> dict[str, Any]:
     """What serving needs beyond the signature; stored in the MLmodel file with the model."""
     return {
         "target": dataset.target,
@@ -69,6 +76,8 @@ def model_metadata(dataset: Dataset, model: Pipeline, params: dict[str, Any]) ->
         "classes": [plain(label) for label in model.classes_],
         "family": params["family"],
         "data_fingerprint": dataset.report.fingerprint,
+        # Positive class `classes[1]` when its probability reaches it; None: the most probable.
+        "decision_threshold": split_threshold(model)[1],
     }
 
 
@@ -81,7 +90,7 @@ def raw_rows(dataset: Dataset, rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def log_and_register(
-    model: Pipeline,
+    model: Classifier,
     params: dict[str, Any],
     dataset: Dataset,
     split: Split,

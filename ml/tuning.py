@@ -26,7 +26,8 @@ from threadpoolctl import threadpool_limits
 
 from ml.config import Settings
 from ml.data import FeatureType, Split
-from ml.evaluation import direction, score
+from ml.decision import choose_threshold, decide
+from ml.evaluation import direction, prediction_metrics, score
 from ml.families import FAMILIES, family
 from ml.features import build_classifier, build_preprocessor
 from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
@@ -37,6 +38,7 @@ from ml.tracking import TrialTracker
 log = logging.getLogger(__name__)
 TrialCallback = Callable[[optuna.Study, optuna.trial.FrozenTrial], None]
 STARTUP_TRIALS = 4  # trials before TPE models the space (create_study says why)
+THRESHOLD_ATTR = "decision_threshold"  # a complete trial's threshold (binary, decision metric)
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,9 @@ class TuningResult:
     complete: int
     pruned: int
     failed: int
+    # The best trial's decision threshold, chosen on its out-of-fold probabilities; None when
+    # the model decides by the most probable class (multiclass, or no decision metric).
+    threshold: float | None = None
 
 
 def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
@@ -243,6 +248,9 @@ class Objective:
             ]
             for scale in {family(name).scale_numeric for name in settings.families}
         }
+        # Binary targets with a decision metric get a threshold chosen on out-of-fold rows.
+        binary = split.y_train.nunique() == 2
+        self.decision = settings.decision if binary else None
         # Parallel trials run in forked workers with one OpenMP thread each (the boosted
         # trees). GNU OpenMP is not fork-safe: a child that asks for a team of two after its
         # parent has run one hangs for good, while a team of one runs. One thread per worker
@@ -259,20 +267,28 @@ class Objective:
         folds = self.folds[family(params["family"]).scale_numeric]
         started = time.perf_counter()
         fold_scores: list[float] = []
+        oof = OutOfFold(self.decision, self.settings.tuning_metric)
         state = "FAILED"
         try:
             for step, fold in enumerate(folds):
                 model = build_classifier(params, self.settings.seed)
                 model.fit(fold.X_train, fold.y_train)
-                fold_scores.append(
-                    score(self.settings.tuning_metric, model, fold.X_valid, fold.y_valid)
-                )
+                if self.decision is None:
+                    fold_score = score(
+                        self.settings.tuning_metric, model, fold.X_valid, fold.y_valid
+                    )
+                else:
+                    fold_score = oof.add(model, fold)
+                fold_scores.append(fold_score)
                 trial.report(fold_scores[-1], step)  # the pruner takes the running mean
                 # After the last fold there is nothing left to save: no pruning check
                 # (each one reads the study's trials from storage).
                 if step < len(folds) - 1 and trial.should_prune():
                     state = "PRUNED"
                     raise optuna.TrialPruned(f"pruned after fold {step + 1}")
+            if self.decision is not None:
+                fold_scores = oof.rescored()
+                trial.set_user_attr(THRESHOLD_ATTR, oof.threshold)
             state = "COMPLETE"
             return float(np.mean(fold_scores))
         finally:
@@ -282,11 +298,45 @@ class Objective:
                 self.tracking.log_trial(
                     trial.number,
                     trial.study.study_name,
-                    params,
+                    params if oof.threshold is None else {**params, THRESHOLD_ATTR: oof.threshold},
                     fold_scores,
                     state,
                     time.perf_counter() - started,
                 )
+
+
+class OutOfFold:
+    """One trial's out-of-fold probabilities, and the decision threshold they choose.
+
+    Each fold is scored at the threshold chosen on the folds so far (what the pruner compares
+    after each fold); when all are in, `rescored` scores every fold at the final threshold,
+    the one the refit model keeps. Choosing one number on the same rows it is scored on
+    flatters the CV score slightly, alike for every trial; the holdout, which it never sees,
+    is what the promotion gate and `holdout_*` report.
+    """
+
+    def __init__(self, decision: str | None, metric: str) -> None:
+        self.decision = decision
+        self.metric = metric
+        self.folds: list[tuple[Any, np.ndarray, np.ndarray]] = []  # (y, proba, classes)
+        self.threshold: float | None = None
+
+    def add(self, model: Any, fold: PreparedFold) -> float:
+        """Take a fitted fold model's validation probabilities; that fold's score."""
+        classes = np.asarray(model.classes_)  # their own dtype: metrics refuse object labels
+        self.folds.append((fold.y_valid, model.predict_proba(fold.X_valid), classes))
+        truth = np.concatenate([np.asarray(y) == labels[1] for y, _, labels in self.folds])
+        scores = np.concatenate([proba[:, 1] for _, proba, _ in self.folds])
+        self.threshold = choose_threshold(truth, scores, str(self.decision))
+        return self._score(*self.folds[-1])
+
+    def rescored(self) -> list[float]:
+        """Every fold's score at the final threshold."""
+        return [self._score(*fold) for fold in self.folds]
+
+    def _score(self, y: Any, proba: np.ndarray, classes: np.ndarray) -> float:
+        predicted = decide(proba, classes, self.threshold)
+        return prediction_metrics(y, predicted, proba, list(classes), (self.metric,))[self.metric]
 
 
 CATCH = (ValueError, ArithmeticError)  # one bad configuration fails its trial, not the study
@@ -340,6 +390,7 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         complete=complete,
         pruned=states.count(optuna.trial.TrialState.PRUNED),
         failed=states.count(optuna.trial.TrialState.FAIL),
+        threshold=best.user_attrs.get(THRESHOLD_ATTR),
     )
 
 

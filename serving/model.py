@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ml.data import DataError
+from ml.decision import decide
 from ml.predict import (
     LoadedModel,
     NumericTransform,
@@ -122,5 +123,6 @@ class Scored:
 
     @property
     def labels(self) -> list[Any]:
-        """The most probable class of each row."""
-        return list(self.model.label_array[self.proba.argmax(axis=1)])
+        """Each row's decision: the positive class when its probability reaches the model's
+        threshold (binary models logged with one), else the most probable class."""
+        return list(decide(self.proba, self.model.label_array, self.model.loaded.threshold))

@@ -24,7 +24,7 @@ from serving.model import Rows, Scored, ServedModel
 from serving.schemas import RequestError
 from tests.unit.test_data import mixed_frame
 
-LOGREG = {"family": "logreg", "C": 1.0}
+LOGREG = {"family": "logreg", "C": 1.0, "class_weight": None}
 
 
 @cache

@@ -15,13 +15,14 @@ from tests.unit.test_data import mixed_frame
 # One small configuration per family, inside the tuning search space (ml.tuning), so tests
 # can also enqueue them as trials.
 PARAMS = {
-    "logreg": {"family": "logreg", "C": 1.0},
+    "logreg": {"family": "logreg", "C": 1.0, "class_weight": None},
     "random_forest": {
         "family": "random_forest",
         "n_estimators": 50,
         "max_depth": 3,
         "min_samples_leaf": 1,
         "max_features": "sqrt",
+        "class_weight": "balanced",
     },
     "hist_gb": {
         "family": "hist_gb",
@@ -29,6 +30,7 @@ PARAMS = {
         "max_iter": 50,
         "max_leaf_nodes": 7,
         "l2_regularization": 1e-6,
+        "class_weight": None,
     },
 }
 

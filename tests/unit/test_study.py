@@ -52,6 +52,7 @@ def test_the_same_inputs_give_the_same_name() -> None:
         {"task": "regression"},
         {"tuning_metric": "f1"},
         {"tuning_metric": "log_loss"},  # and the direction with it
+        {"decision_metric": "f1"},  # binary trials scored at their own threshold
         {"cv_folds": 5},
         {"test_size": 0.25},
         {"seed": 7},
@@ -160,7 +161,8 @@ def test_a_changed_metric_counts_no_trial_of_the_earlier_study(
 
     assert second.tuning.study_name != first.tuning.study_name
     assert _notes(caplog)[-1] == (
-        f"new study {second.tuning.study_name}: tuning metric changed roc_auc -> f1"
+        f"new study {second.tuning.study_name}: tuning metric changed roc_auc -> f1, "
+        "decision metric changed none -> f1"  # f1 trials are scored at their own threshold
     )
     storage = tiny.optuna_storage
     before = optuna.load_study(study_name=first.tuning.study_name, storage=storage)
@@ -171,6 +173,7 @@ def test_a_changed_metric_counts_no_trial_of_the_earlier_study(
     assert second.tuning.best_value == pytest.approx(best.value)
     assert second.tuning.best_params == best.params
     assert second.tuning.complete + second.tuning.pruned == 3
+    assert second.tuning.threshold == best.user_attrs["decision_threshold"]
 
     client = MlflowClient(tiny.mlflow_tracking_uri)
     version = client.get_model_version(tiny.model_name, second.trained.version)

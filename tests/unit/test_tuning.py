@@ -34,7 +34,7 @@ def test_search_space_is_conditional_on_family() -> None:
         params = suggest_params(trial, ["logreg", "random_forest", "hist_gb"])
         seen.setdefault(params["family"], set()).update(params)
         study.tell(trial, 0.5)
-    assert seen["logreg"] == {"family", "C"}
+    assert seen["logreg"] == {"family", "C", "class_weight"}
     assert "n_estimators" in seen["random_forest"] and "C" not in seen["random_forest"]
     assert "learning_rate" in seen["hist_gb"] and "max_depth" not in seen["hist_gb"]
 
@@ -188,18 +188,26 @@ def test_fold_gap_pruner_waits_for_two_complete_trials() -> None:
 
 
 def test_cheap_defaults_run_first_once_and_only_for_configured_families(tmp_path) -> None:
+    """Every configured family's scikit-learn defaults are queued first, once: a resumed
+    study (the same storage, the defaults already tried) queues nothing again."""
     settings = Settings(var_dir=tmp_path, families=["logreg", "random_forest"])
     study = create_study(settings, "defaults")
     enqueue_defaults(study, list(settings.families))
-    enqueue_defaults(study, list(settings.families))  # a resumed run: no second copy
+    enqueue_defaults(study, list(settings.families))  # a second run before any trial ran
     queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-    assert len(queued) == 1  # hist_gb is not configured; the forest's default is not queued
-    trial = study.ask()
-    assert suggest_params(trial, list(settings.families)) == {
-        "family": "logreg",
-        **(family("logreg").cheap_defaults or {}),
-    }
-    assert trial.user_attrs == {"start": "scikit-learn default"}
+    assert len(queued) == 2  # hist_gb is not configured
+    for name in ("logreg", "random_forest"):  # in the table's order
+        trial = study.ask()
+        assert suggest_params(trial, list(settings.families)) == {
+            "family": name,
+            **(family(name).cheap_defaults or {}),
+        }
+        assert trial.user_attrs == {"start": "scikit-learn default"}
+        study.tell(trial, 0.9)
+    resumed = create_study(settings, "defaults")
+    enqueue_defaults(resumed, list(settings.families))
+    assert resumed.get_trials(states=(optuna.trial.TrialState.WAITING,)) == []
+    assert len(resumed.trials) == 2
 
 
 def test_parallel_trials_run_in_worker_processes_with_one_native_thread_each(
