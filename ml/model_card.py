@@ -48,6 +48,7 @@ class ModelCard:
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
+        """The card as plain JSON values (`/overview` answers it)."""
         return asdict(self)
 
 
@@ -131,7 +132,9 @@ class RegistryDescriber:
         self._settings = settings
 
     def card(self, name: str, version: str, feature_types: Mapping[str, FeatureType]) -> ModelCard:
+        """`read_card` of this version."""
         return read_card(name, version, feature_types)
 
     def ct_state(self, name: str, version: str) -> dict[str, Any]:
+        """`ct_state` of this version, with this replica's CT database."""
         return ct_state(self._settings, name, version)
