@@ -113,7 +113,8 @@ def _send(answer: Answer) -> JSONResponse:
 @serve.deployment(name="ModelServer", max_ongoing_requests=128, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
-    """The model behind `/predict`, `/invocations`, `/ws/predict`, `/health`, `/version`."""
+    """The model behind `/predict`, `/invocations`, `/ws/predict`, `/health`, `/version`,
+    `/overview` and the `/ui` page."""
 
     def __init__(self) -> None:
         # Replicas run in other processes: their settings (tracking URI, admin token, log

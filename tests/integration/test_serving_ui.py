@@ -12,13 +12,17 @@ docs-screenshots` points it at docs/images to refresh the committed ones.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pandas as pd
@@ -29,6 +33,7 @@ from tests.conftest import REPO_ROOT
 from tests.fixtures.ray_serve import ServeApp
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 # any absolute URL in an attribute or CSS: a page that needs one does not work offline
 EXTERNAL_URL = re.compile(
@@ -220,3 +225,68 @@ def test_the_docs_work_from_the_packaged_swagger_ui(
     page.wait_for_selector(".opblock", timeout=30_000)
     assert page.locator(".opblock-summary-path", has_text="/overview").count() == 1
     page.screenshot(path=str(screenshots / "docs.png"))
+
+
+def test_boolean_and_category_inputs_send_typed_values(page: Any, tmp_path: Path) -> None:
+    """The session's app serves the demo model, all numbers. The form's other inputs are
+    checked on a mixed model (number, category, boolean) fitted here: its real `/overview`
+    answer, from a `ModelService` built in-process as the unit tests build it (with the hints
+    of the profile training would log), is handed to the page in place of the server's, and
+    the record the page then posts is captured, validated and scored by that model (not sent
+    on)."""
+    from ml.config import Settings
+    from ml.drift import build_profile
+    from ml.model_card import feature_hints
+    from serving.protocol import predict_body
+    from serving.schemas import ServingOptions
+    from serving.service import ModelService
+    from tests.unit.serving_support import (
+        Registry,
+        TelemetryCollector,
+        mixed_dataset,
+        mixed_model,
+    )
+
+    loaded = mixed_model(with_boolean=True)
+    service = ModelService(
+        Settings(var_dir=tmp_path / "var"), Registry({("mixed", "1"): loaded}), TelemetryCollector()
+    )
+    _run_aside(service.apply(ServingOptions(model_uri="models:/mixed/1")))
+    gc.unfreeze()  # a load freezes what exists, as in a replica; give it back to the GC
+    overview = _run_aside(service.overview()).body
+    # no registry here: the hints of the reference profile training would log
+    dataset = mixed_dataset(with_boolean=True)
+    profile = build_profile(dataset.X, dataset.feature_types)
+    overview["features"] = [asdict(hint) for hint in feature_hints(loaded.feature_types, profile)]
+    posted: list[dict[str, Any]] = []
+
+    def answer_predict(route: Any) -> None:
+        record = json.loads(route.request.post_data)
+        posted.append(record)
+        model = service.require_model()
+        scored = model.score_records(model.validator.records(record, 1))
+        route.fulfill(json=predict_body(scored, ["captured"]))
+
+    page.route("**/overview", lambda route: route.fulfill(json=overview))
+    page.route("**/predict", answer_predict)
+    _open_ui(page)
+    member = page.get_by_label("member", exact=True)
+    assert member.evaluate("node => node.tagName") == "SELECT"
+    plan = page.get_by_label("plan", exact=True)
+    offered = plan.evaluate("node => Array.from(node.list.options, option => option.value)")
+    hints = {hint["name"]: hint for hint in overview["features"]}
+    assert offered == hints["plan"]["categories"] and set(offered) == {"basic", "pro", "team"}
+    page.get_by_label("age", exact=True).fill("41")
+    plan.fill("pro")
+    member.select_option("false")
+    page.get_by_label("spend", exact=True).fill("")
+    page.click("#score")
+    page.wait_for_selector("#answer:not([hidden])")
+    assert posted == [{"age": 41, "plan": "pro", "member": False, "spend": None}]
+    assert page.inner_text("#answer-label") in {str(label) for label in overview["classes"]}
+
+
+def _run_aside(coroutine: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` in a thread of its own: Playwright's sync API runs a loop in this one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
