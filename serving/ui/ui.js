@@ -234,6 +234,7 @@ function renderCt(ct) {
       run.detail,
     ])
   );
+  if (!ct.runs.length) fill("#ct-runs", [["no CT run recorded yet", "", "", "", "", ""]]);
   showError("#ct-error", [ct.runs_error, ct.quality_error].filter(Boolean).join("; "));
 }
 

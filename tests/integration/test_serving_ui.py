@@ -118,6 +118,12 @@ def test_the_page_shows_the_served_model_its_gate_decision_and_ct(
         assert f"{metric}\t{value:.4f}" in holdout
     windows = page.locator("#quality tbody tr")
     assert windows.count() == len(overview["ct"]["quality"]) == 2
+    runs = page.locator("#ct-runs tbody tr")
+    if overview["ct"]["runs"]:
+        assert runs.count() == len(overview["ct"]["runs"])
+        assert overview["ct"]["runs"][0]["outcome"] in runs.first.inner_text()
+    else:
+        assert runs.count() == 1 and "no CT run recorded yet" in runs.first.inner_text()
     first = overview["features"][0]
     hint = page.locator(f'.field[data-feature="{first["name"]}"] .hint').inner_text()
     assert "training range" in hint
@@ -259,13 +265,15 @@ def test_boolean_and_category_inputs_send_typed_values(page: Any, tmp_path: Path
     profile = build_profile(dataset.X, dataset.feature_types)
     overview["features"] = [asdict(hint) for hint in feature_hints(loaded.feature_types, profile)]
     posted: list[dict[str, Any]] = []
+    answered: list[dict[str, Any]] = []
 
     def answer_predict(route: Any) -> None:
         record = json.loads(route.request.post_data)
         posted.append(record)
         model = service.require_model()
         scored = model.score_records(model.validator.records(record, 1))
-        route.fulfill(json=predict_body(scored, ["captured"]))
+        answered.append(predict_body(scored, ["captured"]))
+        route.fulfill(json=answered[-1])
 
     page.route("**/overview", lambda route: route.fulfill(json=overview))
     page.route("**/predict", answer_predict)
@@ -283,7 +291,12 @@ def test_boolean_and_category_inputs_send_typed_values(page: Any, tmp_path: Path
     page.click("#score")
     page.wait_for_selector("#answer:not([hidden])")
     assert posted == [{"age": 41, "plan": "pro", "member": False, "spend": None}]
-    assert page.inner_text("#answer-label") in {str(label) for label in overview["classes"]}
+    label = answered[0]["predictions"][0]["label"]
+    assert label in overview["classes"]
+    # as JavaScript's String() shows a JSON value: true, not Python's True
+    assert page.inner_text("#answer-label") == (
+        label if isinstance(label, str) else json.dumps(label)
+    )
 
 
 def _run_aside(coroutine: Coroutine[Any, Any, T]) -> T:
