@@ -243,7 +243,7 @@ SERVE_URL ?= http://127.0.0.1:$(or $(MLOPS_SERVE_PORT),8000)
 LOADTEST_USERS ?= 50
 LOADTEST_TIME ?= 60s
 
-.PHONY: serve serve-stop loadtest bench-serving
+.PHONY: serve serve-stop loadtest bench-serving docs-screenshots
 serve: setup ## Serve the champion with Ray Serve, detached (HAProxy mode); prints the URLs
 	$(BIN)/mlops serve
 
@@ -257,6 +257,9 @@ loadtest: setup ## Locust, 50 users for 60 s against the champion (served if not
 		--users $(LOADTEST_USERS) --spawn-rate 25 --run-time $(LOADTEST_TIME) --only-summary \
 		--html $(VAR_DIR)/reports/loadtest.html --csv $(VAR_DIR)/reports/loadtest \
 		--exit-code-on-error 1
+
+docs-screenshots: setup ## Refresh docs/images/*.png: the /ui and /docs browser test, shots kept
+	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(BIN)/pytest -q tests/integration/test_serving_ui.py
 
 bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/64) + batch scoring
 	$(BIN)/python benchmarks/serving.py --duration 20

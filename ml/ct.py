@@ -119,6 +119,12 @@ def load_champion(client: MlflowClient, name: str) -> Champion | None:
     version = champion_version(client, name)
     if version is None:
         return None
+    return load_version_info(client, name, version)
+
+
+def load_version_info(client: MlflowClient, name: str, version: str) -> Champion:
+    """One registered version as the triggers see a champion (its holdout scores, data
+    fingerprint); serving's `/overview` reads the version it serves this way."""
     found = client.get_model_version(name, version)
     tags = dict(found.tags or {})
     holdout = {

@@ -385,8 +385,20 @@ def requested_run(settings: Settings, request_id: str) -> dict[str, Any] | None:
             .mappings()
             .first()
         )
-    if row is None:
-        return None
+    return None if row is None else _plain_run(row)
+
+
+def recent_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
+    """The newest `limit` CT runs (their `ct_runs` rows), newest first."""
+    store = open_state(settings)
+    query = sa.select(ct_runs).order_by(ct_runs.c.started_at.desc(), ct_runs.c.id.desc())
+    with store.engine.connect() as connection:
+        rows = connection.execute(query.limit(limit)).mappings().all()
+    return [_plain_run(row) for row in rows]
+
+
+def _plain_run(row: Any) -> dict[str, Any]:
+    """A `ct_runs` row with its times as ISO 8601 UTC strings."""
     found = dict(row)
     for key in ("started_at", "finished_at"):
         found[key] = stored_utc(found[key]).isoformat() if found[key] else None

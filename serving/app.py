@@ -12,13 +12,21 @@ import asyncio
 import json
 import logging
 import time
+from importlib.resources import files
 from typing import Any
 
 import mlflow
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
+from fastapi.staticfiles import StaticFiles
 from mlflow.exceptions import MlflowException
 from ray import serve
 from starlette.background import BackgroundTask
@@ -26,6 +34,7 @@ from starlette.background import BackgroundTask
 from elk.events import new_ids
 from ml.config import Settings
 from ml.data import DataError
+from ml.model_card import RegistryDescriber
 from ml.outcomes import OutcomeStore
 from ml.predict import load_version, resolve_version
 from serving.batching import Scheduler
@@ -60,6 +69,14 @@ api = FastAPI(
     docs_url=None,
     redoc_url=None,
 )
+
+# Every asset of `/ui` and `/docs` ships in a package: the pages work without the internet.
+UI_DIR = files("serving") / "ui"
+SWAGGER_DIR = files("fastapi_offline") / "static"  # Swagger UI's dist files, pinned with it
+# The page loads its own script and styles and talks to this server only.
+UI_CSP = "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'"
+api.mount("/ui/static", StaticFiles(directory=str(UI_DIR)), name="ui-static")
+api.mount("/docs/static", StaticFiles(directory=str(SWAGGER_DIR)), name="docs-static")
 
 
 _OUTCOME = {
@@ -96,7 +113,8 @@ def _send(answer: Answer) -> JSONResponse:
 @serve.deployment(name="ModelServer", max_ongoing_requests=128, health_check_period_s=5)
 @serve.ingress(api)
 class ModelServer:
-    """The model behind `/predict`, `/invocations`, `/ws/predict`, `/health`, `/version`."""
+    """The model behind `/predict`, `/invocations`, `/ws/predict`, `/health`, `/version`,
+    `/overview` and the `/ui` page."""
 
     def __init__(self) -> None:
         # Replicas run in other processes: their settings (tracking URI, admin token, log
@@ -107,7 +125,12 @@ class ModelServer:
         outcomes = _outcome_store(settings)
         self._telemetry = PredictionTelemetry(settings, SERVICE_NAME, outcomes)
         self._service = ModelService(
-            settings, load_version, self._telemetry, outcomes, resolver=resolve_version
+            settings,
+            load_version,
+            self._telemetry,
+            outcomes,
+            resolver=resolve_version,
+            describer=RegistryDescriber(settings),
         )
         self._scheduler = Scheduler(self._service, self._score_batch)
         self._retrain_jobs = RetrainJobs(settings)
@@ -262,6 +285,26 @@ class ModelServer:
         """Which model this replica serves."""
         return _send(self._service.version())
 
+    @api.get(
+        "/overview",
+        responses={503: {"description": "no model is loaded yet"}},
+    )
+    async def overview(self) -> Response:
+        """The served model for people (the `/ui` page): name, version, classes, the row
+        limit, a hint per feature (training range or categories), the promotion decision,
+        holdout scores, the newest continuous-training runs and live quality. What the
+        registry or CT database cannot give is named in `errors`."""
+        return _send(await self._service.overview())
+
+    @api.get("/ui", include_in_schema=False)
+    async def ui(self) -> Response:
+        """A page for people: a form from the model's features, CSV scoring, model and CT."""
+        return FileResponse(
+            str(UI_DIR / "index.html"),
+            media_type="text/html",
+            headers={"Content-Security-Policy": UI_CSP},
+        )
+
     @api.post(
         "/admin/reload",
         responses={
@@ -347,8 +390,16 @@ class ModelServer:
 
     @api.get("/docs", include_in_schema=False)
     async def docs(self) -> HTMLResponse:
-        """Swagger UI over `openapi.json`."""
-        return get_swagger_ui_html(openapi_url="openapi.json", title=f"{api.title} - docs")
+        """Swagger UI over `openapi.json`, its script and styles from this server."""
+        return get_swagger_ui_html(
+            openapi_url="openapi.json",
+            title=f"{api.title} - docs",
+            swagger_js_url="docs/static/swagger-ui-bundle.js",
+            swagger_css_url="docs/static/swagger-ui.css",
+            swagger_favicon_url="docs/static/favicon.png",
+            # Swagger UI would ask validator.swagger.io for a badge: no request leaves here.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 app = ModelServer.bind()  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -24,12 +24,19 @@ from pydantic import SecretStr, ValidationError
 
 from elk.events import utc_now_iso
 from ml.config import Settings
+from ml.data import FeatureType
+from ml.model_card import ModelCard, feature_hints
 from ml.model_ref import ModelRef
 from ml.outcomes import FeedbackResult, OutcomeStore
 from ml.predict import LoadedModel, load_failure_fields
 from serving.model import Rows, Scored, ServedModel
-from serving.protocol import feedback_items
-from serving.schemas import DEFAULT_MAX_REQUEST_BYTES, RequestError, ServingOptions
+from serving.protocol import feedback_items, plain_list
+from serving.schemas import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    RequestError,
+    ServingOptions,
+    example_record,
+)
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,6 +46,16 @@ Loader = Callable[[str, str], LoadedModel]
 Resolver = Callable[[str, str], str]
 # What a scored request's telemetry keeps of its rows (records, a frame or a matrix).
 InputRows: TypeAlias = list[dict[str, Any]] | Rows
+
+
+class Describer(Protocol):
+    """What `/overview` shows beyond the loaded model (`ml.model_card.RegistryDescriber`)."""
+
+    def card(self, name: str, version: str, feature_types: Mapping[str, FeatureType]) -> ModelCard:
+        """The version's promotion decision, holdout scores and feature hints."""
+
+    def ct_state(self, name: str, version: str) -> dict[str, Any]:
+        """The newest CT runs and the version's live quality."""
 
 
 class Telemetry(Protocol):
@@ -96,8 +113,10 @@ class ModelService:
         outcomes: OutcomeStore | None = None,
         clock: Callable[[], float] = time.monotonic,
         resolver: Resolver | None = None,
+        describer: Describer | None = None,
     ) -> None:
         self._settings = settings
+        self._describer = describer
         self._loader = loader
         self._resolver = resolver
         self._follower: asyncio.Task[None] | None = None
@@ -279,6 +298,31 @@ class ModelService:
                 "decision_threshold": loaded.threshold,
             }
         )
+
+    async def overview(self) -> Answer:
+        """The served model for people (`/ui`): what `version` says, its classes, the row
+        limit, a hint per feature, the gate's decision, holdout scores and the CT state. The
+        registry and CT database are read in a worker thread; what they cannot give is named
+        in `errors` and the rest is still answered."""
+        if self._model is None:
+            return Answer({"detail": "no model is loaded yet", "field": "model"}, 503)
+        loaded = self._model.loaded
+        body = {
+            **self.version().body,
+            "target": loaded.target,
+            "classes": plain_list(self._model.classes),
+            "max_request_rows": self.max_rows,
+            "example": example_record(loaded.input_example),  # the form starts from it
+        }
+        if self._describer is None:
+            card = ModelCard({}, {}, feature_hints(loaded.feature_types, None), ["no registry"])
+            return Answer({**body, **card.as_json(), "ct": {"runs": [], "quality": []}})
+        describer = self._describer
+        card = await asyncio.to_thread(
+            describer.card, loaded.name, loaded.version, loaded.feature_types
+        )
+        ct = await asyncio.to_thread(describer.ct_state, loaded.name, loaded.version)
+        return Answer({**body, **card.as_json(), "ct": ct})
 
     async def reload(self, authorization: str | None) -> Answer:
         """Reload the configured model version (bearer token required)."""

@@ -135,6 +135,21 @@ def test_health_and_version_answer_for_the_loaded_model(
     }
 
 
+def test_the_overview_without_a_registry_still_gives_the_form_its_features(
+    service: ModelService,
+) -> None:
+    before = asyncio.run(service.overview())
+    assert (before.status, before.body["field"]) == (503, "model")
+    _loaded(service)
+    body = asyncio.run(service.overview()).body
+    assert body["model_version"] == "1" and body["classes"] == ["benign", "malignant"]
+    assert [hint["name"] for hint in body["features"]] == service.model.validator.columns
+    assert {hint["type"] for hint in body["features"]} == {"numeric"}
+    assert body["errors"] == ["no registry"]
+    assert body["example"] == demo_model("1").input_example.iloc[0].to_dict()
+    assert body["ct"] == {"runs": [], "quality": []}
+
+
 def test_a_good_load_swaps_the_model(service: ModelService) -> None:
     first = _loaded(service, "1").require_model()
     second = _loaded(service, "2").require_model()
