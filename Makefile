@@ -58,7 +58,7 @@ train: setup ## Tune, register a challenger, run the promotion gate
 ct-run: setup ## Continuous training: retrain when a trigger fires (exit 0 when none does)
 	$(BIN)/mlops ct run
 
-test: setup filebeat ## Every test tier (unit, contracts, integration, e2e, slow, resilience); CI runs this
+test: setup filebeat elastalert ## Every test tier (unit, contracts, integration, e2e, slow, resilience); CI runs this
 	@mkdir -p $(REPORTS_DIR)
 	$(BIN)/pytest --cov --cov-report=xml:$(REPORTS_DIR)/coverage.xml --cov-report=term \
 		--junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS)
@@ -66,7 +66,7 @@ test: setup filebeat ## Every test tier (unit, contracts, integration, e2e, slow
 test-unit: setup ## Fast tests, no servers
 	$(BIN)/pytest tests/unit -m "not integration" $(PYTEST_ARGS)
 
-test-integration: setup filebeat ## Tests that start real servers
+test-integration: setup filebeat elastalert ## Tests that start real servers
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
 test-resilience: setup filebeat ## The fault matrix (docs/reliability.md): real servers under faults
@@ -274,7 +274,8 @@ bench-decision: setup ## Holdout F1 at 0.5 vs at the tuned threshold on an imbal
 	$(BIN)/python benchmarks/decision.py $(BENCH_ARGS)
 
 # --- observability (ELK) ---------------------------------------------------------------------
-.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry filebeat
+.PHONY: monitor monitor-setup monitor-ship monitor-drift elasticsearch-dev bench-telemetry filebeat \
+	elastalert alerts
 monitor: setup ## Host/container/Ray metrics every MLOPS_MONITOR_INTERVAL_S to NDJSON or Elasticsearch
 	$(BIN)/mlops monitor run
 
@@ -289,6 +290,12 @@ monitor-drift: setup ## Recent serving inputs vs the champion's training profile
 
 filebeat: ## Build the tests' Filebeat 7.17 from its Go module once (needs Go; cached in CACHE_DIR)
 	scripts/filebeat.sh build >/dev/null
+
+elastalert: ## ElastAlert 2.19.0 in its own pinned venv, once (cached in CACHE_DIR)
+	scripts/elastalert.sh setup >/dev/null
+
+alerts: setup elastalert ## Run the alert rules (elk/alerts/rules) on ELASTICSEARCH_URL, mail via SMTP_*
+	scripts/elastalert.sh run
 
 elasticsearch-dev: ## A local Elasticsearch 8.19 for development (scripts/elasticsearch.sh start)
 	scripts/elasticsearch.sh start

@@ -42,6 +42,8 @@ DATASET_DRIFT = "mlops.drift"
 DATASET_CT = "mlops.ct"
 DATASET_FEEDBACK = "mlops.feedback"
 DATASET_QUALITY = "mlops.quality"
+DATASET_MODEL_LOAD = "mlops.model_load"
+DATASET_SERVING_HEALTH = "mlops.serving_health"
 
 ALL_DATASETS: tuple[str, ...] = (
     DATASET_CPU,
@@ -61,6 +63,8 @@ ALL_DATASETS: tuple[str, ...] = (
     DATASET_CT,
     DATASET_FEEDBACK,
     DATASET_QUALITY,
+    DATASET_MODEL_LOAD,
+    DATASET_SERVING_HEALTH,
 )
 
 
@@ -226,6 +230,44 @@ def serve_metrics_event(
     if application:
         serve["application"] = application
     event["mlops"] = {"serve": serve}
+    return event
+
+
+def model_load_event(
+    *,
+    model_name: str,
+    model_version: str | None,
+    status: str,
+    duration_s: float,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """One attempt of a serving replica to load its model (`status` "success" or "failure");
+    a failure carries the reason in `error.message` (the `model_load_failed` alert)."""
+    if status not in ("success", "failure"):
+        raise ValueError(f"model_load_event: status must be success or failure, not {status!r}")
+    event = base_event(DATASET_MODEL_LOAD, kind="event")
+    event["event"]["outcome"] = status
+    event["event"]["duration"] = int(duration_s * 1_000_000_000)  # ECS: nanoseconds
+    model: dict[str, Any] = {"name": model_name}
+    if model_version is not None:
+        model["version"] = str(model_version)
+    event["mlops"] = {"model": model, "model_load": {"status": status, "duration_s": duration_s}}
+    if error:
+        event["error"] = {"message": error}
+    return event
+
+
+def serving_health_event(*, model_name: str, dropped_total: int, queued: int) -> dict[str, Any]:
+    """A replica's periodic heartbeat: telemetry events dropped since it started (a counter)
+    and waiting in its queue. Its absence is the `telemetry_silent` alert, a rising
+    `dropped_total` the `telemetry_dropped` one."""
+    event = base_event(DATASET_SERVING_HEALTH, kind="metric")
+    event["mlops"] = {
+        "model": {"name": model_name},
+        "serving_health": {
+            "telemetry": {"dropped_total": int(dropped_total), "queued": int(queued)}
+        },
+    }
     return event
 
 

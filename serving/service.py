@@ -92,6 +92,16 @@ class Telemetry(Protocol):
     ) -> None:
         """Queue the events of one `/feedback` request's outcomes."""
 
+    def model_load(
+        self,
+        model_name: str,
+        model_version: str | None,
+        status: str,
+        duration_s: float,
+        error: str | None = None,
+    ) -> None:
+        """Queue the event of one model load attempt ("success" or "failure")."""
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -226,6 +236,9 @@ class ModelService:
                 loaded = await asyncio.to_thread(self._loader, target.name, target.version)
                 served = ServedModel.of(loaded)
             except Exception as exc:  # pylint: disable=broad-exception-caught
+                self._telemetry.model_load(
+                    target.name, target.version, "failure", time.perf_counter() - started, str(exc)
+                )
                 if self._model is None:
                     self._record_failure(target.uri, exc, target)
                     raise  # a replica without any model must not take traffic
@@ -242,6 +255,9 @@ class ModelService:
                 finished_at=utc_now_iso(),
                 duration_s=round(time.perf_counter() - started, 3),
                 integrity=loaded.integrity,
+            )
+            self._telemetry.model_load(
+                target.name, target.version, "success", self._last_load["duration_s"]
             )
             logger.info("serving %s (run %s)", loaded.uri, loaded.run_id)
 

@@ -26,13 +26,15 @@ from typing import Any, TypeAlias
 import numpy as np
 import pandas as pd
 
-from elk.events import feedback_event, utc_now_iso
+from elk.events import feedback_event, model_load_event, serving_health_event, utc_now_iso
 from elk.sinks import Emitter
 from ml.config import Settings
 from ml.outcomes import FeedbackResult, OutcomeStore, PredictionRecord
 
 logger = logging.getLogger("ray.serve")
 QUEUE_SIZE = 10_000
+# A replica's `mlops.serving_health` heartbeat: its absence is the telemetry_silent alert.
+HEARTBEAT_S = 60.0
 RECORD_BATCH = 256
 _STOP = object()
 
@@ -74,6 +76,20 @@ class RejectedRequest:
 
 
 @dataclass(frozen=True)
+class ModelLoadAttempt:
+    """One attempt to load the model: "success" or "failure" (with the error)."""
+
+    model_name: str
+    model_version: str | None
+    status: str
+    duration_s: float
+    error: str | None
+
+    def __len__(self) -> int:
+        return 1
+
+
+@dataclass(frozen=True)
 class ReportedOutcomes:
     """One `POST /feedback`: each outcome's id, label and whether the store took it."""
 
@@ -83,6 +99,9 @@ class ReportedOutcomes:
 
     def __len__(self) -> int:
         return len(self.results)
+
+
+Item: TypeAlias = ServedRequest | RejectedRequest | ReportedOutcomes | ModelLoadAttempt
 
 
 class PredictionTelemetry:
@@ -95,6 +114,8 @@ class PredictionTelemetry:
         from elk.sinks import build_emitter
 
         self._event = prediction_event
+        self._model_name = settings.model_name
+        self._next_heartbeat = 0.0  # the first drain sends one
         self._emitter: Emitter = build_emitter(settings, service_name)
         self._recorder = recorder
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=QUEUE_SIZE)
@@ -162,7 +183,18 @@ class PredictionTelemetry:
         """One `mlops.feedback` event per reported outcome, off the request path."""
         self._offer(ReportedOutcomes(model_name, results, labels))
 
-    def _offer(self, item: ServedRequest | RejectedRequest | ReportedOutcomes) -> None:
+    def model_load(
+        self,
+        model_name: str,
+        model_version: str | None,
+        status: str,
+        duration_s: float,
+        error: str | None = None,
+    ) -> None:
+        """One `mlops.model_load` event per load attempt (the model_load_failed alert)."""
+        self._offer(ModelLoadAttempt(model_name, model_version, status, duration_s, error))
+
+    def _offer(self, item: Item) -> None:
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -181,6 +213,7 @@ class PredictionTelemetry:
                 events: list[dict[str, Any]] = []
                 for item, rows in zip(requests, features):
                     events.extend(self._events(item, rows))
+                events.extend(self._heartbeat())
                 self._emitter.emit_many(events)
             except Exception:  # pylint: disable=broad-exception-caught
                 logger.exception("prediction telemetry: could not emit an event")
@@ -191,7 +224,10 @@ class PredictionTelemetry:
 
     def _drain(self) -> list[Any]:
         """The next item, and whatever else is already waiting (up to RECORD_BATCH)."""
-        items = [self._queue.get()]
+        try:
+            items = [self._queue.get(timeout=max(0.0, self._next_heartbeat - time.monotonic()))]
+        except queue.Empty:
+            return []  # time for a heartbeat, nothing waiting
         while len(items) < RECORD_BATCH and items[-1] is not _STOP:
             try:
                 items.append(self._queue.get_nowait())
@@ -201,7 +237,7 @@ class PredictionTelemetry:
 
     def _record(
         self,
-        requests: list[ServedRequest | RejectedRequest | ReportedOutcomes],
+        requests: list[Item],
         features: list[list[dict]],
     ) -> None:
         assert self._recorder is not None
@@ -219,9 +255,28 @@ class PredictionTelemetry:
             self.record_failures += len(records)
             logger.exception("prediction record: could not write %d predictions", len(records))
 
-    def _events(
-        self, item: ServedRequest | RejectedRequest | ReportedOutcomes, rows: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
+    def _heartbeat(self) -> list[dict[str, Any]]:
+        """The serving-health event when one is due: dropped so far and still queued."""
+        if time.monotonic() < self._next_heartbeat:
+            return []
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_S
+        return [
+            serving_health_event(
+                model_name=self._model_name, dropped_total=self.dropped, queued=self._queue.qsize()
+            )
+        ]
+
+    def _events(self, item: Item, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(item, ModelLoadAttempt):
+            return [
+                model_load_event(
+                    model_name=item.model_name,
+                    model_version=item.model_version,
+                    status=item.status,
+                    duration_s=item.duration_s,
+                    error=item.error,
+                )
+            ]
         if isinstance(item, ReportedOutcomes):
             return [
                 feedback_event(

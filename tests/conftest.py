@@ -16,6 +16,7 @@ pytest_plugins = [
     "tests.fixtures.desktop",
     "tests.fixtures.elasticsearch",
     "tests.fixtures.filebeat",
+    "tests.fixtures.elastalert",
     "tests.fixtures.postgres",
     "tests.fixtures.ray_serve",
 ]

@@ -334,3 +334,30 @@ def test_assets_are_packaged_and_the_cli_is_registered() -> None:
         relative = str(asset.relative_to(ELK))
         assert any(fnmatch.fnmatch(relative, pattern) for pattern in globs), relative
         assert asset_path(*Path(relative).parts).is_file()
+
+
+# --- alert rules (elk/alerts/rules) ----------------------------------------------------------
+
+ALERT_RULES = sorted((ELK / "alerts" / "rules").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALERT_RULES, ids=lambda path: path.stem)
+def test_alert_rule_reads_a_known_dataset_mails_and_deduplicates(path: Path) -> None:
+    """Each rule is named after its file, reads an `mlops-<dataset>` the builders write, mails
+    (SMTP settings come from the rendered global config) and has a `realert` window."""
+    from elk import events
+
+    rule = yaml.safe_load(path.read_text())
+    assert rule["name"] == path.stem
+    assert rule["index"].removeprefix(events.INDEX_PREFIX) in events.ALL_DATASETS, rule["index"]
+    assert rule["alert"] == ["email"]
+    assert rule["realert"], f"{path.name}: no realert window"
+
+
+def test_alert_config_refuses_missing_smtp_naming_the_setting(tmp_path: Path) -> None:
+    from elk.alerts.elastalert_config import AlertConfigError, render
+    from ml.config import Settings
+
+    settings = Settings(elasticsearch_url="http://127.0.0.1:9200", smtp_host=None)
+    with pytest.raises(AlertConfigError, match="SMTP_HOST"):
+        render(tmp_path / "run", settings)

@@ -119,6 +119,7 @@ class TelemetryCollector:
     scored: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     outcomes: list[dict[str, Any]] = field(default_factory=list)
+    loads: list[dict[str, Any]] = field(default_factory=list)
 
     def predictions(
         self,
@@ -149,6 +150,16 @@ class TelemetryCollector:
 
     def feedback(self, model_name: str, results: Sequence[Any], labels: Sequence[Any]) -> None:
         self.outcomes.append({"model_name": model_name, "results": results, "labels": labels})
+
+    def model_load(
+        self,
+        model_name: str,
+        model_version: str | None,
+        status: str,
+        duration_s: float,
+        error: str | None = None,
+    ) -> None:
+        self.loads.append({"name": model_name, "version": model_version, "status": status})
 
 
 BatchTarget = Callable[[list[Rows]], Awaitable[list[Scored | RequestError]]]

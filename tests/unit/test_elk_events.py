@@ -185,6 +185,10 @@ BUILT = [
         metric="roc_auc",
         holdout={"accuracy": 0.93, "f1": 0.9, "roc_auc": 0.97},
     ),
+    events.model_load_event(
+        model_name="m", model_version="2", status="failure", duration_s=0.4, error="no model.pkl"
+    ),
+    events.serving_health_event(model_name="m", dropped_total=3, queued=10),
 ]
 
 
@@ -206,3 +210,14 @@ def test_every_field_a_builder_writes_is_mapped(event: dict) -> None:
 
 def test_all_datasets_are_covered_by_the_builders() -> None:
     assert {event["event"]["dataset"] for event in BUILT} == set(events.ALL_DATASETS)
+
+
+def test_model_load_event_says_what_happened_and_refuses_an_unknown_status() -> None:
+    failed = events.model_load_event(
+        model_name="m", model_version="2", status="failure", duration_s=0.5, error="boom"
+    )
+    assert failed["event"]["outcome"] == "failure"
+    assert failed["event"]["duration"] == 500_000_000
+    assert failed["error"] == {"message": "boom"}
+    with pytest.raises(ValueError, match="status must be success or failure, not 'loaded'"):
+        events.model_load_event(model_name="m", model_version="2", status="loaded", duration_s=1)
