@@ -1,8 +1,10 @@
 """The HTTP protocol of the scoring routes: content types, request bodies in, response bodies
 out, for `/predict` (records keyed by feature name) and MLflow's `/invocations`.
 
-MLflow's protocol is parsed with MLflow's own scoring-server functions, so it is exactly
-theirs; only the plain numeric `dataframe_split` takes a faster path to the same matrix.
+MLflow's protocol is parsed with MLflow's own public scoring-server functions
+(`infer_and_parse_data`, `parse_csv_input`) after a JSON decode that reads bodies as MLflow's
+does (`mlflow_json`), so it is exactly theirs; only the plain numeric `dataframe_split` takes
+a faster path to the same matrix.
 """
 
 from __future__ import annotations
