@@ -6,7 +6,7 @@ import logging
 
 from mlflow.tracking import MlflowClient
 
-from ml.tracking import TrialTracker
+from ml.tracking import TrialTracker, tracking_store_engine
 
 
 def _tracker(tmp_path, experiment_id: str | None = None) -> tuple[TrialTracker, MlflowClient, str]:
@@ -73,3 +73,21 @@ def test_the_writer_puts_a_local_sqlite_store_in_wal(tmp_path) -> None:
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert len(client.search_runs([experiment_id], "tags.`mlops.kind` = 'trial'")) == 1
+
+
+def test_the_private_tracking_store_adapter_still_finds_the_database_engine(tmp_path) -> None:
+    """`tracking_store_engine` reads MLflow's private `_tracking_client.store` (no public API
+    reaches it): an MLflow upgrade that moves the store or its engine must fail here, loudly,
+    not silently turn off the writer's fork safety and WAL."""
+    database = tmp_path / "mlflow.db"
+    engine = tracking_store_engine(MlflowClient(f"sqlite:///{database}"))
+    assert engine is not None, "MLflow's SQLite tracking store no longer has an engine"
+    assert engine.url.database == str(database)
+    with engine.connect() as connection:  # the very database the client writes to
+        assert "experiments" in {
+            row[0]
+            for row in connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+    assert tracking_store_engine(MlflowClient("http://127.0.0.1:9")) is None  # no database
