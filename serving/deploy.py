@@ -145,7 +145,10 @@ def apply_config(schema: ServeDeploySchema) -> None:
     """
     from ray.serve.context import _get_global_client
 
-    _get_global_client().deploy_apps(schema, _blocking=False)
+    client = _get_global_client()
+    if client is None:  # it raises instead when no controller runs; mypy cannot know
+        raise ServeError("Serve is not running on the connected cluster")
+    client.deploy_apps(schema, _blocking=False)
 
 
 def wait_running(timeout_s: float) -> None:

@@ -33,9 +33,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml.common.net import free_port
+
+if TYPE_CHECKING:
+    import psutil
 
 SERVE_NAMESPACE = "serve"
 CLUSTER_FILE = "cluster.json"
@@ -277,7 +280,7 @@ def stop_local_cluster(state_dir: Path, timeout_s: float = 30.0) -> bool:
     return True
 
 
-def _children(process: Any) -> list[Any]:
+def _children(process: psutil.Process) -> list[psutil.Process]:
     import psutil
 
     try:
@@ -286,7 +289,7 @@ def _children(process: Any) -> list[Any]:
         return []
 
 
-def _signal(process: Any, kill: bool) -> None:
+def _signal(process: psutil.Process, kill: bool) -> None:
     import psutil
 
     try:
