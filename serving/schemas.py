@@ -18,7 +18,7 @@ import orjson
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from ml.common.values import some
+from ml.common.values import plain, some
 from ml.data import DataError, FeatureType
 from ml.model_ref import ModelRef
 
@@ -442,15 +442,7 @@ def example_record(example: pd.DataFrame | None) -> dict[str, Any] | None:
     if example is None or example.empty:
         return None
     row = example.iloc[0]
-    return {column: _plain(row[column]) for column in example.columns}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return {column: plain(row[column]) for column in example.columns}
 
 
 ERROR_SCHEMA: dict[str, Any] = {
