@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
@@ -14,6 +16,7 @@ from ml.tuning import (
     create_study,
     enqueue_defaults,
     suggest_params,
+    trials_read_at_trial_start,
     tune,
 )
 from tests.unit.test_data import mixed_frame
@@ -166,6 +169,36 @@ def test_fold_gap_pruner_reads_the_bar_once_per_trial() -> None:
     following = study.ask()
     following.report(0.9929, 0)
     assert following.should_prune()  # 0.0061 behind the new best
+
+
+def test_the_private_trial_cache_adapter_still_reads_no_storage_inside_a_trial() -> None:
+    """`trials_read_at_trial_start` uses Optuna's private trial cache to spare a storage read
+    per trial. An Optuna upgrade that renames it, or whose cache is no longer filled by the
+    sampler, fails here: the adapter would then read the storage itself."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for offset in (0.0, -0.002):
+        study.add_trial(_finished([s + offset for s in (0.9931, 0.9933, 0.9925)]))
+    storage = study._storage  # pylint: disable=protected-access
+    reads: list[int] = []
+    read_all = storage.get_all_trials
+
+    def counted(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        reads.append(1)
+        return read_all(*args, **kwargs)
+
+    storage.get_all_trials = counted  # type: ignore[method-assign]
+    seen: list[list[int]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)  # the sampler reads the trials here
+        before = len(reads)
+        complete = trials_read_at_trial_start(study, (optuna.trial.TrialState.COMPLETE,))
+        assert len(reads) == before, "Optuna's trial cache was empty: a storage read"
+        seen.append([done.number for done in complete])
+        return 0.5
+
+    study.optimize(objective, n_trials=2)
+    assert seen == [[0, 1], [0, 1, 2]]  # each trial: the complete ones when it started
 
 
 def test_fold_gap_pruner_minimizing_prunes_the_higher_loss() -> None:
