@@ -433,3 +433,56 @@ def test_a_family_that_does_not_scale_is_tuned_on_its_own_unscaled_folds(
         pipeline.fit(X.iloc[train], y.iloc[train])
         expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
     assert list(study.trials[0].intermediate_values.values()) == expected
+
+
+# RDBStorage's methods that only read, or run inside a write's own transaction.
+RDB_READS = {
+    "_build_frozen_trial_from_trial_model",
+    "_create_unique_study_name",
+    "_fill_storage_url_template",
+    "_get_best_trial_id",
+    "_get_prepared_new_trial",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_default_engine_kwargs_for_mysql",
+    "_set_trial_attr_without_commit",
+    "_set_trial_intermediate_value_without_commit",
+    "_set_trial_param_without_commit",
+    "_set_trial_value_without_commit",
+    "get_all_studies",
+    "get_all_trials",
+    "get_all_versions",
+    "get_best_trial",
+    "get_current_version",
+    "get_head_version",
+    "get_heartbeat_interval",
+    "get_heartbeat_stale_trial_callback",
+    "get_study_directions",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_system_attrs",
+    "get_study_user_attrs",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_param",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "remove_session",
+}
+
+
+def test_every_rdb_storage_method_is_known_as_a_read_or_a_write() -> None:
+    """`SQLiteStudyStorage` wraps Optuna's writing methods, private ones included, by name. An
+    Optuna upgrade that adds, renames or removes one fails here, loudly: a write it does not
+    wrap would begin deferred and could start a queued trial twice (optuna/optuna#4002)."""
+    from ml.storage import WRITES
+
+    methods = {
+        name
+        for name, value in vars(optuna.storages.RDBStorage).items()
+        if callable(value) and not name.startswith("__")
+    }
+    assert methods == RDB_READS | set(WRITES), (
+        f"RDBStorage changed: new {sorted(methods - RDB_READS - set(WRITES))}, "
+        f"gone {sorted((RDB_READS | set(WRITES)) - methods)}; classify them in ml/storage.py"
+    )
