@@ -64,30 +64,22 @@ def test_a_writer_that_died_is_reported_and_close_does_not_hang(tmp_path, caplog
 
 
 def test_the_writer_puts_a_local_sqlite_store_in_wal(tmp_path) -> None:
-    """MLflow's commits per trial run stop waiting for fsyncs; the runs are all there."""
+    """MLflow's commits per trial run stop waiting for fsyncs; the runs are all there.
+
+    The writer reaches the store's engine through `tracking_store_engine`, which reads
+    MLflow's private `_tracking_client.store` (no public API reaches it): an MLflow upgrade
+    that moves the store or its engine fails here, loudly, instead of silently turning off
+    the writer's fork safety and WAL. (One store for both checks: creating one costs seconds.)
+    """
     import sqlite3
 
     tracker, client, experiment_id = _tracker(tmp_path)
+    engine = tracking_store_engine(client)
+    assert engine is not None, "MLflow's SQLite tracking store no longer has an engine"
+    assert engine.url.database == str(tmp_path / "mlflow.db")  # the client's own database
+    assert tracking_store_engine(MlflowClient("http://127.0.0.1:9")) is None  # no database
     tracker.log_trial(0, "s", {"family": "logreg", "C": 1.0}, [0.9, 0.8], "COMPLETE", 0.1)
     tracker.close()
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert len(client.search_runs([experiment_id], "tags.`mlops.kind` = 'trial'")) == 1
-
-
-def test_the_private_tracking_store_adapter_still_finds_the_database_engine(tmp_path) -> None:
-    """`tracking_store_engine` reads MLflow's private `_tracking_client.store` (no public API
-    reaches it): an MLflow upgrade that moves the store or its engine must fail here, loudly,
-    not silently turn off the writer's fork safety and WAL."""
-    database = tmp_path / "mlflow.db"
-    engine = tracking_store_engine(MlflowClient(f"sqlite:///{database}"))
-    assert engine is not None, "MLflow's SQLite tracking store no longer has an engine"
-    assert engine.url.database == str(database)
-    with engine.connect() as connection:  # the very database the client writes to
-        assert "experiments" in {
-            row[0]
-            for row in connection.exec_driver_sql(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-            )
-        }
-    assert tracking_store_engine(MlflowClient("http://127.0.0.1:9")) is None  # no database
