@@ -113,7 +113,7 @@ def after_ct_check(settings: Settings, report: CtReport) -> None:
         emitter.close()
 
 
-def quality_events(settings: Settings, report: Any) -> list[dict[str, Any]]:
+def quality_events(settings: Settings, report: CtReport) -> list[dict[str, Any]]:
     """The live-quality windows of a CT check beside the champion's holdout scores (none
     without a champion: nothing was served to measure)."""
     from dataclasses import asdict
