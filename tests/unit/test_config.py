@@ -27,6 +27,7 @@ def test_a_copy_with_another_var_dir_moves_everything_derived_from_it(tmp_path: 
     assert moved.mlflow_tracking_uri == f"sqlite:///{new / 'mlflow.db'}"
     assert moved.optuna_storage == f"sqlite:///{new / 'optuna.db'}"
     assert moved.ct_database == f"sqlite:///{new / 'ct.db'}"
+    assert moved.backup_dir == tmp_path / "new-backups"  # beside var/, as derived
     assert moved == Settings(var_dir=new)  # as if built with it
 
 
