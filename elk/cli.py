@@ -22,6 +22,9 @@ from ml.config import Settings
 if TYPE_CHECKING:
     from elk.snapshot import ElasticsearchSnapshots
     from ml.backup import Manifest
+    from elk.collectors import Collector
+    from ml.ct import CtReport
+    from ml.pipeline import PipelineResult
 
 monitor_app = typer.Typer(
     help="Observability: host/container/Ray metrics, Elasticsearch + Kibana, drift alerts.",
@@ -47,7 +50,7 @@ def register(app: typer.Typer) -> None:
     attach_stage_events()
 
 
-def after_train(settings: Settings, result: Any) -> None:
+def after_train(settings: Settings, result: PipelineResult) -> None:
     """Stages, trials, the study and the promotion decision of the run that just finished."""
     from elk.collectors.training import attach_stage_events, pipeline_events
     from elk.sinks import build_emitter
@@ -83,7 +86,7 @@ def after_promote(settings: Settings, version: str) -> None:
         emitter.close()
 
 
-def after_ct_check(settings: Settings, report: Any) -> None:
+def after_ct_check(settings: Settings, report: CtReport) -> None:
     """One `mlops.ct` event per trigger verdict of a continuous-training check (`mlops ct
     check`, `mlops ct run`), and one `mlops.quality` event per live-quality window."""
     from elk import events
@@ -110,7 +113,7 @@ def after_ct_check(settings: Settings, report: Any) -> None:
         emitter.close()
 
 
-def quality_events(settings: Settings, report: Any) -> list[dict[str, Any]]:
+def quality_events(settings: Settings, report: CtReport) -> list[dict[str, Any]]:
     """The live-quality windows of a CT check beside the champion's holdout scores (none
     without a champion: nothing was served to measure)."""
     from dataclasses import asdict
@@ -169,7 +172,7 @@ def run(
     log_to_console("%(asctime)s %(levelname)s %(name)s: %(message)s")
     # the collector's own log file, beside the CLI's (`mlops.log.json`)
     install_app_logs(settings, MONITOR_SERVICE)
-    collectors: list[Any] = [HostCollector(settings.monitor_processes), DockerCollector()]
+    collectors: list[Collector] = [HostCollector(settings.monitor_processes), DockerCollector()]
     if settings.ray_metrics_url:
         collectors.append(RayServeCollector(settings.ray_metrics_url))
     sink = "Elasticsearch" if settings.elasticsearch_url else str(settings.log_dir)

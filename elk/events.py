@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import socket
 import uuid
@@ -210,7 +211,8 @@ def _plain_features(features: Mapping[str, Any]) -> dict[str, Any]:
     row = {}
     for key, value in features.items():
         if type(value) is float:  # noqa: E721 - exact type: numpy floats subclass float
-            row[str(key)] = None if value != value else value
+            # False for NaN and +-infinity, as `plain` has it; comparisons only, as it is hot
+            row[str(key)] = value if -math.inf < value < math.inf else None
         else:
             row[str(key)] = plain(value)
     return row

@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from elasticsearch import Elasticsearch
 
@@ -107,7 +107,7 @@ def _identity(path: Path) -> str:
     return f"{stat.st_dev}:{stat.st_ino}"
 
 
-def _whole_lines(handle: Any, limit: int) -> list[bytes]:
+def _whole_lines(handle: BinaryIO, limit: int) -> list[bytes]:
     """Up to `limit` newline-terminated lines; a trailing partial line is left unread."""
     lines: list[bytes] = []
     while len(lines) < limit:

@@ -19,7 +19,7 @@ import queue
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,7 +528,7 @@ class Emitter:
         return batch, chunks, False
 
     @staticmethod
-    def _safely(call: Any, *args: Any) -> None:
+    def _safely(call: Callable[..., None], *args: object) -> None:
         """The telemetry thread must survive anything a sink does."""
         try:
             call(*args)

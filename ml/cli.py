@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import optuna
 import typer
@@ -37,6 +37,14 @@ from ml.common.logs import log_to_console
 from ml.common.stages import STAGE_LOGGER, STUDY_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
+
+if TYPE_CHECKING:  # the commands import these when they run: keeps `mlops --help` fast
+    from ml.ct import CtReport
+    from ml.data import ValidationReport
+    from ml.pipeline import PipelineResult
+    from ml.tuning import TrialCallback
+
+HookEvent = Literal["after_train", "after_promote", "after_ct_check"]
 
 app = typer.Typer(
     help="Tabular data to a tuned, registered, served and monitored model.",
@@ -369,19 +377,21 @@ def ct_run(
         return
     _print_summary(outcome.result, settings)
     _run_hooks("after_train", settings, outcome.result)
-    title, body = _ct_message(settings, outcome)
+    title, body = _ct_message(settings, outcome.detail, outcome.report, outcome.result)
     send_notifications(settings, "success", title, body)
 
 
-def _ct_message(settings: Settings, outcome: Any) -> tuple[str, str]:
+def _ct_message(
+    settings: Settings, detail: str, report: CtReport | None, result: PipelineResult
+) -> tuple[str, str]:
     """One notification per retrain: which trigger, its evidence, the decision, both scores."""
-    decision = outcome.result.decision
+    decision = result.decision
     verdict = "promoted" if decision.promoted else "kept the champion"
     title = f"CT retrain of {settings.model_name}: {verdict}"
-    lines = [outcome.detail, ""]
-    for result in outcome.report.fired:
-        lines.append(f"{result.trigger}: {result.reason}")
-        lines.append(f"  evidence: {json.dumps(result.evidence, default=str)[:1000]}")
+    lines = [detail, ""]
+    for fired in report.fired if report is not None else []:
+        lines.append(f"{fired.trigger}: {fired.reason}")
+        lines.append(f"  evidence: {json.dumps(fired.evidence, default=str)[:1000]}")
     lines += [
         "",
         f"gate ({decision.metric}): challenger v{decision.challenger_version} "
@@ -391,7 +401,7 @@ def _ct_message(settings: Settings, outcome: Any) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def _ct_json(report: Any) -> dict[str, Any]:
+def _ct_json(report: CtReport) -> dict[str, object]:
     champion = report.champion
     return {
         "champion": None if champion is None else {"version": champion.version},
@@ -428,7 +438,7 @@ def _print_evaluation(evaluation: Any, model: Any, settings: Settings) -> None:
         console.print(f"plot written to {plot}", highlight=False)
 
 
-def _print_report(report: Any) -> None:
+def _print_report(report: ValidationReport) -> None:
     table = Table("check", "result", title=f"Data: {report.source}")
     table.add_row("rows x columns", f"{report.rows} x {report.columns}")
     table.add_row("target", report.target)
@@ -445,7 +455,7 @@ def _print_report(report: Any) -> None:
 
 
 @contextmanager
-def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
+def _trial_progress(settings: Settings) -> Iterator[TrialCallback]:
     """A rich progress bar plus one line per finished trial."""
     with Progress(
         TextColumn("[bold]tuning[/]"),
@@ -476,7 +486,7 @@ def _trial_progress(settings: Settings) -> Iterator[Callable[..., None]]:
         yield on_trial
 
 
-def _print_summary(result: Any, settings: Settings) -> None:
+def _print_summary(result: PipelineResult, settings: Settings) -> None:
     decision = result.decision
     table = Table("", "", title="Training summary", show_header=False)
     table.add_row(
@@ -524,13 +534,15 @@ def subscribe(listener: Listener) -> None:
     listeners.append(listener)
 
 
-def _run_hooks(event: str, *args: Any) -> None:
+def _run_hooks(
+    event: HookEvent, settings: Settings, subject: PipelineResult | str | CtReport
+) -> None:
     """Let the layers above react (e.g. serving redeploys after a promotion); never fatal."""
     for listener in listeners:
         hook = getattr(listener, event, None)
         if hook is not None:
             try:
-                hook(*args)
+                hook(settings, subject)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 name = getattr(listener, "__name__", type(listener).__name__)
                 err_console.print(f"[yellow]warning:[/] {event} hook of {name}: {exc}")

@@ -12,9 +12,17 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -62,6 +70,17 @@ def _all_families() -> list[str]:
 def _env(*names: str) -> AliasChoices:
     """Accept both the prefixed name and conventional un-prefixed ones."""
     return AliasChoices(*names)
+
+
+# The settings derived from others when not given (their unset value), and what they follow.
+DERIVED: dict[str, str | None] = {
+    "mlflow_tracking_uri": "",
+    "optuna_storage": "",
+    "log_dir": None,
+    "ct_database": "",
+    "backup_dir": None,
+}
+DERIVED_FROM = {"var_dir", "mlflow_tracking_uri"}
 
 
 class Settings(BaseSettings):
@@ -261,25 +280,50 @@ class Settings(BaseSettings):
             name for name, value in PROFILES[self.env].items() if getattr(self, name) == value
         )
 
+    # Which of DERIVED this instance filled itself (the rest were given).
+    _derived: frozenset[str] = PrivateAttr(default=frozenset())
+
     @model_validator(mode="after")
     def _derive_defaults(self) -> "Settings":
         """Fill defaults that depend on `var_dir`, so one setting moves all local state."""
-        self.var_dir = self.var_dir.resolve()
-        if self.backup_dir is None:
-            # beside var/, not in it: a backup must survive losing var/
-            self.backup_dir = self.var_dir.with_name(f"{self.var_dir.name}-backups")
-        self.backup_dir = self.backup_dir.resolve()
-        if not self.mlflow_tracking_uri:
-            self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
-        if not self.optuna_storage:
-            self.optuna_storage = self._default_optuna_storage()
-        if self.log_dir is None:
-            self.log_dir = self.var_dir / "log"
-        if not self.ct_database:
-            self.ct_database = f"sqlite:///{self.var_dir / 'ct.db'}"
+        self._fill_derived()
         if not self.families:
             raise ValueError("families: name at least one model family")
         return self
+
+    def _fill_derived(self) -> None:
+        self.var_dir = Path(self.var_dir).resolve()  # model_copy does not validate
+        derived = set()
+        if self.backup_dir is None:
+            # beside var/, not in it: a backup must survive losing var/
+            self.backup_dir = self.var_dir.with_name(f"{self.var_dir.name}-backups")
+            derived.add("backup_dir")
+        self.backup_dir = Path(self.backup_dir).resolve()
+        if not self.mlflow_tracking_uri:
+            self.mlflow_tracking_uri = f"sqlite:///{self.var_dir / 'mlflow.db'}"
+            derived.add("mlflow_tracking_uri")
+        if not self.optuna_storage:
+            self.optuna_storage = self._default_optuna_storage()
+            derived.add("optuna_storage")
+        if self.log_dir is None:
+            self.log_dir = self.var_dir / "log"
+            derived.add("log_dir")
+        if not self.ct_database:
+            self.ct_database = f"sqlite:///{self.var_dir / 'ct.db'}"
+            derived.add("ct_database")
+        self._derived = frozenset(derived)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy with `update` applied. Pydantic copies without validating; so a new `var_dir`
+        or tracking store would leave the paths derived from the old ones behind (the copy
+        would write its logs and databases into the original's var/). What this instance
+        derived is derived again, unless `update` names it."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update and DERIVED_FROM & set(update):
+            for name in self._derived - set(update):
+                setattr(copied, name, DERIVED[name])
+            copied._fill_derived()  # pylint: disable=protected-access
+        return copied
 
     def _default_optuna_storage(self) -> str:
         """Follow the tracking store, so two registries never share studies: its database when

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -38,6 +38,10 @@ from ml import ct
 from ml.config import Settings
 from ml.data import Dataset, validate
 from ml.outcomes import OutcomeStore, dialect_insert, prune_expired, stored_utc
+
+if TYPE_CHECKING:  # imported when training runs: it loads scikit-learn, Optuna, matplotlib
+    from ml.pipeline import PipelineResult
+    from ml.tuning import TrialCallback
 
 LOCK_NAME = "ct"
 EVIDENCE_TAG_LIMIT = 5000  # MLflow tag values are bounded; the ECS events keep it whole
@@ -74,7 +78,7 @@ class RetrainOutcome:
     outcome: str
     detail: str
     report: ct.CtReport | None = None
-    result: Any = None  # ml.pipeline.PipelineResult when trained
+    result: PipelineResult | None = None  # when trained
     feedback_rows: int = 0
 
 
@@ -169,7 +173,7 @@ class Request:
 
 def retrain(
     settings: Settings,
-    callbacks: list[Any] | None = None,
+    callbacks: list[TrialCallback] | None = None,
     now: datetime | None = None,
     request: Request | None = None,
 ) -> RetrainOutcome:
@@ -225,7 +229,7 @@ def _run_locked(
     settings: Settings,
     store: OutcomeStore,
     owner: str,
-    callbacks: list[Any] | None,
+    callbacks: list[TrialCallback] | None,
     now: datetime,
     request: Request | None,
 ) -> RetrainOutcome:
@@ -274,7 +278,7 @@ def _train(
     store: OutcomeStore,
     report: ct.CtReport,
     source: Dataset,
-    callbacks: list[Any] | None,
+    callbacks: list[TrialCallback] | None,
 ) -> RetrainOutcome:
     from ml.pipeline import run_pipeline
 
@@ -319,7 +323,7 @@ def training_data(settings: Settings, store: OutcomeStore, source: Dataset) -> t
 def _tag(
     settings: Settings,
     report: ct.CtReport,
-    result: Any,
+    result: PipelineResult,
     source: Dataset,
     feedback_rows: int,
 ) -> None:

@@ -6,7 +6,7 @@ left running, `mlops serve-stop` ends it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,6 +19,9 @@ from serving.lifecycle import (
     stop_serving,
     update_serving,
 )
+
+if TYPE_CHECKING:
+    from ml.pipeline import PipelineResult
 
 # --- what `mlops` (serving.main) adds: commands and the after-promotion swap ---------------
 
@@ -66,7 +69,7 @@ def register(app: typer.Typer) -> None:
         console.print(stop_serving(load_settings()))
 
 
-def after_train(settings: Settings, result: Any) -> None:
+def after_train(settings: Settings, result: PipelineResult) -> None:
     """After training: when the gate promoted a new champion, swap it in if serving is up."""
     decision = result.decision
     if decision.promoted:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
 
 from ml.config import Settings
+
+if TYPE_CHECKING:
+    from ray.serve.schema import ServeDeploySchema
 
 APP_NAME = "model"
 DEPLOYMENT_NAME = "ModelServer"
@@ -106,20 +109,46 @@ def write_config(rendered: dict[str, Any], path: Path) -> Path:
 
 
 def deploy(rendered: dict[str, Any], timeout_s: float = 180.0) -> None:
-    """Start Serve (if needed) on the connected cluster and apply the config; wait for it."""
-    from ray.serve._private import api as serve_api
+    """Start Serve (if needed) on the connected cluster with the config's cluster-wide options,
+    apply the config's applications, and wait for the model application to run: what
+    `serve run <config>` does, without blocking and without a second process."""
+    from ray import serve
     from ray.serve.schema import ServeDeploySchema
 
     schema = ServeDeploySchema.model_validate(rendered)
-    # What `serve run <config>` does, without blocking: start Serve with the config's HTTP
-    # options, then hand the whole config to the controller.
-    client = serve_api.serve_start(
-        http_options=schema.http_options.model_dump(),
+    # Public: fixed once Serve runs (a redeploy keeps the first ones).
+    serve.start(
         proxy_location=schema.proxy_location,
-        global_logging_config=schema.logging_config,
+        http_options=schema.http_options.model_dump(),
+        grpc_options=schema.grpc_options.model_dump(),
+        logging_config=schema.logging_config,
+        controller_options=schema.controller_options,
     )
-    client.deploy_apps(schema, _blocking=False)
+    apply_config(schema)
     wait_running(timeout_s)
+
+
+def apply_config(schema: ServeDeploySchema) -> None:
+    """Hand the config's applications to the running Serve controller, as `serve run <config>`
+    and `serve deploy` do: the one private Ray Serve call of this project.
+
+    Why not the public `serve.run(app)`: only a deployed *config* gets a code version derived
+    from the config (import path, runtime env), so a later `user_config` change (a new model
+    version) is a lightweight update: Serve calls `reconfigure` on the running replicas, a
+    failed load keeps the old model serving, and the swap is rolling without a restart.
+    `serve.run` gives each call a random code version (`@serve.deployment(version=...)` was
+    removed from the public API), so every update would restart every replica. The public
+    ways to deploy a config are `serve deploy` (the REST API needs the dashboard, off in
+    tests) and the `serve run` CLI (a second process importing Ray per deploy, about 10 s
+    here). tests/unit/test_serving_deploy.py fails loudly when an upgrade changes this call,
+    or when Ray's public API can pin a version again.
+    """
+    from ray.serve.context import _get_global_client
+
+    client = _get_global_client()
+    if client is None:  # it raises instead when no controller runs; mypy cannot know
+        raise ServeError("Serve is not running on the connected cluster")
+    client.deploy_apps(schema, _blocking=False)
 
 
 def wait_running(timeout_s: float) -> None:

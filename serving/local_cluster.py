@@ -33,9 +33,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml.common.net import free_port
+
+if TYPE_CHECKING:
+    import psutil
 
 SERVE_NAMESPACE = "serve"
 CLUSTER_FILE = "cluster.json"
@@ -277,7 +280,7 @@ def stop_local_cluster(state_dir: Path, timeout_s: float = 30.0) -> bool:
     return True
 
 
-def _children(process: Any) -> list[Any]:
+def _children(process: psutil.Process) -> list[psutil.Process]:
     import psutil
 
     try:
@@ -286,7 +289,7 @@ def _children(process: Any) -> list[Any]:
         return []
 
 
-def _signal(process: Any, kill: bool) -> None:
+def _signal(process: psutil.Process, kill: bool) -> None:
     import psutil
 
     try:
@@ -346,12 +349,12 @@ def connect(state_dir: Path) -> None:
 
 
 def use_driver_auth(env: dict[str, str]) -> None:
-    """Put this driver process in token auth (`auth_env`) with the cluster's token file.
+    """Put this driver process in token auth (`auth_env`) with the cluster's token file:
+    Ray's documented set-up, `RAY_AUTH_MODE=token` and `RAY_AUTH_TOKEN_PATH`.
 
     Ray reads the mode once, when it is imported, so the variables must be set before that;
     the CLI sets them before it imports Ray. Where Ray was imported earlier (a test session),
-    its cached config is refreshed through the one private hook this module uses
-    (`_ray_auth_refresh`, kept loud by tests/unit/test_local_cluster.py).
+    `reread_ray_auth` makes it read them again.
     """
     in_place = AUTH_TOKEN_ENV not in os.environ and all(
         os.environ.get(name) == value for name, value in env.items()
@@ -359,7 +362,7 @@ def use_driver_auth(env: dict[str, str]) -> None:
     os.environ.pop(AUTH_TOKEN_ENV, None)
     os.environ.update(env)
     if "ray" in sys.modules and not in_place:
-        _ray_auth_refresh()
+        reread_ray_auth()
 
 
 def prepare_driver(state_dir: Path) -> None:
@@ -368,24 +371,26 @@ def prepare_driver(state_dir: Path) -> None:
     use_driver_auth(auth_env(ensure_token(ClusterLayout(state_dir).token)))
 
 
-def _ray_auth_refresh() -> None:
-    """Refresh an already imported Ray's cached auth mode (token) and token. No public API
-    does this (Ray 2.60); an upgrade that removes these names fails the unit test rather than
-    a deploy."""
-    from ray._private.authentication import authentication_token_setup as token_setup
+def reread_ray_auth() -> None:
+    """Make an already imported Ray read its auth mode and token from the environment again.
 
-    token_setup._enable_token_auth()  # pylint: disable=protected-access
-    _forget_ray_token()
-
-
-def _forget_ray_token() -> None:
-    """Ray's token loader keeps the first token it read for the process's lifetime: a second
-    cluster in the same process (a benchmark's next round) has another token file, and its
-    GCS refused the driver (InvalidAuthToken) until the cache was reset."""
+    The one place this project reaches into Ray's internals for auth, because no public API
+    does this (Ray 2.60 documents only the environment variables, the token file and
+    `ray get-auth-token`, all read once per process): Ray caches the mode in its config when
+    it is imported, and its token loader keeps the first token it read for the process's
+    lifetime. A process that imported Ray before the variables were set (a test session), or
+    that drives a second cluster with another token file (a benchmark's next round), was
+    otherwise refused by that cluster's GCS (InvalidAuthToken). What `ray.init` itself runs
+    when it turns token auth on (`_enable_token_auth`: `Config.initialize("")`), plus the
+    token loader's reset. tests/unit/test_local_cluster.py checks that it still works, so an
+    upgrade that moves these names fails there rather than in `mlops serve`.
+    """
     from ray._raylet import (  # type: ignore[attr-defined]  # pylint: disable=no-name-in-module
         AuthenticationTokenLoader,
+        Config,
     )
 
+    Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
 
 
@@ -412,7 +417,7 @@ def in_process_cluster(num_cpus: int = 2, haproxy: bool = True) -> Iterator[None
     for name in cleared:
         os.environ.pop(name, None)
     os.environ.update(env)
-    _forget_ray_token()
+    reread_ray_auth()
     try:
         _init_local_ray(num_cpus)
         try:

@@ -25,12 +25,15 @@ import shutil
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ml.config import Settings
 from ml.retrain import lock_holder, requested_run
 from serving.deploy import replica_env
 from serving.service import Answer
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 logger = logging.getLogger("ray.serve")
 
@@ -39,11 +42,11 @@ KIND = "retrain"
 NICENESS = 19
 ACTIVE = {"PENDING", "RUNNING"}
 
-# () -> a ray.job_submission.JobSubmissionClient for the cluster this replica runs in
-ClientFactory = Callable[[], Any]
+# () -> the Jobs API client of the cluster this replica runs in
+ClientFactory = Callable[[], "JobSubmissionClient"]
 
 
-def cluster_client() -> Any:
+def cluster_client() -> JobSubmissionClient:
     """The Jobs API of the cluster this process is part of (its GCS knows the dashboard)."""
     import ray
     from ray.job_submission import JobSubmissionClient
@@ -66,9 +69,9 @@ class RetrainJobs:
     def __init__(self, settings: Settings, client_factory: ClientFactory = cluster_client) -> None:
         self._settings = settings
         self._client_factory = client_factory
-        self._client: Any = None
+        self._client: JobSubmissionClient | None = None
 
-    def _jobs(self) -> Any:
+    def _jobs(self) -> JobSubmissionClient:
         if self._client is None:  # connecting checks the dashboard: not in a replica's start
             self._client = self._client_factory()
         return self._client

@@ -11,16 +11,19 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 import pandas as pd
 from pydantic import BaseModel, Field, field_validator
 
-from ml.common.values import some
+from ml.common.values import plain, some
 from ml.data import DataError, FeatureType
 from ml.model_ref import ModelRef
+
+if TYPE_CHECKING:
+    from ml.predict import LoadedModel
 
 # An alias in a models:/ URI (MLflow's own form); a version is parsed by ModelRef.
 ALIAS_URI = re.compile(r"models:/(?P<name>[^/@]+)@(?P<alias>[A-Za-z_][A-Za-z0-9_-]*)")
@@ -439,15 +442,7 @@ def example_record(example: pd.DataFrame | None) -> dict[str, Any] | None:
     if example is None or example.empty:
         return None
     row = example.iloc[0]
-    return {column: _plain(row[column]) for column in example.columns}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return {column: plain(row[column]) for column in example.columns}
 
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -477,7 +472,7 @@ class RequestLimits:
 
 
 def with_model_schemas(
-    openapi: dict[str, Any], model: Any | None, limits: RequestLimits = RequestLimits()
+    openapi: dict[str, Any], model: LoadedModel | None, limits: RequestLimits = RequestLimits()
 ) -> dict[str, Any]:
     """Fill the request/response schemas of the scoring routes from the served model."""
     feature_types = dict(model.feature_types) if model is not None else {}

@@ -8,11 +8,16 @@ from typing import Any
 
 
 def plain(value: Any) -> Any:
-    """A numpy scalar as the Python one (`.item()`); NaN as None (JSON has no NaN); anything
-    else unchanged."""
+    """A numpy scalar as the Python one (`.item()`); NaN and +-infinity as None; anything else
+    unchanged.
+
+    JSON has neither NaN nor infinity (Python's json would write `Infinity`, which strict
+    parsers and Elasticsearch refuse), and telemetry's NDJSON (orjson, `elk.sinks.dumps`)
+    writes both as null: so every consumer gets null, a missing value, whichever way a value
+    was written."""
     if hasattr(value, "item"):
         value = value.item()
-    if isinstance(value, float) and math.isnan(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import orjson
 import pytest
 
+from elk.sinks import dumps
 from ml.common.values import plain, some
 
 
@@ -31,9 +33,17 @@ def test_nan_becomes_none(nan) -> None:
     assert plain(nan) is None
 
 
-def test_none_and_infinity_pass_through() -> None:
+@pytest.mark.parametrize("infinity", [math.inf, -math.inf, np.float64("inf"), np.float32("-inf")])
+def test_infinity_becomes_none_as_telemetry_writes_it(infinity) -> None:
+    """JSON has no infinity: Python's json would write `Infinity` (refused by strict parsers
+    and Elasticsearch) where telemetry's NDJSON writes null. One answer for every consumer."""
+    assert plain(infinity) is None
+    assert orjson.loads(dumps({"value": infinity})) == {"value": None}  # elk.sinks' NDJSON
+
+
+def test_none_and_large_finite_values_pass_through() -> None:
     assert plain(None) is None
-    assert plain(np.float64("inf")) == math.inf
+    assert plain(np.float64(1e308)) == 1e308
 
 
 def test_some_shows_a_few_values_and_counts_the_rest() -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 
 import pytest
 
 from elk import events
 from elk.stack import mapped_fields
+from ml.common.values import plain
 
 
 def _leaves(document: dict, prefix: str = "") -> dict[str, object]:
@@ -42,6 +44,26 @@ def test_prediction_event_has_ecs_and_model_fields() -> None:
     assert event["@timestamp"].endswith("Z")
     assert datetime.fromisoformat(event["@timestamp"].replace("Z", "+00:00")).tzinfo is not None
     json.dumps(event)  # serialisable as it is
+
+
+def test_non_finite_features_are_null_in_the_event_as_plain_has_them() -> None:
+    """The hot path inlines `plain` for Python floats: the same answer, None, for NaN and
+    +-infinity (JSON has neither), and strict JSON out."""
+    features = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "big": 1e308, "n": 2}
+    event = events.prediction_event(
+        model_name="m",
+        model_version="3",
+        prediction_id="p-1",
+        label=1,
+        probability=0.93,
+        latency_ms=2.5,
+        route="/predict",
+        features=features,
+    )
+    written = event["mlops"]["prediction"]["features"]
+    assert written == {key: plain(value) for key, value in features.items()}
+    assert written == {"nan": None, "inf": None, "-inf": None, "big": 1e308, "n": 2}
+    json.dumps(event, allow_nan=False)  # strict JSON
 
 
 def test_failed_prediction_records_the_error() -> None:

@@ -6,6 +6,7 @@ No cluster is started here (tests/integration/test_local_cluster.py starts real 
 from __future__ import annotations
 
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -95,14 +96,44 @@ def test_an_inherited_ray_auth_token_is_not_passed_on(monkeypatch: pytest.Monkey
     assert env["RAY_AUTH_TOKEN_PATH"] == "/x/ray_auth_token"
 
 
-def test_the_private_ray_auth_hook_still_exists() -> None:
-    """`use_driver_auth` refreshes an already imported Ray through these names; an upgrade
-    that moves them must fail here, loudly, rather than in `mlops serve`."""
-    from ray._private.authentication import authentication_token_setup
-    from ray._raylet import AuthenticationTokenLoader
+@pytest.fixture()
+def ray_auth_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Ray's process-wide auth state as the environment had it, after the test."""
+    yield monkeypatch
+    monkeypatch.undo()
+    local_cluster.reread_ray_auth()
 
-    assert callable(authentication_token_setup._enable_token_auth)  # pylint: disable=W0212
-    assert callable(AuthenticationTokenLoader.instance().reset_cache)
+
+def test_the_private_ray_auth_adapter_still_rereads_mode_and_token(
+    tmp_path: Path, ray_auth_restored: pytest.MonkeyPatch
+) -> None:
+    """`reread_ray_auth` is the one place Ray's internals are touched for auth (no public API
+    re-reads Ray's auth settings in a running process). After it, Ray must use the mode and
+    token file now in the environment; an upgrade that moves or changes those internals fails
+    here, loudly, rather than in `mlops serve` or a benchmark's second cluster."""
+    from ray._raylet import (  # pylint: disable=no-name-in-module
+        AuthenticationMode,
+        AuthenticationTokenLoader,
+        get_authentication_mode,
+    )
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.write_text("first-cluster-token")
+    second.write_text("second-cluster-token")
+    for name, value in local_cluster.auth_env(first).items():
+        ray_auth_restored.setenv(name, value)
+    ray_auth_restored.delenv("RAY_AUTH_TOKEN", raising=False)
+    local_cluster.reread_ray_auth()
+    loader = AuthenticationTokenLoader.instance()
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    assert loader.get_raw_token() == "first-cluster-token"
+
+    ray_auth_restored.setenv("RAY_AUTH_TOKEN_PATH", str(second))
+    assert (
+        loader.get_raw_token() == "first-cluster-token"
+    ), "Ray now re-reads the token file by itself: reread_ray_auth may be unnecessary"
+    local_cluster.reread_ray_auth()
+    assert loader.get_raw_token() == "second-cluster-token"
 
 
 def test_no_cluster_recorded_means_not_running(tmp_path: Path) -> None:

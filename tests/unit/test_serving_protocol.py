@@ -26,6 +26,7 @@ from serving.protocol import (
     mlflow_code,
     mlflow_error_body,
     mlflow_frame,
+    mlflow_json,
     mlflow_status,
     model_rows,
     parse_json,
@@ -260,6 +261,37 @@ def test_bodies_mlflow_refuses_keep_mlflows_400(model: ServedModel, payload: Any
     with pytest.raises(MlflowException) as caught:
         mlflow_frame(JSON, _body(payload), model.validator.columns)
     assert caught.value.get_http_status_code() == 400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"dataframe_split": ', b"\xff\xfe{}", b"not json", b"[1, 2]", b'"a string"', b"7"],
+)
+def test_malformed_or_non_object_json_is_mlflows_400(model: ServedModel, body: bytes) -> None:
+    """The error MLflow's own scoring server gives: its exception, answered as 400 with
+    `error_code` BAD_REQUEST and its wording."""
+    with pytest.raises(MlflowException) as caught:
+        mlflow_frame(JSON, body, model.validator.columns)
+    assert caught.value.get_http_status_code() == 400
+    error = json.loads(caught.value.serialize_as_json())
+    assert error["error_code"] == "BAD_REQUEST"
+    assert error["message"].startswith("Invalid input. ")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"dataframe_records": [{"a": 1.5, "b": null}]}',
+        # orjson refuses these; MLflow (Python's json) reads them, and so do we
+        b'{"dataframe_split": {"columns": ["a", "b"], "data": [[NaN, 1], [Infinity, -Infinity]]}}',
+        b'{"inputs": {"a": [1e400], "b": [2]}}',
+        b'{"instances": [[12345678901234567890123, 1]], "params": {"x": 1}}',
+    ],
+)
+def test_json_decodes_as_mlflows_decoder_does(body: bytes) -> None:
+    """MLflow's scoring server decodes with Python's json: the reference."""
+    ours, reference = mlflow_json(body), json.loads(body)
+    assert json.dumps(ours) == json.dumps(reference)
 
 
 def test_a_nested_value_is_400_and_named_in_the_message() -> None:

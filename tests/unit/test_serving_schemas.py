@@ -3,6 +3,7 @@ rendering: no server needed (the routes themselves are tested against a real Ray
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,11 @@ def test_frames_from_the_mlflow_protocol_are_checked() -> None:
 
 
 def _mlflow_matrix(body: bytes, validator: RecordValidator) -> np.ndarray:
-    """What MLflow's own scoring-server parser makes of a body, in feature order."""
+    """What MLflow's own scoring-server parser makes of a body, in feature order (MLflow
+    decodes an object body with Python's json, then parses it with infer_and_parse_data)."""
     from mlflow.pyfunc import scoring_server
 
-    frame = scoring_server.infer_and_parse_data(scoring_server._decode_json_input(body))
+    frame = scoring_server.infer_and_parse_data(json.loads(body))
     return frame[validator.columns].to_numpy(dtype=float)
 
 

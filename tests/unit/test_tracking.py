@@ -6,7 +6,7 @@ import logging
 
 from mlflow.tracking import MlflowClient
 
-from ml.tracking import TrialTracker
+from ml.tracking import TrialTracker, tracking_store_engine
 
 
 def _tracker(tmp_path, experiment_id: str | None = None) -> tuple[TrialTracker, MlflowClient, str]:
@@ -64,10 +64,20 @@ def test_a_writer_that_died_is_reported_and_close_does_not_hang(tmp_path, caplog
 
 
 def test_the_writer_puts_a_local_sqlite_store_in_wal(tmp_path) -> None:
-    """MLflow's commits per trial run stop waiting for fsyncs; the runs are all there."""
+    """MLflow's commits per trial run stop waiting for fsyncs; the runs are all there.
+
+    The writer reaches the store's engine through `tracking_store_engine`, which reads
+    MLflow's private `_tracking_client.store` (no public API reaches it): an MLflow upgrade
+    that moves the store or its engine fails here, loudly, instead of silently turning off
+    the writer's fork safety and WAL. (One store for both checks: creating one costs seconds.)
+    """
     import sqlite3
 
     tracker, client, experiment_id = _tracker(tmp_path)
+    engine = tracking_store_engine(client)
+    assert engine is not None, "MLflow's SQLite tracking store no longer has an engine"
+    assert engine.url.database == str(tmp_path / "mlflow.db")  # the client's own database
+    assert tracking_store_engine(MlflowClient("http://127.0.0.1:9")) is None  # no database
     tracker.log_trial(0, "s", {"family": "logreg", "C": 1.0}, [0.9, 0.8], "COMPLETE", 0.1)
     tracker.close()
     with sqlite3.connect(tmp_path / "mlflow.db") as connection:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 import pytest
 
@@ -14,6 +16,7 @@ from ml.tuning import (
     create_study,
     enqueue_defaults,
     suggest_params,
+    trials_read_at_trial_start,
     tune,
 )
 from tests.unit.test_data import mixed_frame
@@ -166,6 +169,36 @@ def test_fold_gap_pruner_reads_the_bar_once_per_trial() -> None:
     following = study.ask()
     following.report(0.9929, 0)
     assert following.should_prune()  # 0.0061 behind the new best
+
+
+def test_the_private_trial_cache_adapter_still_reads_no_storage_inside_a_trial() -> None:
+    """`trials_read_at_trial_start` uses Optuna's private trial cache to spare a storage read
+    per trial. An Optuna upgrade that renames it, or whose cache is no longer filled by the
+    sampler, fails here: the adapter would then read the storage itself."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    for offset in (0.0, -0.002):
+        study.add_trial(_finished([s + offset for s in (0.9931, 0.9933, 0.9925)]))
+    storage = study._storage  # pylint: disable=protected-access
+    reads: list[int] = []
+    read_all = storage.get_all_trials
+
+    def counted(*args: Any, **kwargs: Any) -> list[optuna.trial.FrozenTrial]:
+        reads.append(1)
+        return read_all(*args, **kwargs)
+
+    storage.get_all_trials = counted  # type: ignore[method-assign]
+    seen: list[list[int]] = []
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float("x", 0.0, 1.0)  # the sampler reads the trials here
+        before = len(reads)
+        complete = trials_read_at_trial_start(study, (optuna.trial.TrialState.COMPLETE,))
+        assert len(reads) == before, "Optuna's trial cache was empty: a storage read"
+        seen.append([done.number for done in complete])
+        return 0.5
+
+    study.optimize(objective, n_trials=2)
+    assert seen == [[0, 1], [0, 1, 2]]  # each trial: the complete ones when it started
 
 
 def test_fold_gap_pruner_minimizing_prunes_the_higher_loss() -> None:
@@ -408,3 +441,56 @@ def test_a_family_that_does_not_scale_is_tuned_on_its_own_unscaled_folds(
         pipeline.fit(X.iloc[train], y.iloc[train])
         expected.append(score("roc_auc", pipeline, X.iloc[valid], y.iloc[valid]))
     assert list(study.trials[0].intermediate_values.values()) == expected
+
+
+# RDBStorage's methods that only read, or run inside a write's own transaction.
+RDB_READS = {
+    "_build_frozen_trial_from_trial_model",
+    "_create_unique_study_name",
+    "_fill_storage_url_template",
+    "_get_best_trial_id",
+    "_get_prepared_new_trial",
+    "_get_stale_trial_ids",
+    "_get_trials",
+    "_set_default_engine_kwargs_for_mysql",
+    "_set_trial_attr_without_commit",
+    "_set_trial_intermediate_value_without_commit",
+    "_set_trial_param_without_commit",
+    "_set_trial_value_without_commit",
+    "get_all_studies",
+    "get_all_trials",
+    "get_all_versions",
+    "get_best_trial",
+    "get_current_version",
+    "get_head_version",
+    "get_heartbeat_interval",
+    "get_heartbeat_stale_trial_callback",
+    "get_study_directions",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_system_attrs",
+    "get_study_user_attrs",
+    "get_trial",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial_param",
+    "get_trial_system_attrs",
+    "get_trial_user_attrs",
+    "remove_session",
+}
+
+
+def test_every_rdb_storage_method_is_known_as_a_read_or_a_write() -> None:
+    """`SQLiteStudyStorage` wraps Optuna's writing methods, private ones included, by name. An
+    Optuna upgrade that adds, renames or removes one fails here, loudly: a write it does not
+    wrap would begin deferred and could start a queued trial twice (optuna/optuna#4002)."""
+    from ml.storage import WRITES
+
+    methods = {
+        name
+        for name, value in vars(optuna.storages.RDBStorage).items()
+        if callable(value) and not name.startswith("__")
+    }
+    assert methods == RDB_READS | set(WRITES), (
+        f"RDBStorage changed: new {sorted(methods - RDB_READS - set(WRITES))}, "
+        f"gone {sorted((RDB_READS | set(WRITES)) - methods)}; classify them in ml/storage.py"
+    )
