@@ -24,7 +24,7 @@ from elk import events
 from elk.sinks import ElasticsearchSink
 from elk.stack import install_templates
 from tests.fixtures.elasticsearch import ElasticsearchServer
-from tests.fixtures.elastalert import ALERT_RECIPIENT, ElastAlert
+from tests.fixtures.elastalert import ALERT_RECIPIENT, ElastAlert, select_rules
 from tests.fixtures.smtp import SMTP_PASSWORD, Inbox
 
 pytestmark = pytest.mark.integration
@@ -158,3 +158,62 @@ def test_a_healthy_period_sends_no_mail(
     _write(sink, _healthy_period(f"alerts-{uuid.uuid4().hex[:8]}"))
     _let_rules_run_again(ea, ALL_RULES)
     assert smtp_server.messages == [], [m["Subject"] for m in smtp_server.messages]
+
+
+def _served_rows(model: str, count: int, latency_ms: float, status: str) -> list[dict[str, Any]]:
+    return [
+        events.prediction_event(
+            model_name=model,
+            model_version="3",
+            prediction_id=uuid.uuid4().hex,
+            label=None if status != "success" else 1,
+            probability=0.0 if status != "success" else 0.9,
+            latency_ms=latency_ms,
+            route="/predict",
+            status=status,
+            error=None if status == "success" else "HTTP 503: no model loaded",
+        )
+        for _ in range(count)
+    ]
+
+
+def test_an_incident_is_one_mail_per_rule(
+    elastalert: Callable[..., ElastAlert],
+    smtp_server: Inbox,
+    sink: ElasticsearchSink,
+    tmp_path: Path,
+) -> None:
+    """An incident the way serving records it: its heartbeat stops (the collector dies) after
+    a burst of slow rows (2 s each) and of failed rows (5xx) among healthy ones. The latency,
+    error-rate and silence rules each mail once, and keep running without a second mail.
+
+    The repo's silence rule waits 10 minutes; the copy here waits 20 s (only `timeframe`
+    differs), so the test checks the rule's logic, not the production window."""
+    rules = ("serving_latency_p99", "serving_error_rate", "telemetry_silent")
+    folder = select_rules(tmp_path / "rules", *rules)
+    silent = folder / "telemetry_silent.yaml"
+    silent.write_text(
+        silent.read_text().replace("timeframe: {minutes: 10}", "timeframe: {seconds: 20}")
+    )
+    assert "seconds: 20" in silent.read_text(), "the rule's timeframe line changed"
+    model = f"alerts-{uuid.uuid4().hex[:8]}"
+    _write(sink, [events.serving_health_event(model_name=model, dropped_total=0, queued=0)])
+    ea = elastalert(folder)
+    _write(
+        sink,
+        _served_rows(model, 40, 15.0, "success")
+        + _served_rows(model, 30, 2_000.0, "success")
+        + _served_rows(model, 30, 3.0, "failure"),
+    )
+
+    deadline = time.monotonic() + 120
+    while len(smtp_server.messages) < len(rules):
+        assert time.monotonic() < deadline, ([m["Subject"] for m in smtp_server.messages], ea.log())
+        time.sleep(0.5)
+    _let_rules_run_again(ea, rules)
+
+    assert sorted(m["Subject"] for m in smtp_server.messages) == [
+        "[mlops] no serving telemetry for 10 minutes",
+        "[mlops] serving error rate over 5 %",
+        "[mlops] serving p99 latency over 500 ms",
+    ]
