@@ -145,7 +145,8 @@ create_secrets() {
   run "${KN[@]}" create secret generic "$SECRET" \
     --from-literal=postgres-password="${POSTGRES_PASSWORD:-$(random_secret)}" \
     --from-literal=admin-token="${MLOPS_ADMIN_TOKEN:-$(random_secret)}" \
-    --from-literal=elasticsearch-password="${ELASTICSEARCH_PASSWORD:-}"
+    --from-literal=elasticsearch-password="${ELASTICSEARCH_PASSWORD:-}" \
+    --from-literal=smtp-password="${SMTP_PASSWORD:-}"
 }
 
 # A Job's pod template is immutable: replace the training Job only when its image changed.

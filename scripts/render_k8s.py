@@ -7,8 +7,9 @@ listening on all interfaces, replicas tracking the in-cluster MLflow), written
 - as a kustomize patch `k8s/base/rayservice-serve-config.yaml` (the RayService's serveConfigV2),
 - as `k8s/base/serve_config.cluster.yaml`, which the image runs in docker-compose,
 
-plus `k8s/base/filebeat/filebeat.yml` (a copy of the observability config for the ConfigMap
-generator, which may not read files outside k8s/) and the image the minikube overlay deploys
+plus `k8s/base/filebeat/filebeat.yml` and `k8s/base/elastalert/rules/*.yaml` (copies of the
+Filebeat config and the alert rules for the ConfigMap generator, which may not read files
+outside k8s/) and the image the minikube overlay deploys
 (`k8s/overlays/minikube/image.yaml`, the tag `make docker-build` builds).
 """
 
@@ -28,6 +29,8 @@ FILEBEAT_SOURCE = Path("elk/filebeat/filebeat.yml")
 SERVE_PATCH = Path("k8s/base/rayservice-serve-config.yaml")
 CLUSTER_SERVE_CONFIG = Path("k8s/base/serve_config.cluster.yaml")
 FILEBEAT_COPY = Path("k8s/base/filebeat/filebeat.yml")
+RULES_SOURCE = Path("elk/alerts/rules")
+RULES_COPY = Path("k8s/base/elastalert/rules")
 OVERLAY_IMAGE = Path("k8s/overlays/minikube/image.yaml")
 RAYSERVICE_NAME = "mlops-serving"
 IMAGE_NAME_IN_BASE = "mlops-serving"
@@ -101,6 +104,11 @@ def rendered_files(root: Path, image: str) -> tuple[dict[Path, str], list[str]]:
         expected[FILEBEAT_COPY] = filebeat.read_text()
     else:
         problems.append(f"{FILEBEAT_SOURCE}: no such file (Filebeat's config, from elk/)")
+    rules = sorted((root / RULES_SOURCE).glob("*.yaml"))
+    if not rules:
+        problems.append(f"{RULES_SOURCE}: no alert rules (*.yaml) found")
+    for rule in rules:
+        expected[RULES_COPY / rule.name] = rule.read_text()
     return expected, problems
 
 

@@ -509,3 +509,58 @@ def test_every_training_run_reads_one_training_configmap(directory: Path) -> Non
     Settings.model_validate(
         {key.removeprefix("MLOPS_").lower(): value for key, value in config["data"].items()}
     )
+
+
+def test_elastalert_runs_the_repos_rules_with_the_projects_settings() -> None:
+    """ElastAlert (issue 27, alerting) in the cluster: one replica (two would mail twice), the
+    image version scripts/elastalert.sh pins, the rules ConfigMap equal to elk/alerts/rules, its
+    config rendered by the project image from settings ml.config knows, and the passwords from
+    keys the example Secret documents."""
+    from ml.config import Settings
+
+    (deployment,) = [d for d in objects("Deployment") if d["metadata"]["name"] == "elastalert"]
+    assert deployment["spec"]["replicas"] == 1
+    spec = deployment["spec"]["template"]["spec"]
+    (init,) = spec["initContainers"]
+    (main,) = spec["containers"]
+
+    pinned = re.search(
+        r'"elastalert2==([\d.]+)"', (REPO_ROOT / "scripts/elastalert.sh").read_text()
+    )
+    assert pinned is not None and main["image"] == f"jertel/elastalert2:{pinned.group(1)}"
+    assert init["command"][:3] == ["python", "-m", "elk.alerts.elastalert_config"]
+    assert (REPO_ROOT / "elk" / "alerts" / "elastalert_config.py").is_file()
+    config_path = f"{init['command'][3]}/config.yaml"
+    assert config_path in " ".join(main["args"]), "ElastAlert must read the rendered config"
+
+    rules_dir = init["command"][init["command"].index("--rules-dir") + 1]
+    mounts = {m["name"]: m["mountPath"] for m in main["volumeMounts"]}
+    assert mounts["rules"] == rules_dir
+    (rules_volume,) = [v for v in spec["volumes"] if v["name"] == "rules"]
+    (rules_map,) = [
+        c
+        for c in objects("ConfigMap")
+        if c["metadata"]["name"] == rules_volume["configMap"]["name"]
+    ]
+    repo_rules = {p.name: p.read_text() for p in (REPO_ROOT / "elk/alerts/rules").glob("*.yaml")}
+    assert rules_map["data"] == repo_rules, "k8s/base/elastalert/rules is stale: make manifests"
+
+    (settings_map,) = [
+        c
+        for c in objects("ConfigMap")
+        if c["metadata"]["name"] == init["envFrom"][0]["configMapRef"]["name"]
+    ]
+    known = {
+        alias
+        for field in Settings.model_fields.values()
+        for alias in getattr(field.validation_alias, "choices", [field.validation_alias])
+        if isinstance(alias, str)
+    }
+    names = set(settings_map["data"]) | {e["name"] for e in init["env"]}
+    assert names <= known, f"settings ml.config does not read: {names - known}"
+    assert {"ELASTICSEARCH_URL", "SMTP_HOST", "SMTP_TO"} <= names
+
+    example = yaml.safe_load((BASE / "secrets.example.yaml").read_text())["stringData"]
+    for entry in init["env"]:
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == "mlops-secrets" and ref["key"] in example, ref
