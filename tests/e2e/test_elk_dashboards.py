@@ -105,6 +105,8 @@ def populated(
             "elasticsearch_url": elasticsearch_server.url,
             "var_dir": tmp,
             "log_dir": tmp / "log",
+            # the session pipeline's study, not one re-derived under the new var_dir
+            "optuna_storage": model.settings.optuna_storage,
         }
     )
 
