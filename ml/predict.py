@@ -18,7 +18,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ml.common.tracking import require_reachable
+from ml.common.tracking import TrackingUnavailable, require_reachable
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.decision import decide, split_threshold
@@ -245,7 +245,16 @@ def load_version(name: str, version: str) -> LoadedModel:
         uri = ModelRef(name, str(version)).uri
     except ValueError as exc:  # no such version can exist
         raise RegistryError(f"cannot load {name!r} version {version!r}: {exc}") from exc
-    require_reachable(mlflow.get_tracking_uri())  # down: one line now, not 4 min of retries
+    try:
+        require_reachable(mlflow.get_tracking_uri())  # down: one line now, not 4 min of retries
+    except TrackingUnavailable as exc:
+        log.error(
+            "loading %s failed: %s",
+            uri,
+            exc,
+            extra=load_failure_fields(uri, exc, name, str(version)),
+        )
+        raise
     try:
         local_path = mlflow.artifacts.download_artifacts(uri)
         integrity = _verify(name, str(version), local_path)

@@ -43,8 +43,9 @@ from elk.sinks import NdjsonSink, dumps
 from elk.stack import asset_path, install_templates
 from ml.common.logs import APP_DATASET, MASK
 from ml.config import Settings
+from ml.common.tracking import TrackingUnavailable
 from ml.predict import load_version
-from ml.registry import GateDecision, RegistryError, decision_fields
+from ml.registry import GateDecision, decision_fields
 from serving.main import app as mlops_app
 from serving.schemas import ServingOptions
 from serving.service import ModelService
@@ -480,7 +481,7 @@ def test_cli_and_replica_logs_reach_the_app_stream_by_their_ecs_fields_without_s
     mlflow.set_tracking_uri(registry)
     mlflow.set_registry_uri(registry)
     settings = Settings(var_dir=var_dir, model_name=model, mlflow_tracking_uri=registry)
-    with pytest.raises(RegistryError):
+    with pytest.raises(TrackingUnavailable):
         load_version(model, "7")
     decision = GateDecision(True, "no champion yet", "roc_auc", "7", 0.97, None, None)
     logging.getLogger("ml.registry").info(
@@ -491,7 +492,7 @@ def test_cli_and_replica_logs_reach_the_app_stream_by_their_ecs_fields_without_s
     logging.getLogger("elk.sinks").error("%s: connection refused", url)
 
     service = ModelService(settings, load_version, TelemetryCollector())
-    with pytest.raises(RegistryError):  # a replica without any model refuses to start
+    with pytest.raises(TrackingUnavailable):  # a replica without any model refuses to start
         asyncio.run(service.apply(ServingOptions(model_uri=f"models:/{model}/8")))
     for handler in logging.getLogger(SERVE_LOGGER_NAME).handlers:
         handler.flush()
@@ -550,7 +551,7 @@ def test_cli_and_replica_logs_reach_the_app_stream_by_their_ecs_fields_without_s
     assert replica["mlops"]["serve"]["replica"] == "fb0replica"
     assert replica["process"]["pid"] == os.getpid()
     assert replica["log"]["origin"]["file"]["name"] == "service.py"
-    assert replica["error"]["type"] == "RegistryError"
+    assert replica["error"]["type"] == "TrackingUnavailable"
     assert not {"levelname", "asctime", "timestamp_ns", "lineno"} & set(replica)
     # @timestamp is the record's own time (timestamp_ns, to the millisecond), not the read's
     (ray_line,) = [
