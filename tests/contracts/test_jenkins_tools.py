@@ -74,9 +74,16 @@ def programs(script: str) -> set[str]:
     return found
 
 
+def _agent_env() -> dict[str, str]:
+    """This environment minus what an outer `make test` exports (IMAGE derived from an empty
+    REGISTRY, MAKEFLAGS): a Jenkins agent's `make` starts without them."""
+    inherited = ("REGISTRY", "IMAGE", "MAKEFLAGS", "MAKELEVEL", "MFLAGS")
+    return {key: value for key, value in os.environ.items() if key not in inherited}
+
+
 def _make_dry_run(target: str, assignments: list[str]) -> str:
     """What `make <target>` would run, every prerequisite included (-B: as on a fresh agent)."""
-    env = {**os.environ, "REGISTRY": REGISTRY}
+    env = {**_agent_env(), "REGISTRY": REGISTRY}
     done = subprocess.run(
         ["make", "-s", "-n", "-B", target, *assignments],
         cwd=REPO_ROOT,
@@ -196,7 +203,7 @@ def test_the_checker_catches_a_missing_tool() -> None:
 
 def test_docker_push_needs_a_registry_namespace() -> None:
     """A bare `mlops-serving` would be pushed to docker.io/library: make refuses it."""
-    env = {key: value for key, value in os.environ.items() if key not in ("REGISTRY", "IMAGE")}
+    env = _agent_env()
     refused = subprocess.run(
         ["make", "-s", "-n", "docker-push"],
         cwd=REPO_ROOT,
