@@ -125,7 +125,10 @@ def test_the_champion_decides_at_a_logged_threshold_no_worse_than_untuned_defaul
     assert loaded.threshold == threshold
     proba = loaded.predict_proba(data_split.X_holdout)
     expected = decide(proba, np.asarray(loaded.classes), threshold)
-    assert list(mlflow.pyfunc.load_model(uri).predict(data_split.X_holdout)) == list(expected)
+    # pyfunc takes the rows as the user has them (the signature is the raw table)
+    assert dataset.raw_features is not None
+    raw_holdout = dataset.raw_features.loc[data_split.X_holdout.index]
+    assert list(mlflow.pyfunc.load_model(uri).predict(raw_holdout)) == list(expected)
 
 
 def test_the_served_model_shows_and_applies_its_threshold(
