@@ -168,6 +168,14 @@ def check_split_rows(split: Any) -> None:
     data = split.get("data") if isinstance(split, dict) else None
     if isinstance(data, list) and not all(isinstance(row, list) for row in data):
         raise RequestError("dataframe_split.data", "each row must be an array of values", 400)
+    index = split.get("index") if isinstance(split, dict) else None
+    if isinstance(index, list) and not all(_is_label(item) for item in index):
+        raise RequestError("dataframe_split.index", "each label must be a string or integer", 400)
+
+
+def _is_label(item: Any) -> bool:
+    """A row label the schema allows: a string or an integer (JSON booleans are not)."""
+    return isinstance(item, str) or (isinstance(item, int) and not isinstance(item, bool))
 
 
 def mlflow_json(body: bytes) -> dict[str, Any]:

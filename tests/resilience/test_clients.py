@@ -105,9 +105,11 @@ def upload(base_url: str, path: str, size: int, chunked: bool) -> Upload:
 
 
 def _read_answer(sock: socket.socket) -> bytes:
+    """The status line, headers and the whole body (its Content-Length), or what came before
+    the server closed: the headers and the body may arrive in separate segments."""
     answer = b""
     try:
-        while b"\r\n\r\n" not in answer:
+        while b"\r\n\r\n" not in answer or len(answer) < _answer_length(answer):
             data = sock.recv(65536)
             if not data:
                 break
@@ -115,6 +117,15 @@ def _read_answer(sock: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return answer
+
+
+def _answer_length(answer: bytes) -> int:
+    head, _, _ = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(head) + 4 + int(value.strip())
+    return len(head) + 4
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
