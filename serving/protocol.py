@@ -168,8 +168,10 @@ def check_split_rows(split: Any) -> None:
     data = split.get("data") if isinstance(split, dict) else None
     if isinstance(data, list) and not all(isinstance(row, list) for row in data):
         raise RequestError("dataframe_split.data", "each row must be an array of values", 400)
-    index = split.get("index") if isinstance(split, dict) else None
-    if isinstance(index, list) and not all(_is_label(item) for item in index):
+    if not isinstance(split, dict) or "index" not in split:
+        return
+    index = split["index"]
+    if not isinstance(index, list) or not all(_is_label(item) for item in index):
         raise RequestError("dataframe_split.index", "each label must be a string or integer", 400)
 
 
