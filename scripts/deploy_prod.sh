@@ -30,6 +30,10 @@ SMOKE_REQUEST="k8s/smoke/predict.json"
 IMAGE_NAME_IN_BASE="mlops-serving"
 REQUIRED_TOOLS=(kubectl curl)
 
+# The cwd is the repo root (cd above).
+# shellcheck source-path=SCRIPTDIR source=lib/smoke.sh
+source scripts/lib/smoke.sh
+
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'deploy-prod: %s\n' "$*" >&2; exit "${2:-1}"; }
 show() { printf '+'; printf ' %q' "$@"; printf '\n'; }
@@ -95,26 +99,7 @@ apply_and_wait() {
   run kube -n "$NAMESPACE" wait --for=condition=Ready "rayservice/$RAYSERVICE" --timeout="$WAIT_TIMEOUT"
 }
 
-smoke_test() {
-  local url="http://127.0.0.1:$LOCAL_PORT" attempt forward_pid
-  say "smoke test through a port-forward on $url"
-  if [ "$DRY_RUN" = 1 ]; then
-    show kubectl -n "$NAMESPACE" port-forward "svc/$RAYSERVICE-serve-svc" "$LOCAL_PORT:8000"
-    show curl -fsS -X POST -H 'Content-Type: application/json' --data "@$SMOKE_REQUEST" "$url/predict"
-    return 0
-  fi
-  kube -n "$NAMESPACE" port-forward "svc/$RAYSERVICE-serve-svc" "$LOCAL_PORT:8000" >/dev/null 2>&1 &
-  forward_pid=$!
-  # shellcheck disable=SC2064  # expand the pid now: it is this port-forward's
-  trap "kill $forward_pid 2>/dev/null || true" EXIT
-  for ((attempt = 1; attempt <= 30; attempt++)); do
-    curl -fsS -o /dev/null "$url/health" 2>/dev/null && break
-    [ "$attempt" -eq 30 ] && die "$url/health did not answer through the port-forward"
-    sleep 1
-  done
-  curl -fsS -X POST -H 'Content-Type: application/json' --data "@$SMOKE_REQUEST" "$url/predict"
-  echo
-}
+smoke_test() { smoke_test_through_port_forward kube -n "$NAMESPACE"; }
 
 main() {
   require_tools
