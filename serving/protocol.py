@@ -155,22 +155,25 @@ def mlflow_frame(content_type: str, body: bytes, columns: list[str]) -> pd.DataF
             )
         if not isinstance(decoded.get("params", {}), dict):
             raise RequestError("params", "must be an object", 400)
-        check_split_rows(decoded.get("dataframe_split"))
         data = {key: value for key, value in decoded.items() if key != "params"}
+        if isinstance(split := decoded.get("dataframe_split"), dict):
+            check_split_rows(split)
+            # Row labels do not change a prediction (answers come in row order), and pandas
+            # refuses labels that are fewer or more than the rows, which the schema allows.
+            data["dataframe_split"] = {k: v for k, v in split.items() if k != "index"}
         return as_input_frame(scoring_server.infer_and_parse_data(data), columns)
     except RecursionError as exc:  # json.loads, or numpy/pandas walking nested lists
         raise too_deep() from exc
 
 
-def check_split_rows(split: Any) -> None:
-    """`dataframe_split` rows are arrays; MLflow's parser also takes objects (`[{}]`, a row
-    of nothing, then imputed): a 400, as the schema says (found by schemathesis)."""
-    data = split.get("data") if isinstance(split, dict) else None
+def check_split_rows(split: dict[str, Any]) -> None:
+    """What the schema says of `dataframe_split` and MLflow's parser does not check (found by
+    schemathesis): rows are arrays (it takes objects, `[{}]`, as a row of nothing), and an
+    index is a list of string or integer labels."""
+    data = split.get("data")
     if isinstance(data, list) and not all(isinstance(row, list) for row in data):
         raise RequestError("dataframe_split.data", "each row must be an array of values", 400)
-    if not isinstance(split, dict) or "index" not in split:
-        return
-    index = split["index"]
+    index = split.get("index", [])
     if not isinstance(index, list) or not all(_is_label(item) for item in index):
         raise RequestError("dataframe_split.index", "each label must be a string or integer", 400)
 

@@ -28,13 +28,6 @@ EXAMPLES = 15  # per operation, fuzzing phase; the coverage phase adds its bound
 NESTING_BOMB = b"[" * 100_000
 
 
-# Known open defect (issue 25, stays open): each seed still finds `/invocations` bodies the
-# schema forbids but MLflow's parser accepts (dataframe_split `index` shapes so far). It runs in
-# full every time and reports what it finds; fixing the last gaps flips it to XPASS.
-@pytest.mark.xfail(
-    reason="issue 25: schemathesis --checks all still finds accepted schema-violating bodies",
-    strict=False,
-)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_schemathesis_checks_all_pass(serve_app: ServeApp, seed: int, tmp_path: Path) -> None:
     command = [

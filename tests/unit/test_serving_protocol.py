@@ -430,3 +430,24 @@ def test_split_rows_that_are_not_arrays_are_400(model: ServedModel) -> None:
     with pytest.raises(RequestError) as caught:
         _parse(model, JSON, _body({"dataframe_split": split}))
     assert (caught.value.status, caught.value.field) == (400, "dataframe_split.data")
+
+
+@pytest.mark.parametrize("index", [[{}], [True], "7", 7, [[1]]])
+def test_a_split_index_that_is_not_labels_is_400_on_either_path(
+    model: ServedModel, index: object
+) -> None:
+    """Through `invocation_rows` (the fast path defers an index): found by schemathesis."""
+    split = {"index": index, "columns": model.validator.columns, "data": [[1.0] * 30]}
+    with pytest.raises(RequestError) as caught:
+        _parse(model, JSON, _body({"dataframe_split": split}))
+    assert (caught.value.status, caught.value.field) == (400, "dataframe_split.index")
+
+
+@pytest.mark.parametrize("index", [[7], ["a"], [], [1, 2]])
+def test_a_split_with_labels_as_index_is_scored_in_row_order(
+    model: ServedModel, index: list[object]
+) -> None:
+    """Labels never change the answer, however many (the schema cannot tie their count to
+    the rows, so a count that differs is not refused)."""
+    split = {"index": index, "columns": model.validator.columns, "data": [[1.0] * 30]}
+    assert len(_parse(model, JSON, _body({"dataframe_split": split}))) == 1

@@ -134,7 +134,6 @@ def _mlflow_matrix(body: bytes, validator: RecordValidator) -> np.ndarray:
         b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2.5]]}}',
         b'{"dataframe_split": {"columns": ["b", "a"], "data": [[1, 2.5], [3, -4]]}}',
         b'{"dataframe_split": {"columns": ["a", "b"], "data": [[null, 2.5], [3e38, 0]]}}',
-        b'{"dataframe_split": {"index": [7], "columns": ["a", "b"], "data": [[null, 1]]}}',
         b'{"dataframe_split": {"columns": ["a", "b"], "data": [[12345678901234567890123, 1]]}}',
     ],
 )
@@ -159,6 +158,9 @@ def test_split_fast_path_equals_mlflows_parser(body: bytes) -> None:
         b'{"dataframe_split": {"columns": ["a", "a"], "data": [[1, 2]]}}',
         b'{"dataframe_split": {"columns": ["a", 2], "data": [[1, 2]]}}',
         b'{"dataframe_split": {"columns": ["a", "b"], "data": [[1, 2]]}, "params": {}}',
+        # an index is checked on MLflow's path (serving.protocol.check_split_rows)
+        b'{"dataframe_split": {"index": [7], "columns": ["a", "b"], "data": [[null, 1]]}}',
+        b'{"dataframe_split": {"index": [{}], "columns": ["a", "b"], "data": [[1, 2]]}}',
         b'{"dataframe_records": [{"a": 1, "b": 2}]}',
         b'{"dataframe_split": ',
         # beyond float32: MLflow's path, whose checks name the column
