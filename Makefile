@@ -269,6 +269,10 @@ bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/
 bench-training: setup ## Optuna vs RandomizedSearchCV (same space, budget) + MLflow tracking cost
 	$(BIN)/python benchmarks/training.py $(BENCH_ARGS)
 
+.PHONY: bench-training-short
+bench-training-short: setup ## The same races with 3+1 seeds and 2 tracking pairs (~15 min): before/after
+	$(BIN)/python benchmarks/training.py --short $(BENCH_ARGS)
+
 .PHONY: bench-decision
 bench-decision: setup ## Holdout F1 at 0.5 vs at the tuned threshold on an imbalanced table
 	$(BIN)/python benchmarks/decision.py $(BENCH_ARGS)

@@ -2,6 +2,7 @@
 space, same folds, same wall-clock budget; plus the cost of MLflow tracking per study.
 
     .venv/bin/python benchmarks/training.py            # make bench-training
+    .venv/bin/python benchmarks/training.py --short    # make bench-training-short (~15 min)
     .venv/bin/python benchmarks/training.py --quick    # a smoke run (seconds)
 
 Prints, per dataset and seed (folds, sampler and candidates follow the seed; 9 seeds on the
@@ -408,11 +409,20 @@ def main() -> None:
     parser.add_argument(
         "--min-side-s", type=float, default=60.0, help="tracking: seconds of studies per side"
     )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="same races and budgets, fewer seeds and repeats (~15 min): before/after checks",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run")
     parser.add_argument(
         "--overhead-only", action="store_true", help="only the tracking on/off comparison"
     )
     args = parser.parse_args()
+    if args.short:
+        # Same budgets and datasets, so each race is comparable with a full run's; fewer draws,
+        # so a median moves more: compare two short runs of one sitting, not a short with a full.
+        args.seeds, args.large_seeds, args.repeats, args.min_side_s = 3, 1, 2, 30.0
     if args.quick:
         args.budget, args.large_budget, args.rows = 4.0, 4.0, 2_000
         args.overhead_trials, args.repeats, args.overhead_rows = 3, 1, 1_000
