@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from ml.integrity import DIGEST_TAG
@@ -118,7 +119,9 @@ def aliased_versions_are_whole(client: MlflowClient, name: str) -> dict[str, str
     recorded, i.e. whose files were all stored and read back before the alias was set."""
     try:
         model = client.get_registered_model(name)
-    except Exception:  # pylint: disable=broad-exception-caught  # not registered at all
+    except MlflowException as error:  # only "not registered at all" means no alias
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
         return {}
     aliases = dict(model.aliases)
     for alias, version in aliases.items():

@@ -88,7 +88,7 @@ def test_killed_pipelines_leave_no_half_registered_alias_and_the_next_run_resume
     command = run_mlops(SHORT, env)
     assert command.process.returncode == 0, command.output[-3000:]
     aliases = aliased_versions_are_whole(client, MODEL)
-    assert set(aliases) == {"challenger", "champion"}
+    assert set(aliases) == {"challenger", "champion"}, command.output[-3000:]
     champion = client.get_model_version(MODEL, aliases["champion"])
     assert champion.tags["gate.decision"] == "promoted" and champion.tags[DIGEST_TAG]
 
