@@ -68,7 +68,8 @@ ENV PATH=/opt/venv/bin:${PATH} \
 # Ray's environment as `mlops serve` sets it (serving.local_cluster.ray_env): HAProxy mode in place of
 # Ray's Python HTTP proxy without its per-request log-line metrics, Serve's throughput-optimized
 # request path, proxy readiness checks that tolerate a slow start, and replicas at normal
-# priority (Ray runs workers at nice 15).
+# priority (Ray runs workers at nice 15), and a 5 s HAProxy deregistration window for a stopping
+# replica instead of 30 s, which outlasted graceful_shutdown_timeout_s (see ray_env).
 # KubeRay's `ray start` inherits it.
 # RAY_SERVE_ENABLE_HA_PROXY=0 falls back to the Python proxy. Ray's auth mode is not set here:
 # under KubeRay the RayService's `authOptions` decides it.
@@ -78,6 +79,7 @@ ENV RAY_SERVE_ENABLE_HA_PROXY=1 \
     RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S=30 \
     RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S=30 \
     RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
+    RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S=5 \
     RAY_worker_niceness=0
 USER 1000:1000
 WORKDIR /home/ray

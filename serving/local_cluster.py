@@ -119,6 +119,12 @@ def ray_env(haproxy: bool) -> dict[str, str]:
         # so they run at normal priority.
         "RAY_worker_niceness": "0",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        # A stopping replica behind HAProxy first stays reachable this long so load balancers
+        # can deregister it (Ray's default, 30 s, is sized for cloud ones), then refuses new
+        # connections (HAProxy retries another replica) and drains. 30 s is longer than the
+        # deployment's graceful_shutdown_timeout_s (20 s): every stop ended in a force-kill,
+        # the replica's destructor (the telemetry flush) never ran, and `make stop` took 75 s.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5",
     }
     binary = haproxy_binary()
     if haproxy and binary:
