@@ -71,6 +71,9 @@ def run_env(tmp_path: Path):
     cluster = _cluster_record(var_dir)
     stopped = make("stop", env)
     assert stopped.returncode == 0, stopped.stderr[-3000:]
+    # Replicas drain and exit within their graceful shutdown (their destructor flushes the
+    # telemetry), rather than being force-killed when the controller gives up after 30 s.
+    assert "failed to shut down" not in stopped.stdout + stopped.stderr, stopped.stderr[-3000:]
     # `make stop` leaves no Ray process of ours and no listening port behind
     ports = [int(env["MLOPS_SERVE_PORT"]), int(env["MLOPS_RAY_DASHBOARD_PORT"])]
     ports += [value for key, value in cluster.items() if key.endswith("_port")]
