@@ -46,11 +46,6 @@ def start_and_reach_tuning(env: dict[str, str]) -> Command:
     return command
 
 
-# Known open defect (issue 25, stays open): on a fresh clone the run after the kills finished
-# with exit 0 but left no alias; not yet understood. The kills' own checks run before it.
-@pytest.mark.xfail(
-    reason="issue 25: the run after the kills left no alias on a fresh clone", strict=False
-)
 def test_killed_pipelines_leave_no_half_registered_alias_and_the_next_run_resumes(
     tmp_path: Path,
 ) -> None:
