@@ -273,6 +273,10 @@ bench-training: setup ## Optuna vs RandomizedSearchCV (same space, budget) + MLf
 bench-training-short: setup ## The same races with 3+1 seeds and 2 tracking pairs (~15 min): before/after
 	$(BIN)/python benchmarks/training.py --short $(BENCH_ARGS)
 
+.PHONY: bench-storage
+bench-storage: setup ## Optuna storages per trial: our SQLite, plain RDB, journal file (1 and 2 workers)
+	$(BIN)/python benchmarks/study_storage.py $(BENCH_ARGS)
+
 .PHONY: bench-decision
 bench-decision: setup ## Holdout F1 at 0.5 vs at the tuned threshold on an imbalanced table
 	$(BIN)/python benchmarks/decision.py $(BENCH_ARGS)

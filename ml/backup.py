@@ -2,7 +2,8 @@
 artifacts, the Optuna storage and the CT database (served predictions, outcomes, CT state).
 
 A backup is a directory `<backup_dir>/<id>/`: one file per database (a SQLite file copied with
-sqlite3's online backup API, so writers may go on; `pg_dump` for PostgreSQL), the artifact
+sqlite3's online backup API, so writers may go on; the Optuna journal copied under its own
+lock, so it ends on a whole record; `pg_dump` for PostgreSQL), the artifact
 tree, and `manifest.json` with every file's size and sha256. It is written under a temporary
 name and renamed once complete, so only a whole backup carries its final name. Restore checks
 every file against the manifest before it writes anything, and names the file at fault.
@@ -30,13 +31,14 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 
 from ml.config import Settings
+from ml.storage import is_journal, journal_locked
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 PARTIAL_SUFFIX = ".partial"
 ARTIFACTS = "artifacts"
 Role = Literal["mlflow", "optuna", "ct"]
-StoreKind = Literal["sqlite", "postgresql"]
+StoreKind = Literal["sqlite", "journal", "postgresql"]
 
 
 class BackupError(Exception):
@@ -123,9 +125,12 @@ ROLE_SETTING: dict[Role, str] = {
 
 
 def store_kind(url: str, role: Role) -> StoreKind:
-    """sqlite or postgresql; anything else (an MLflow server over HTTP) is refused by name."""
+    """sqlite, an Optuna journal file, or postgresql; anything else (an MLflow server over
+    HTTP) is refused by name."""
     if url.startswith("sqlite:///"):
         return "sqlite"
+    if role == "optuna" and is_journal(url):
+        return "journal"
     if url.startswith(("postgresql:", "postgresql+", "postgres:")):
         return "postgresql"
     scheme = url.split(":", 1)[0] or "(empty)"
@@ -149,6 +154,11 @@ def stores(settings: Settings) -> list[Store]:
 
 def sqlite_path(url: str) -> Path:
     return Path(sa.make_url(url).database or "")
+
+
+def store_file(step: RestoreStep) -> Path:
+    """The file a SQLite or journal store lives in."""
+    return sqlite_path(step.url) if step.kind == "sqlite" else Path(step.url)
 
 
 # --- create --------------------------------------------------------------------------------
@@ -212,6 +222,13 @@ def _dump(store: Store, staging: Path, index: int) -> DatabaseEntry:
             raise BackupError(f"{ROLE_SETTING[store.roles[0]]}: no such SQLite file: {source}")
         file = f"{name}.db"
         _sqlite_copy(source, staging / file)
+    elif store.kind == "journal":
+        source = Path(store.url)
+        if not source.is_file():
+            raise BackupError(f"{ROLE_SETTING[store.roles[0]]}: no such journal file: {source}")
+        file = f"{name}.journal"
+        with journal_locked(source):  # workers may append meanwhile: copy whole records only
+            shutil.copyfile(source, staging / file)
     else:
         file = f"{name}.pgdump"
         _pg(["pg_dump", "--format=custom", "--no-owner", "--file", str(staging / file)], store)
@@ -413,8 +430,8 @@ def _artifact_target(settings: Settings, manifest: Manifest, backup: Path) -> Pa
 
 
 def _require_empty_store(step: RestoreStep) -> None:
-    if step.kind == "sqlite":
-        path = sqlite_path(step.url)
+    if step.kind in ("sqlite", "journal"):
+        path = store_file(step)
         if path.exists():
             setting = ROLE_SETTING[step.role]
             raise BackupError(
@@ -438,7 +455,7 @@ def _restore_database(step: RestoreStep) -> None:
         command = ["pg_restore", "--clean", "--if-exists", "--no-owner", "--single-transaction"]
         _pg([*command, str(step.source)], Store(step.url, (step.role,)))
         return
-    target = sqlite_path(step.url)
+    target = store_file(step)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}{PARTIAL_SUFFIX}")
     shutil.copyfile(step.source, partial)

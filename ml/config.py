@@ -123,7 +123,9 @@ class Settings(BaseSettings):
         "(ml/decision.py); auto: the tuning metric when it is f1 or accuracy, else none (0.5)",
     )
     optuna_storage: str = Field(
-        "", description="RDB URL; default: the MLflow database, or a file beside it (ml.study)"
+        "",
+        description="a journal file path (one host) or an RDB URL (machines share it); "
+        "default: the MLflow database, or a journal file beside it (ml/storage.py)",
     )
     study_name: str | None = Field(
         None, description="default: one study per objective (ml/study.py), so changes restart"
@@ -335,7 +337,7 @@ class Settings(BaseSettings):
         return _study_file_beside(uri) or self._local_optuna_storage()
 
     def _local_optuna_storage(self) -> str:
-        return f"sqlite:///{self.var_dir / 'optuna.db'}"
+        return str(self.var_dir / "optuna.journal")
 
     @property
     def unshared_study_storage(self) -> bool:
@@ -412,15 +414,19 @@ class Settings(BaseSettings):
 
 
 def _study_file_beside(tracking_uri: str) -> str | None:
-    """The study file beside a SQLite tracking file: `optuna.db` beside `mlflow.db`,
-    `<name>.optuna.db` beside any other `<name>.db`; None for other stores."""
+    """The study journal beside a SQLite tracking file: `optuna.journal` beside `mlflow.db`,
+    `<name>.optuna.journal` beside any other `<name>.db`; None for other stores."""
     prefix = "sqlite:///"
     path = tracking_uri[len(prefix) :].split("?", 1)[0]
     if not tracking_uri.startswith(prefix) or path in {"", ":memory:"}:
         return None
     tracking_file = Path(path)
-    name = "optuna.db" if tracking_file.name == "mlflow.db" else f"{tracking_file.stem}.optuna.db"
-    return f"{prefix}{tracking_file.with_name(name)}"
+    name = (
+        "optuna.journal"
+        if tracking_file.name == "mlflow.db"
+        else f"{tracking_file.stem}.optuna.journal"
+    )
+    return str(tracking_file.with_name(name))
 
 
 def _url_password(text: str) -> str | None:

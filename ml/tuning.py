@@ -503,7 +503,7 @@ def _claim(unclaimed: Any) -> bool:
 
 def study_figures(study_name: str, settings: Settings) -> dict[str, Any]:
     """Optimization history and parameter importance as matplotlib figures (no plotly)."""
-    study = optuna.load_study(study_name=study_name, storage=settings.optuna_storage)
+    study = optuna.load_study(study_name=study_name, storage=study_storage(settings.optuna_storage))
     figures: dict[str, Any] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

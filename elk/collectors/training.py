@@ -15,6 +15,7 @@ import optuna
 from elk import events
 from ml.common.stages import STAGE_LOGGER
 from ml.config import Settings
+from ml.storage import study_storage
 
 
 class StageEvents(logging.Handler):
@@ -56,7 +57,7 @@ def attach_stage_events() -> StageEvents:
 
 def trial_events(settings: Settings, study_name: str) -> list[dict[str, Any]]:
     """One event per finished trial of the study, timestamped when the trial ended."""
-    study = optuna.load_study(study_name=study_name, storage=str(settings.optuna_storage))
+    study = optuna.load_study(study_name=study_name, storage=study_storage(settings.optuna_storage))
     found = []
     for trial in study.get_trials(deepcopy=False):
         if not trial.state.is_finished():

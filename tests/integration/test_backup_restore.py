@@ -27,6 +27,7 @@ from ml.config import Settings
 from ml.data import load_frame
 from ml.outcomes import OutcomeStore, PredictionRecord
 from ml.predict import load_champion
+from ml.storage import study_storage
 from serving.main import app
 from tests.fixtures.elasticsearch import ElasticsearchServer
 from tests.fixtures.postgres import PostgresServer
@@ -152,7 +153,7 @@ def test_restore_drill_brings_back_the_same_system(
 def _study_summaries(settings: Settings) -> list[Any]:
     import optuna
 
-    return optuna.get_all_study_summaries(storage=settings.optuna_storage)
+    return optuna.get_all_study_summaries(storage=study_storage(settings.optuna_storage))
 
 
 def test_restore_refuses_a_backup_whose_snapshot_is_gone(
@@ -163,7 +164,7 @@ def test_restore_refuses_a_backup_whose_snapshot_is_gone(
     settings = _settings(env, monkeypatch)
     _record_served_predictions(settings, 3)
     (settings.var_dir / "mlflow.db").touch()  # an empty SQLite file is a valid database
-    (settings.var_dir / "optuna.db").touch()
+    Path(settings.optuna_storage).touch()  # an empty journal is a valid one
     path, manifest = backup.create(settings, ElasticsearchSnapshots.from_settings(settings))
     assert manifest.elasticsearch is not None
     ElasticsearchSnapshots.from_settings(settings).delete(manifest.elasticsearch)
@@ -188,7 +189,7 @@ def test_postgresql_ct_database_round_trips_through_pg_dump(
     settings = Settings()
     (settings.var_dir / "mlflow.db").parent.mkdir(parents=True)
     (settings.var_dir / "mlflow.db").touch()
-    (settings.var_dir / "optuna.db").touch()
+    Path(settings.optuna_storage).touch()  # an empty journal is a valid one
     _record_served_predictions(settings, 30)
     before = _ct_counts(settings)
     path, manifest = backup.create(settings)

@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml.integrity import DIGEST_TAG
+from ml.storage import study_storage
 from tests.resilience.chain_support import (
     MODEL,
     Command,
@@ -87,10 +88,9 @@ def test_killed_pipelines_leave_no_half_registered_alias_and_the_next_run_resume
     champion = client.get_model_version(MODEL, aliases["champion"])
     assert champion.tags["gate.decision"] == "promoted" and champion.tags[DIGEST_TAG]
 
-    [summary] = optuna.get_all_study_summaries(f"sqlite:///{var_dir / 'optuna.db'}")
-    study = optuna.load_study(
-        study_name=summary.study_name, storage=f"sqlite:///{var_dir / 'optuna.db'}"
-    )
+    storage = study_storage(str(var_dir / "optuna.journal"))
+    [summary] = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
     states = [trial.state for trial in study.trials]
     assert optuna.trial.TrialState.RUNNING not in states, states
     assert states.count(optuna.trial.TrialState.FAIL) >= 2  # one a worker, each interrupted run

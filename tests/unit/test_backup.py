@@ -1,4 +1,5 @@
-"""ml.backup without servers: SQLite stores and an artifact tree in a temporary var/.
+"""ml.backup without servers: SQLite stores, an Optuna journal and an artifact tree in a
+temporary var/.
 
 A corrupt, truncated or partial backup is refused before anything is written, naming the file
 at fault; a live SQLite writer does not spoil the copy; retention keeps the newest backups.
@@ -10,13 +11,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from contextlib import closing
 from pathlib import Path
 
+import optuna
 import pytest
 
 from ml import backup
 from ml.config import Settings
+from ml.storage import journal_locked, study_storage
 
 
 def _settings(root: Path, **extra: str) -> Settings:
@@ -31,6 +35,16 @@ def _sqlite(path: Path, rows: int) -> None:
         connection.commit()
 
 
+def _journal(location: str, trials: int) -> None:
+    """A real Optuna journal with one study of `trials` finished trials."""
+    study = optuna.create_study(study_name="s", storage=study_storage(location))
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=trials)
+
+
+def _trials(location: str) -> int:
+    return len(optuna.load_study(study_name="s", storage=study_storage(location)).trials)
+
+
 def _rows(path: Path) -> list[int]:
     with closing(sqlite3.connect(path)) as connection:
         return [n for (n,) in connection.execute("SELECT n FROM t ORDER BY n")]
@@ -41,7 +55,7 @@ def populated(tmp_path: Path) -> Settings:
     """A var/ with the three SQLite stores and two artifact files."""
     settings = _settings(tmp_path)
     _sqlite(settings.var_dir / "mlflow.db", 3)
-    _sqlite(settings.var_dir / "optuna.db", 4)
+    _journal(settings.optuna_storage, 4)
     _sqlite(settings.var_dir / "ct.db", 5)
     model = settings.artifact_root / "1" / "abc" / "artifacts" / "model"
     model.mkdir(parents=True)
@@ -64,7 +78,7 @@ def test_round_trip_restores_every_store_into_a_fresh_var(populated: Settings) -
     _wipe(populated)
     backup.restore(populated, path)
     assert _rows(populated.var_dir / "mlflow.db") == [0, 1, 2]
-    assert _rows(populated.var_dir / "optuna.db") == [0, 1, 2, 3]
+    assert _trials(populated.optuna_storage) == 4
     assert _rows(populated.var_dir / "ct.db") == [0, 1, 2, 3, 4]
     restored = populated.artifact_root / "1" / "abc" / "artifacts" / "model" / "model.skops"
     assert restored.read_bytes() == b"\x00model bytes" * 100
@@ -83,6 +97,25 @@ def test_sqlite_copy_is_consistent_while_a_writer_holds_a_transaction(
         writer.commit()
     [ct_file] = [db.file for db in backup.verify(path).databases if "ct" in db.roles]
     assert _rows(path / ct_file) == [0, 1, 2, 3, 4]
+
+
+def test_journal_copy_ends_on_a_whole_record_while_a_worker_appends(populated: Settings) -> None:
+    """The copy waits for the journal's lock, as Optuna's own appends do: a record half
+    written under the lock is whole in the backup."""
+    journal = Path(populated.optuna_storage)
+    record = journal.read_bytes().splitlines(keepends=True)[-1]
+    created: list[Path] = []
+    with journal_locked(journal):
+        with journal.open("ab") as appending:
+            appending.write(record[:10])
+            appending.flush()
+            worker = threading.Thread(target=lambda: created.append(backup.create(populated)[0]))
+            worker.start()
+            worker.join(timeout=1)  # time for a copy that ignored the lock to take the half
+            appending.write(record[10:])
+    worker.join()
+    [optuna_file] = [db.file for db in backup.verify(created[0]).databases if "optuna" in db.roles]
+    assert (created[0] / optuna_file).read_bytes() == journal.read_bytes()
 
 
 def _corrupt(path: Path) -> None:

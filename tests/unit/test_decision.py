@@ -16,6 +16,7 @@ from ml.config import Settings
 from ml.data import split, validate
 from ml.decision import choose_threshold, decide, split_threshold, with_threshold
 from ml.features import build_pipeline
+from ml.storage import study_storage
 from ml.tuning import THRESHOLD_ATTR, tune
 from serving.model import Scored, ServedModel
 from tests.unit.serving_support import LOGREG, demo_dataset, fitted, mixed_dataset
@@ -140,7 +141,7 @@ def test_a_binary_study_records_each_trials_threshold_and_scores_it_there(tmp_pa
     )
     data_split = split(dataset, 0.2, 42)
     result = tune(data_split, dataset.feature_types, settings, "f1-study", None)
-    study = optuna.load_study(study_name="f1-study", storage=settings.optuna_storage)
+    study = optuna.load_study(study_name="f1-study", storage=study_storage(settings.optuna_storage))
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert complete and all(THRESHOLD_ATTR in trial.user_attrs for trial in complete)
     assert result.threshold == study.best_trial.user_attrs[THRESHOLD_ATTR]

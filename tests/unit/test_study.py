@@ -15,6 +15,7 @@ from ml.common.stages import STUDY_LOGGER
 from ml.config import Settings
 from ml.families import FAMILIES
 from ml.pipeline import run_pipeline
+from ml.storage import study_storage
 from ml.study import (
     CLASSIFICATION,
     StudyIdentity,
@@ -123,11 +124,11 @@ def test_an_explicit_study_name_wins(settings: Settings) -> None:
 
 def test_the_study_file_sits_beside_a_sqlite_tracking_file(tmp_path: Path) -> None:
     var = tmp_path / "var"
-    assert Settings(var_dir=var).optuna_storage == f"sqlite:///{var / 'optuna.db'}"
+    assert Settings(var_dir=var).optuna_storage == str(var / "optuna.journal")
     elsewhere = Settings(var_dir=var, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert elsewhere.optuna_storage == f"sqlite:///{tmp_path / 'optuna.db'}"
+    assert elsewhere.optuna_storage == str(tmp_path / "optuna.journal")
     named = Settings(var_dir=var, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'team-a.db'}")
-    assert named.optuna_storage == f"sqlite:///{tmp_path / 'team-a.optuna.db'}"
+    assert named.optuna_storage == str(tmp_path / "team-a.optuna.journal")
     database = "postgresql://mlops@db.example/mlflow"
     assert Settings(var_dir=var, mlflow_tracking_uri=database).optuna_storage == database
     own = Settings(var_dir=var, mlflow_tracking_uri=database, optuna_storage="sqlite:///x.db")
@@ -138,7 +139,7 @@ def test_a_tracking_server_without_study_storage_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = Settings(var_dir=tmp_path / "var", mlflow_tracking_uri="http://mlflow.example:5000")
-    assert server.optuna_storage == f"sqlite:///{tmp_path / 'var' / 'optuna.db'}"
+    assert server.optuna_storage == str(tmp_path / "var" / "optuna.journal")
     assert server.unshared_study_storage
     with caplog.at_level(logging.WARNING, logger=STUDY_LOGGER):
         warn_if_unshared(server)
@@ -164,7 +165,7 @@ def test_a_changed_metric_counts_no_trial_of_the_earlier_study(
         f"new study {second.tuning.study_name}: tuning metric changed roc_auc -> f1, "
         "decision metric changed none -> f1"  # f1 trials are scored at their own threshold
     )
-    storage = tiny.optuna_storage
+    storage = study_storage(tiny.optuna_storage)
     before = optuna.load_study(study_name=first.tuning.study_name, storage=storage)
     after = optuna.load_study(study_name=second.tuning.study_name, storage=storage)
     assert len(before.trials) == 3 and len(after.trials) == 3  # the first left untouched

@@ -10,6 +10,7 @@ import pytest
 from ml.config import Settings
 from ml.data import load_dataset, split, validate
 from ml.families import family
+from ml.storage import study_storage
 from ml.tuning import (
     FoldGapPruner,
     Objective,
@@ -74,7 +75,7 @@ def test_study_in_rdb_storage_is_resumed_by_name(tmp_path, demo_split) -> None:
     second = tune(data_split, dataset.feature_types, settings, "shared", tracker=None)
     assert first.complete + first.pruned == 2
     assert second.complete + second.pruned == 4  # the second run joined the same study
-    loaded = optuna.load_study(study_name="shared", storage=settings.optuna_storage)
+    loaded = optuna.load_study(study_name="shared", storage=study_storage(settings.optuna_storage))
     assert len(loaded.trials) == 4
     assert second.best_value == pytest.approx(loaded.best_value)
 
@@ -310,7 +311,7 @@ def test_parallel_study_runs_exactly_its_trials_and_reports_each_to_the_callback
     )
     assert sorted(trial.number for trial in reported) == list(range(7))
     assert result.complete + result.pruned + result.failed == 7
-    study = optuna.load_study(study_name="parallel", storage=settings.optuna_storage)
+    study = optuna.load_study(study_name="parallel", storage=study_storage(settings.optuna_storage))
     assert len(study.trials) == 7
     stored = {trial.number: (trial.state, trial.value, trial.params) for trial in study.trials}
     assert {trial.number: (trial.state, trial.value, trial.params) for trial in reported} == stored
