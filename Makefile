@@ -202,11 +202,12 @@ security-bandit: setup ## bandit -> reports/bandit.json; fails on medium or high
 		--exit-zero
 	$(BIN)/bandit -q -c pyproject.toml -r $(PY_PACKAGES) --severity-level medium
 
-security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json
-	@mkdir -p $(REPORTS_DIR)
-	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \
-		--progress-spinner off --format json --output $(REPORTS_DIR)/pip-audit.json \
-		$(PIP_AUDIT_IGNORES)
+# Exit 1: a vulnerability not accepted; exit 3: not audited (the advisory DB unreachable, or
+# some packages skipped): jenkins/pip_audit_gate.py says so in one line and writes no report.
+security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json (exit 3: not audited)
+	$(BIN)/python jenkins/pip_audit_gate.py --report $(REPORTS_DIR)/pip-audit.json -- \
+		$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \
+		--progress-spinner off $(PIP_AUDIT_IGNORES)
 
 quality: setup ## Every check (lint, typecheck, security); all run, any failure fails
 	@$(MAKE) -k lint typecheck security
