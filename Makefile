@@ -202,8 +202,9 @@ security-bandit: setup ## bandit -> reports/bandit.json; fails on medium or high
 		--exit-zero
 	$(BIN)/bandit -q -c pyproject.toml -r $(PY_PACKAGES) --severity-level medium
 
-# Exit 1: a vulnerability not accepted; exit 3: not audited (the advisory DB unreachable, or
-# some packages skipped): jenkins/pip_audit_gate.py says so in one line and writes no report.
+# The recipe fails with 1 for a vulnerability not accepted, 3 ("Error 3") when nothing or not
+# everything was audited (the advisory DB unreachable): jenkins/pip_audit_gate.py says so in
+# one line, writes no pip-audit.json and keeps pip-audit's output as pip-audit.unaudited.json.
 security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json (exit 3: not audited)
 	$(BIN)/python jenkins/pip_audit_gate.py --report $(REPORTS_DIR)/pip-audit.json -- \
 		$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \

@@ -78,14 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     for stale in (report, unaudited, raw):  # a stale clean report must not outlive this run
         stale.unlink(missing_ok=True)
     report.parent.mkdir(parents=True, exist_ok=True)
-    # Its summary ("No known vulnerabilities found") is only shown when the audit was whole.
+    # pip-audit's own summary ("No known vulnerabilities found") is shown only for a whole audit.
     done = subprocess.run(  # nosec B603  # argv from the Makefile, no shell
         [*command, "--format", "json", "--output", str(raw)],
         check=False,
-        stdout=subprocess.PIPE,
+        capture_output=True,
         text=True,
     )
     if not raw.exists():
+        sys.stderr.write(done.stderr)
         print(f"pip-audit failed (exit {done.returncode}) and wrote no report", file=sys.stderr)
         return done.returncode or 1
     result = read_result(json.loads(raw.read_text()))
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         print(verdict(result), file=sys.stderr)
         return NOT_AUDITED
     raw.replace(report)
-    print(done.stdout, end="")
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
     return done.returncode
 
 
