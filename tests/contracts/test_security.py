@@ -174,16 +174,6 @@ K8S_EXCEPTIONS: dict[str, dict[str, str]] = {
     "RayService/mlops-serving/log-dir-owner": {
         "non_root": "chowns the node's hostPath log dirs to uid 1000 (hostPath ignores fsGroup)",
     },
-    "RayService/mlops-serving/ray-head": {
-        "read_only_root": (
-            "Ray writes outside /tmp/ray: POST /admin/retrain runs `mlops ct run` as a Ray job "
-            "in the working dir (var/ under /home/ray) and Ray's runtime envs unpack beside "
-            "it; not verifiable without a cluster, so the root stays writable"
-        ),
-    },
-    "RayService/mlops-serving/ray-worker": {
-        "read_only_root": "as the head: Serve replicas and retrain jobs write under /home/ray",
-    },
 }
 
 
@@ -279,10 +269,18 @@ def test_read_only_roots_have_scratch_space_where_the_process_writes() -> None:
         "CronJob/mlops-ct/ct",
         "CronJob/mlops-backup/backup",
         "Deployment/elastalert/elastalert",
+        "RayService/mlops-serving/ray-head",
+        "RayService/mlops-serving/ray-worker",
     ):
         mounts = {mount["mountPath"] for mount in containers[name].get("volumeMounts", [])}
         assert "/tmp" in mounts, name
-    for name in ("Job/mlops-train/train", "CronJob/mlops-ct/ct", "CronJob/mlops-backup/backup"):
+    for name in (
+        "Job/mlops-train/train",
+        "CronJob/mlops-ct/ct",
+        "CronJob/mlops-backup/backup",
+        "RayService/mlops-serving/ray-head",
+        "RayService/mlops-serving/ray-worker",
+    ):
         assert env_of(containers[name])["MLOPS_VAR_DIR"]["value"].startswith("/tmp/"), name
     postgres = containers["Deployment/postgres/postgres"]["volumeMounts"]
     assert "/var/run/postgresql" in {mount["mountPath"] for mount in postgres}
