@@ -294,6 +294,9 @@ monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming
 monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
 	$(BIN)/mlops monitor drift
 
+kube-score: setup ## kube-score's container security checks on both overlays (built once from its Go module)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/kube_score.sh check k8s/overlays/minikube k8s/overlays/prod
+
 filebeat: ## Build the tests' Filebeat 7.17 from its Go module once (needs Go; cached in CACHE_DIR)
 	scripts/filebeat.sh build >/dev/null
 

@@ -10,15 +10,17 @@ kustomize renders both overlays (as test_k8s.py does). `make security-bandit` an
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.contracts.test_docker import ROOT_COMPOSE, compose_config
-from tests.contracts.test_k8s import render
+from tests.contracts.test_k8s import kubectl, render
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = {
@@ -115,8 +117,6 @@ def test_a_dedicated_user_replaces_the_superuser() -> None:
 
 
 def test_filebeat_yml_takes_its_credentials_from_the_environment() -> None:
-    import yaml
-
     for path in (
         REPO_ROOT / "elk/filebeat/filebeat.yml",
         REPO_ROOT / "k8s/base/filebeat/filebeat.yml",
@@ -218,6 +218,9 @@ def violations(container: dict[str, Any]) -> dict[str, str]:
         found["non_root"] = f"may run as root (runAsUser {user}, runAsNonRoot {non_root})"
     if context.get("readOnlyRootFilesystem") is not True:
         found["read_only_root"] = "readOnlyRootFilesystem is not true"
+    seccomp = context.get("seccompProfile", pod.get("seccompProfile", {}))
+    if seccomp.get("type") not in {"RuntimeDefault", "Localhost"}:
+        found["seccomp"] = "no RuntimeDefault seccomp profile"
     return found
 
 
@@ -247,9 +250,15 @@ def test_every_k8s_exception_is_still_needed() -> None:
 
 def test_the_hardening_check_rejects_a_weak_container() -> None:
     weak = {"name": "x", "_pod": {}, "securityContext": {"capabilities": {"drop": ["NET_RAW"]}}}
-    assert set(violations(weak)) == {"drop_all", "no_escalation", "non_root", "read_only_root"}
+    assert set(violations(weak)) == {
+        "drop_all",
+        "no_escalation",
+        "non_root",
+        "read_only_root",
+        "seccomp",
+    }
     strong = {
-        "_pod": {"runAsNonRoot": True},
+        "_pod": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "securityContext": {
             "capabilities": {"drop": ["ALL"]},
             "allowPrivilegeEscalation": False,
@@ -284,6 +293,56 @@ def test_read_only_roots_have_scratch_space_where_the_process_writes() -> None:
         assert env_of(containers[name])["MLOPS_VAR_DIR"]["value"].startswith("/tmp/"), name
     postgres = containers["Deployment/postgres/postgres"]["volumeMounts"]
     assert "/var/run/postgresql" in {mount["mountPath"] for mount in postgres}
+
+
+def kube_score(*overlays: Path) -> subprocess.CompletedProcess[str]:
+    """scripts/kube_score.sh check: builds kube-score once from its Go module (cached)."""
+    return subprocess.run(
+        [str(REPO_ROOT / "scripts" / "kube_score.sh"), "check", *map(str, overlays)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "KUBECTL": kubectl()},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def test_kube_score_security_checks_pass_on_both_overlays() -> None:
+    """kube-score's read-only root, unprivileged and seccomp checks on every built-in
+    workload (it does not read the RayService: the tests above cover it)."""
+    done = kube_score(*OVERLAYS.values())
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-3000:]
+    assert "[OK] mlflow" in done.stdout and "[CRITICAL]" not in done.stdout
+
+
+def test_kube_score_fails_a_weak_workload(tmp_path: Path) -> None:
+    weak = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "weak"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "weak"}},
+            "template": {
+                "metadata": {"labels": {"app": "weak"}},
+                "spec": {
+                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "containers": [
+                        {
+                            "name": "weak",
+                            "image": "busybox:1.37",
+                            "securityContext": {"readOnlyRootFilesystem": False},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    (tmp_path / "weak.yaml").write_text(yaml.safe_dump(weak))
+    (tmp_path / "kustomization.yaml").write_text("resources: [weak.yaml]\n")
+    done = kube_score(tmp_path)
+    assert done.returncode != 0
+    assert "writable root filesystem" in done.stdout, done.stdout
 
 
 # --- container hardening: compose ---------------------------------------------------------------
