@@ -202,11 +202,13 @@ security-bandit: setup ## bandit -> reports/bandit.json; fails on medium or high
 		--exit-zero
 	$(BIN)/bandit -q -c pyproject.toml -r $(PY_PACKAGES) --severity-level medium
 
-security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json
-	@mkdir -p $(REPORTS_DIR)
-	$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \
-		--progress-spinner off --format json --output $(REPORTS_DIR)/pip-audit.json \
-		$(PIP_AUDIT_IGNORES)
+# The recipe fails with 1 for a vulnerability not accepted, 3 ("Error 3") when nothing or not
+# everything was audited (the advisory DB unreachable): jenkins/pip_audit_gate.py says so in
+# one line, writes no pip-audit.json and keeps pip-audit's output as pip-audit.unaudited.json.
+security-audit: setup ## pip-audit of requirements.lock -> reports/pip-audit.json (exit 3: not audited)
+	$(BIN)/python jenkins/pip_audit_gate.py --report $(REPORTS_DIR)/pip-audit.json -- \
+		$(BIN)/pip-audit --requirement requirements.lock --no-deps --disable-pip \
+		--progress-spinner off $(PIP_AUDIT_IGNORES)
 
 quality: setup ## Every check (lint, typecheck, security); all run, any failure fails
 	@$(MAKE) -k lint typecheck security
@@ -295,6 +297,9 @@ monitor-ship: setup ## Bulk-ship var/log/*.ndjson to ELASTICSEARCH_URL, resuming
 
 monitor-drift: setup ## Recent serving inputs vs the champion's training profile; email on drift
 	$(BIN)/mlops monitor drift
+
+kube-score: setup ## kube-score's container security checks on both overlays (built once from its Go module)
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/kube_score.sh check k8s/overlays/minikube k8s/overlays/prod
 
 filebeat: ## Build the tests' Filebeat 7.17 from its Go module once (needs Go; cached in CACHE_DIR)
 	scripts/filebeat.sh build >/dev/null

@@ -6,6 +6,9 @@ background thread hands batches to the sink. The Elasticsearch sink writes `crea
 with `_id = event.id`, spools whatever Elasticsearch did not acknowledge to disk while it is
 unreachable and replays the spool when it answers again: a replayed document that had in fact
 arrived is answered 409 and counted as a duplicate, so nothing is lost and nothing is doubled.
+The spool is bounded (`max_spool_bytes`, all files of the directory together): past the bound
+new events are refused and counted in `failed` (refuse-new: what is spooled is the oldest and
+stays in order; /health reports the count as telemetry_dropped).
 """
 
 from __future__ import annotations
@@ -282,6 +285,7 @@ class ElasticsearchSink:
         service_name: str = "mlops",
         retry_after_s: float = 5.0,
         chunk_size: int = 2000,
+        max_spool_bytes: int = 256 * 1024 * 1024,
     ):
         self.client = client
         self.spool_dir = Path(spool_dir)
@@ -292,6 +296,8 @@ class ElasticsearchSink:
         self.duplicates = 0
         self.rejected = 0
         self.spooled = 0
+        self.failed = 0  # refused: the spool was at its bound (Emitter.lost counts them)
+        self.max_spool_bytes = max_spool_bytes
         self._prefix = f"{service_name}-{os.getpid()}-"
         self._spool_fd: int | None = None
         self._retry_at = 0.0
@@ -356,14 +362,34 @@ class ElasticsearchSink:
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob(f"*{NDJSON_SUFFIX}"), key=_mtime)
 
+    def spool_bytes(self) -> int:
+        """What every spool file of the directory holds now (other processes' included)."""
+        total = 0
+        for path in self.spool_dir.glob(f"*{NDJSON_SUFFIX}"):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:
+                continue  # replayed and removed meanwhile
+        return total
+
     def _spool(self, events: list[dict[str, Any]]) -> None:
         if not events:
+            return
+        payload = "".join(dumps(event) + "\n" for event in events).encode()
+        if self.spool_bytes() + len(payload) > self.max_spool_bytes:
+            if not self.failed:
+                log.error(
+                    "telemetry: spool %s is at its bound (%d bytes): new events are dropped "
+                    "and counted until Elasticsearch takes the spooled ones",
+                    self.spool_dir,
+                    self.max_spool_bytes,
+                )
+            self.failed += len(events)
             return
         if self._spool_fd is None:
             path = self.spool_dir / f"{self._prefix}{time.time_ns()}{NDJSON_SUFFIX}"
             self._spool_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             fcntl.flock(self._spool_fd, fcntl.LOCK_EX)
-        payload = "".join(dumps(event) + "\n" for event in events).encode()
         os.write(self._spool_fd, payload)
         self.spooled += len(events)
 
@@ -540,7 +566,12 @@ def build_sink(settings: Settings, service_name: str) -> Sink:
     """Elasticsearch bulk when `elasticsearch_url` is set, else NDJSON files under `log_dir`."""
     log_dir = Path(settings.log_dir or settings.var_dir / "log")
     if settings.elasticsearch_url:
-        return ElasticsearchSink(build_client(settings), log_dir / "spool", service_name)
+        return ElasticsearchSink(
+            build_client(settings),
+            log_dir / "spool",
+            service_name,
+            max_spool_bytes=settings.telemetry_spool_max_bytes,
+        )
     return NdjsonSink(log_dir, settings.log_max_bytes, settings.log_backups)
 
 

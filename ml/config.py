@@ -176,6 +176,11 @@ class Settings(BaseSettings):
     telemetry_queue_size: int = Field(
         50_000, ge=1, description="events buffered before drops (5 requests at the row limit)"
     )
+    telemetry_spool_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=4096,
+        description="disk the Elasticsearch spool may use; past it new events are refused, counted",
+    )
     ray_metrics_url: str | None = Field(None, description="Ray's Prometheus endpoint to scrape")
     monitor_processes: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["ray", "serve", "mlops", "mlflow"],

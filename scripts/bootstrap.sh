@@ -2,7 +2,8 @@
 # Installs everything `make` needs on a fresh machine, idempotently:
 # Debian packages from scripts/system-packages.txt, then the pinned Python environment.
 # Go is the one prerequisite not from Debian (bookworm's is 1.19, Filebeat 7.17.29 needs 1.23+):
-# only `make test` needs it, to build Filebeat (scripts/filebeat.sh), so a machine without it
+# only `make test` needs it, to build Filebeat (scripts/filebeat.sh) and kube-score
+# (scripts/kube_score.sh), so a machine without it
 # is warned here and the Filebeat tests fail (not skip) there.
 set -euo pipefail
 

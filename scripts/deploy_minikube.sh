@@ -19,7 +19,8 @@
 # Settings (environment): IMAGE, TAG, MINIKUBE_PROFILE, MINIKUBE_CPUS, MINIKUBE_MEMORY,
 # KUBERNETES_VERSION, KUBERAY_VERSION, NAMESPACE, LOCAL_PORT, WAIT_TIMEOUT, DRY_RUN,
 # MINIKUBE_IMAGE_SOURCE (build | docker),
-# POSTGRES_PASSWORD, MLOPS_ADMIN_TOKEN, ELASTICSEARCH_PASSWORD (secrets, first deploy only).
+# POSTGRES_PASSWORD, MLOPS_ADMIN_TOKEN, ELASTICSEARCH_USERNAME (default elastic) and
+# ELASTICSEARCH_PASSWORD (default ELASTIC_PASSWORD, the compose stack's) (secrets, first deploy only).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -149,7 +150,8 @@ create_secrets() {
   run "${KN[@]}" create secret generic "$SECRET" \
     --from-literal=postgres-password="${POSTGRES_PASSWORD:-$(random_secret)}" \
     --from-literal=admin-token="${MLOPS_ADMIN_TOKEN:-$(random_secret)}" \
-    --from-literal=elasticsearch-password="${ELASTICSEARCH_PASSWORD:-}" \
+    --from-literal=elasticsearch-username="${ELASTICSEARCH_USERNAME:-elastic}" \
+    --from-literal=elasticsearch-password="${ELASTICSEARCH_PASSWORD:-${ELASTIC_PASSWORD:-}}" \
     --from-literal=smtp-password="${SMTP_PASSWORD:-}"
 }
 

@@ -151,7 +151,8 @@ def test_fresh_machine_runs_every_step_in_order(sandbox: Path) -> None:
     commands = [line for line in run.commands if line != PORT_FORWARD]
     assert commands == fresh_machine_sequence(
         "--from-literal=postgres-password=pg-s3cret-value "
-        "--from-literal=admin-token=admin-s3cret-value --from-literal=elasticsearch-password= "
+        "--from-literal=admin-token=admin-s3cret-value "
+        "--from-literal=elasticsearch-username=elastic --from-literal=elasticsearch-password= "
         "--from-literal=smtp-password="
     )
     for value in secrets.values():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import shutil
 import stat
@@ -299,6 +300,8 @@ def test_compose_file_passes_compose_parser() -> None:
     compose_bin = shutil.which("docker-compose") or str(REPO_ROOT / ".venv/bin/docker-compose")
     done = subprocess.run(
         [compose_bin, "-f", str(ELK / "docker-compose.yml"), "config", "--format", "json"],
+        # security is on: the two passwords are required (tests/contracts/test_security.py)
+        env={**os.environ, "ELASTIC_PASSWORD": "contract-test", "KIBANA_PASSWORD": "contract-test"},
         capture_output=True,
         text=True,
         timeout=60,
