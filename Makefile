@@ -245,7 +245,7 @@ SERVE_URL ?= http://127.0.0.1:$(or $(MLOPS_SERVE_PORT),8000)
 LOADTEST_USERS ?= 50
 LOADTEST_TIME ?= 60s
 
-.PHONY: serve serve-stop loadtest bench-serving docs-screenshots
+.PHONY: serve serve-stop loadtest bench-serving mlserver docs-screenshots
 serve: setup ## Serve the champion with Ray Serve, detached (HAProxy mode); prints the URLs
 	$(BIN)/mlops serve
 
@@ -263,8 +263,11 @@ loadtest: setup ## Locust, 50 users for 60 s against the champion (served if not
 docs-screenshots: setup ## Refresh docs/images/*.png: the /ui and /docs browser test, shots kept
 	MLOPS_SCREENSHOTS_DIR=$(CURDIR)/docs/images $(BIN)/pytest -q tests/integration/test_serving_ui.py
 
-bench-serving: setup ## Our Ray Serve app vs `mlflow models serve` (wrk, c=1/16/64) + batch scoring
-	$(BIN)/python benchmarks/serving.py --duration 20
+bench-serving: setup mlserver ## Ours vs MLServer, a bare limit server, mlflow (wrk, 3 rounds); BENCH_ARGS=--quick
+	$(BIN)/python benchmarks/serving.py $(BENCH_ARGS)
+
+mlserver: ## MLServer 1.7.1 in its own pinned venv, once (cached in CACHE_DIR): bench-serving's peer
+	scripts/mlserver.sh setup >/dev/null
 
 # --- benchmarks (tables and ratios; never part of `make test`) ------------------------------
 .PHONY: bench-training
