@@ -78,12 +78,12 @@ CORES = os.cpu_count() or 1
 # inference worker per core, batches of up to 64 gathered for at most 2 ms.
 MLSERVER = MLServerOptions(parallel_workers=CORES, max_batch_size=64, max_batch_time_s=0.002)
 MLSERVER_SWEEP = [
-    MLServerOptions(0, 1, 0.0),
+    MLServerOptions(1, 1, 0.0),  # MLServer's defaults: one inference worker, no batching
+    MLServerOptions(0, 1, 0.0),  # inference in the server process
     MLServerOptions(CORES, 1, 0.0),
     MLServerOptions(CORES, 16, 0.001),
     MLServerOptions(CORES, 64, 0.002),
     MLServerOptions(CORES, 64, 0.005),
-    MLServerOptions(1, 64, 0.002),
 ]
 ROUND_SERVERS = (OURS, "mlserver", "limit")  # interleaved; mlflow runs once, before them
 SERVER_START_S = 240
