@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,14 +35,24 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture(autouse=True)
 def _reset_mlflow_globals() -> Iterator[None]:
-    """MLflow keeps the tracking URI and active run in globals: isolate each test."""
+    """MLflow keeps the tracking URI and active run in globals: isolate each test. Its
+    setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (for subprocesses), which
+    resetting the globals leaves behind: a later test's client then followed an earlier
+    test's stopped server (connection refused), so the variables are put back too."""
     import mlflow
 
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {name: os.environ.get(name) for name in names}
     yield
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)
