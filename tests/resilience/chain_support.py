@@ -103,6 +103,15 @@ def run_mlops(args: Sequence[str], env: dict[str, str]) -> Command:
     return command
 
 
+def eventually(condition: Callable[[], bool], what: str) -> None:
+    """Until `condition` holds, whatever runs; for after the command ended (its orphans)."""
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        time.sleep(0.05)
+
+
 def gone(processes: list[psutil.Process]) -> bool:
     """Each process has exited (a zombie not yet reaped by its new parent counts as exited)."""
     for process in processes:
