@@ -61,6 +61,10 @@ app.add_typer(ct_app, name="ct")
 
 DataOpt = Annotated[str | None, typer.Option("--data", help="CSV/Parquet path, SQL URL or 'demo'")]
 TargetOpt = Annotated[str | None, typer.Option("--target", help="target column")]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option("--task", help="classification or regression (default: inferred from the target)"),
+]
 TableOpt = Annotated[str | None, typer.Option("--table", help="table name for a SQL URL")]
 ModelOpt = Annotated[str | None, typer.Option("--model-name", help="registered model name")]
 TrialsOpt = Annotated[int | None, typer.Option("--trials", min=1, help="Optuna trials")]
@@ -135,12 +139,13 @@ def data(
     data_source: DataOpt = None,
     target: TargetOpt = None,
     table: TableOpt = None,
+    task: TaskOpt = None,
     report: Annotated[Path | None, typer.Option(help="where to write the JSON report")] = None,
 ) -> None:
     """Load and validate the data; print and save the validation report."""
     from ml.pipeline import load_data
 
-    settings = load_settings(data=data_source, target=target, data_table=table)
+    settings = load_settings(data=data_source, target=target, data_table=table, task=task)
     with user_errors():
         dataset = load_data(settings)
     _print_report(dataset.report)
@@ -157,6 +162,7 @@ def _training_command(show_report: bool) -> Callable[..., None]:
         data_source: DataOpt = None,
         target: TargetOpt = None,
         table: TableOpt = None,
+        task: TaskOpt = None,
         model_name: ModelOpt = None,
         trials: TrialsOpt = None,
         timeout: TimeoutOpt = None,
@@ -166,6 +172,7 @@ def _training_command(show_report: bool) -> Callable[..., None]:
             data=data_source,
             target=target,
             data_table=table,
+            task=task,
             model_name=model_name,
             trials=trials,
             timeout_s=timeout,
@@ -186,11 +193,13 @@ app.command(
 
 
 def _train(settings: Settings, show_report: bool = False) -> None:
-    from ml.pipeline import load_data, run_pipeline
+    from ml.pipeline import load_data, run_pipeline, settings_for
 
     _quiet_libraries()
     with user_errors():
         dataset = load_data(settings)
+        # the task's model name and metrics, for the summary too
+        settings = settings_for(settings, dataset)
     if show_report:
         _print_report(dataset.report)
     with user_errors(), _trial_progress(settings) as callback:
@@ -442,7 +451,11 @@ def _print_report(report: ValidationReport) -> None:
     table = Table("check", "result", title=f"Data: {report.source}")
     table.add_row("rows x columns", f"{report.rows} x {report.columns}")
     table.add_row("target", report.target)
-    table.add_row("classes", json.dumps(report.classes))
+    table.add_row("task", f"{report.task} ({report.task_reason})")
+    if report.task == "regression":
+        table.add_row("target values", json.dumps(report.target_summary))
+    else:
+        table.add_row("classes", _classes_shown(report.classes))
     kinds: dict[str, int] = {}
     for kind in report.feature_types.values():
         kinds[kind] = kinds.get(kind, 0) + 1
@@ -452,6 +465,13 @@ def _print_report(report: ValidationReport) -> None:
     table.add_row("duplicate rows", str(report.duplicate_rows))
     table.add_row("fingerprint (sha256)", report.fingerprint)
     console.print(table)
+
+
+def _classes_shown(classes: dict[str, int], limit: int = 10) -> str:
+    """Rows per class, the `limit` largest: a table line, not a wall of labels."""
+    shown = dict(list(classes.items())[:limit])
+    more = len(classes) - len(shown)
+    return json.dumps(shown) + (f" and {more} more classes" if more > 0 else "")
 
 
 @contextmanager

@@ -32,10 +32,36 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from ml.families import FAMILIES, UnknownFamilyError
+from ml.families import (
+    ALL_FAMILIES,
+    CLASSIFICATION,
+    FAMILIES,
+    REGRESSION,
+    UnknownFamilyError,
+    families_for,
+)
 
-Metric = Literal["roc_auc", "accuracy", "f1", "precision", "recall", "log_loss"]
-LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss"})
+Metric = Literal[
+    "roc_auc", "accuracy", "f1", "precision", "recall", "log_loss", "rmse", "mae", "r2", "mape"
+]
+Task = Literal["classification", "regression"]
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+# Errors are better when lower; so is log loss.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"log_loss", "rmse", "mae", "mape"})
+# What a task tunes and gates on, and registers as, when the setting is not given.
+TASK_DEFAULTS: dict[str, dict[str, str]] = {
+    CLASSIFICATION: {
+        "tuning_metric": "roc_auc",
+        "promotion_metric": "roc_auc",
+        "model_name": "mlops-classifier",
+    },
+    REGRESSION: {
+        "tuning_metric": "rmse",
+        "promotion_metric": "rmse",
+        "model_name": "mlops-regressor",
+    },
+}
 # Metrics a binary decision threshold is chosen for (ml/decision.py). Not precision or recall
 # alone: maximised over the threshold they are degenerate (flag one row / flag every row).
 THRESHOLD_METRICS = ("f1", "accuracy")
@@ -98,6 +124,14 @@ class Settings(BaseSettings):
     data: str = Field("demo", description="CSV/Parquet path, SQLAlchemy URL, or 'demo'")
     data_table: str | None = Field(None, description="table name when `data` is a SQL URL")
     target: str | None = Field(None, description="target column ('target' for the demo)")
+    task: Literal["auto", "classification", "regression"] = Field(
+        "auto",
+        description="auto: classification for text/boolean targets and integer targets with at "
+        "most max_classes values, regression for other numbers (ml/data.py infer_task)",
+    )
+    max_classes: int = Field(
+        20, ge=2, description="an integer target with more distinct values is a regression"
+    )
     test_size: float = Field(0.2, gt=0.0, lt=0.9)
     seed: int = 42
 
@@ -106,7 +140,9 @@ class Settings(BaseSettings):
         "", validation_alias=_env("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI")
     )
     experiment_name: str = "mlops-chain"
-    model_name: str = "mlops-classifier"
+    model_name: str = Field(
+        "mlops-classifier", description="default: mlops-classifier, or mlops-regressor (task)"
+    )
 
     # --- tuning ------------------------------------------------------------------------
     families: Annotated[list[str], NoDecode] = Field(
@@ -116,7 +152,7 @@ class Settings(BaseSettings):
     timeout_s: float | None = Field(600.0, gt=0)
     n_jobs: int = Field(1, ge=1)
     cv_folds: int = Field(3, ge=2, le=10)
-    tuning_metric: Metric = "roc_auc"
+    tuning_metric: Metric = Field("roc_auc", description="default per task: roc_auc, or rmse")
     decision_metric: Literal["auto", "f1", "accuracy", "none"] = Field(
         "auto",
         description="binary models: the metric their decision threshold is tuned for "
@@ -132,7 +168,7 @@ class Settings(BaseSettings):
     )
 
     # --- promotion gate ----------------------------------------------------------------
-    promotion_metric: Metric = "roc_auc"
+    promotion_metric: Metric = Field("roc_auc", description="default per task: roc_auc, or rmse")
     promotion_margin: float = Field(0.0, ge=0.0)
 
     # --- serving -----------------------------------------------------------------------
@@ -263,7 +299,7 @@ class Settings(BaseSettings):
     def _known_families(cls, value: list[str]) -> list[str]:
         """Only names in the family table (`ml.families.FAMILIES`); the error lists them."""
         for name in value:
-            if name not in FAMILIES:
+            if name not in ALL_FAMILIES:
                 # A custom error: pydantic would prefix a ValueError's text with "Value error".
                 raise PydanticCustomError(
                     "unknown_family", "{message}", {"message": str(UnknownFamilyError(name))}
@@ -296,7 +332,41 @@ class Settings(BaseSettings):
         self._fill_derived()
         if not self.families:
             raise ValueError("families: name at least one model family")
+        if self.task != "auto":
+            # An explicit task fixes the defaults now: `MLOPS_TASK=regression mlops serve`
+            # serves mlops-regressor without naming it.
+            self._apply_task_defaults(self.task)
         return self
+
+    def _apply_task_defaults(self, task: str) -> None:
+        """The task's model name, metrics and families where the user set none of them."""
+        unset = set(TASK_DEFAULTS[task]) - self.model_fields_set
+        for name in unset:
+            setattr(self, name, TASK_DEFAULTS[task][name])
+        if "families" not in self.model_fields_set:
+            self.families = list(families_for(task))
+
+    def for_task(self, task: Task) -> Self:
+        """These settings for a dataset of `task` (the inferred one when `task` is auto): its
+        default model name, metrics and families where none was set; ValueError names a
+        setting that belongs to the other task."""
+        copied = self.model_copy(update={"task": task})
+        copied._apply_task_defaults(task)  # pylint: disable=protected-access
+        metrics = REGRESSION_METRICS if task == REGRESSION else CLASSIFICATION_METRICS
+        for name in ("tuning_metric", "promotion_metric"):
+            value = getattr(copied, name)
+            if value not in metrics:
+                raise ValueError(
+                    f"{name} {value!r} is not a {task} metric (MLOPS_{name.upper()}); "
+                    f"{task} metrics: {', '.join(metrics)}"
+                )
+        wrong = [name for name in copied.families if name not in families_for(task)]
+        if wrong:
+            raise ValueError(
+                f"families: {', '.join(wrong)} cannot fit a {task} target (MLOPS_FAMILIES); "
+                f"{task} families: {', '.join(families_for(task))}"
+            )
+        return copied
 
     def _fill_derived(self) -> None:
         self.var_dir = Path(self.var_dir).resolve()  # model_copy does not validate
@@ -354,6 +424,8 @@ class Settings(BaseSettings):
     @property
     def decision(self) -> str | None:
         """The metric a binary model's threshold is tuned for, or None: decide at 0.5."""
+        if self.task == REGRESSION:
+            return None  # a regressor answers its value: there is nothing to decide
         if self.decision_metric == "auto":
             return self.tuning_metric if self.tuning_metric in THRESHOLD_METRICS else None
         return None if self.decision_metric == "none" else self.decision_metric

@@ -24,6 +24,9 @@ from sklearn.model_selection import train_test_split
 from ml.common.values import short_repr, some
 
 FeatureType = Literal["numeric", "categorical", "boolean"]
+TaskChoice = Literal["auto", "classification", "regression"]
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
 DEMO_SOURCE = "demo"
 DEMO_TARGET = "target"
 SQL_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")
@@ -45,7 +48,12 @@ class ValidationReport(BaseModel):
     rows: int
     columns: int
     target: str
-    classes: dict[str, int]
+    # classification or regression, and why (inferred from the target, or the setting)
+    task: str = CLASSIFICATION
+    task_reason: str = ""
+    classes: dict[str, int]  # classification: rows per class; regression: empty
+    # regression: the target's min, max, mean, median and distinct values; else empty
+    target_summary: dict[str, float] = {}
     feature_types: dict[str, FeatureType]
     dropped_columns: dict[str, str]
     null_counts: dict[str, int]
@@ -66,6 +74,11 @@ class Dataset:
     raw_features: pd.DataFrame | None = None
 
     @property
+    def task(self) -> str:
+        """classification or regression."""
+        return self.report.task
+
+    @property
     def feature_types(self) -> dict[str, FeatureType]:
         """Feature column -> numeric / categorical / boolean, in training order."""
         return self.report.feature_types
@@ -83,7 +96,8 @@ class Dataset:
 
 @dataclass(frozen=True)
 class Split:
-    """A stratified train/holdout split; the holdout is what the promotion gate scores on."""
+    """A train/holdout split (stratified for classification); the holdout is what the
+    promotion gate scores on."""
 
     X_train: pd.DataFrame  # pylint: disable=invalid-name
     X_holdout: pd.DataFrame  # pylint: disable=invalid-name
@@ -180,11 +194,21 @@ def load_dataset(
     table: str | None = None,
     cv_folds: int = 3,
     test_size: float = 0.2,
+    task: TaskChoice = "auto",
+    max_classes: int = 20,
 ) -> Dataset:
     """Load and validate: the single entry point the pipeline and the CLI use."""
     frame = load_frame(source, table)
     target = target or (DEMO_TARGET if source == DEMO_SOURCE else None)
-    return validate(frame, target, source=_safe_url(source), cv_folds=cv_folds, test_size=test_size)
+    return validate(
+        frame,
+        target,
+        source=_safe_url(source),
+        cv_folds=cv_folds,
+        test_size=test_size,
+        task=task,
+        max_classes=max_classes,
+    )
 
 
 def validate(
@@ -194,8 +218,11 @@ def validate(
     source: str,
     cv_folds: int = 3,
     test_size: float = 0.2,
-) -> Dataset:
-    """Check the frame can train a classifier; infer feature types; count what is odd."""
+    task: TaskChoice = "auto",
+    max_classes: int = 20,
+) -> Dataset:  # pylint: disable=too-many-locals
+    """Check the frame can train a model; infer the task and the feature types; count what
+    is odd."""
     if target is None:
         raise DataError(f"{source}: name the target column (--target / MLOPS_TARGET)")
     if target not in frame.columns:
@@ -208,10 +235,15 @@ def validate(
     _check_numeric_target(frame[target], where)
     frame = frame[frame[target].notna()].reset_index(drop=True)
     labels = frame[target]
-    frame[target] = normalise_target(labels)
-    classes = frame[target].value_counts()
+    chosen, reason = infer_task(labels, max_classes, task)
     needed = min_rows_per_class(cv_folds, test_size)
-    _check_classes(classes, labels, where, needed, cv_folds)
+    if chosen == REGRESSION:
+        frame[target] = _regression_target(labels, where, needed)
+        classes = pd.Series(dtype=int)
+    else:
+        frame[target] = normalise_target(labels)
+        classes = frame[target].value_counts()
+        _check_classes(classes, labels, where, needed, cv_folds)
 
     features = [column for column in frame.columns if column != target]
     all_null = [column for column in features if frame[column].isna().all()]
@@ -229,7 +261,10 @@ def validate(
         rows=len(frame),
         columns=len(frame.columns),
         target=target,
+        task=chosen,
+        task_reason=reason,
         classes={str(label): int(count) for label, count in classes.items()},
+        target_summary=_summary(frame[target]) if chosen == REGRESSION else {},
         feature_types=feature_types,
         dropped_columns=dropped,
         null_counts={c: int(n) for c, n in frame.isna().sum().items() if n},
@@ -304,7 +339,8 @@ def _check_classes(
     if _looks_continuous(labels):
         raise DataError(
             f"{where} looks continuous ({labels.nunique()} distinct numeric values in "
-            f"{len(labels)} rows); regression is not supported yet: {counted}"
+            f"{len(labels)} rows) but the task is classification: {counted}; "
+            "use --task regression (MLOPS_TASK)"
         )
     raise DataError(f"{where}: {counted}, too few to split into a holdout and {cv_folds} CV folds")
 
@@ -316,6 +352,64 @@ def _looks_continuous(labels: pd.Series) -> bool:
     as_float = labels.astype(float)
     fractional = bool((as_float != as_float.round()).any())
     return fractional or labels.nunique() > CONTINUOUS_MIN_DISTINCT
+
+
+def infer_task(labels: pd.Series, max_classes: int, task: TaskChoice = "auto") -> tuple[str, str]:
+    """(classification or regression, why): text and boolean targets are classes, and so are
+    whole numbers with at most `max_classes` distinct values; other numbers are a quantity.
+    A `task` other than auto is the user's choice, said as such."""
+    if task != "auto":
+        return task, "set by --task / MLOPS_TASK"
+    if not _is_number_column(labels) or _as_boolean(labels) is not None:
+        kind = "boolean" if _as_boolean(labels) is not None else "text"
+        return CLASSIFICATION, f"{kind} target"
+    distinct = int(labels.nunique())
+    as_float = labels.astype(float)
+    if bool((as_float != as_float.round()).any()):
+        return REGRESSION, f"numeric target with fractions ({distinct} distinct values)"
+    if distinct <= max_classes:
+        return CLASSIFICATION, (
+            f"whole-number target with {distinct} distinct values "
+            f"(at most MLOPS_MAX_CLASSES={max_classes})"
+        )
+    return REGRESSION, (
+        f"whole-number target with {distinct} distinct values "
+        f"(more than MLOPS_MAX_CLASSES={max_classes})"
+    )
+
+
+def _regression_target(labels: pd.Series, where: str, needed: int) -> pd.Series:
+    """The target as floats; DataError when it is not numeric, is constant, or has too few
+    rows for a holdout and the CV folds. Messages show a few values, never the column."""
+    values = pd.to_numeric(labels, errors="coerce")
+    text = labels[values.isna()]
+    if not text.empty:
+        raise DataError(
+            f"{where}: regression needs numbers, but {len(text)} of {len(labels)} values are "
+            f"not, e.g. {some(list(text.unique()))}"
+        )
+    values = values.astype(float)
+    if values.nunique() < 2:
+        raise DataError(
+            f"{where} is constant: all {len(values)} rows are {short_repr(values.iloc[0])}; "
+            "there is nothing to predict"
+        )
+    if len(values) < 2 * needed:
+        raise DataError(
+            f"{where}: {len(values)} rows, too few for a holdout and the CV folds "
+            f"(at least {2 * needed})"
+        )
+    return values
+
+
+def _summary(values: pd.Series) -> dict[str, float]:
+    return {
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "mean": float(values.mean()),
+        "median": float(values.median()),
+        "distinct": float(values.nunique()),
+    }
 
 
 def min_rows_per_class(cv_folds: int, test_size: float) -> int:
@@ -445,9 +539,11 @@ def fingerprint(frame: pd.DataFrame) -> str:
 
 
 def split(dataset: Dataset, test_size: float, seed: int) -> Split:
-    """Stratified split with a fixed seed, so the gate always scores the same holdout."""
+    """A split with a fixed seed, so the gate always scores the same holdout; stratified by
+    class for classification."""
+    stratify = dataset.y if dataset.task == CLASSIFICATION else None
     X_train, X_holdout, y_train, y_holdout = train_test_split(  # pylint: disable=invalid-name
-        dataset.X, dataset.y, test_size=test_size, random_state=seed, stratify=dataset.y
+        dataset.X, dataset.y, test_size=test_size, random_state=seed, stratify=stratify
     )
     return Split(X_train, X_holdout, y_train, y_holdout)
 
@@ -477,6 +573,7 @@ def describe(report: ValidationReport) -> dict[str, Any]:
     return {
         "rows": report.rows,
         "features": len(report.feature_types),
+        "task": report.task,
         "classes": report.classes,
         "duplicates": report.duplicate_rows,
         "fingerprint": report.fingerprint[:12],

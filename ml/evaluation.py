@@ -10,9 +10,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 from scipy.stats import rankdata
 from sklearn import metrics as skm
+from sklearn.base import is_regressor
 from sklearn.preprocessing import label_binarize
 
-from ml.config import LOWER_IS_BETTER
+from ml.config import LOWER_IS_BETTER, REGRESSION_METRICS
 
 # Headless: plots are artifacts, never windows. scikit-learn imports pyplot only when plotting.
 matplotlib.use("Agg")
@@ -21,14 +22,19 @@ ALL_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 
 
 def score(metric: str, model: Any, X: pd.DataFrame, y: pd.Series) -> float:  # noqa: N803
-    """One metric of a fitted classifier on (X, y)."""
+    """One metric of a fitted classifier or regressor on (X, y)."""
+    if metric in REGRESSION_METRICS:
+        return regression_metrics(y, model.predict(X), only=(metric,))[metric]
     return holdout_metrics(model, X, y, only=(metric,))[metric]
 
 
 def holdout_metrics(
     model: Any, X: pd.DataFrame, y: pd.Series, only: tuple[str, ...] = ALL_METRICS  # noqa: N803
 ) -> dict[str, float]:
-    """Accuracy, precision, recall, F1, ROC AUC and log loss (macro-averaged when multiclass)."""
+    """Accuracy, precision, recall, F1, ROC AUC and log loss (macro-averaged when multiclass);
+    for a regressor its `regression_metrics`."""
+    if is_regressor(model):
+        return regression_metrics(y, model.predict(X))
     classes = list(model.classes_)
     needs_proba = {"roc_auc", "log_loss"} & set(only)
     proba = model.predict_proba(X) if needs_proba else None
@@ -63,6 +69,34 @@ def prediction_metrics(
             results[metric] = skm.log_loss(y, proba, labels=classes)
         else:
             raise ValueError(f"unknown metric {metric!r}; known: {', '.join(ALL_METRICS)}")
+    return {name: float(value) for name, value in results.items()}
+
+
+def regression_metrics(
+    y: Any, predicted: Any, only: tuple[str, ...] | None = None
+) -> dict[str, float]:
+    """RMSE, MAE, R² and, when the target never reaches 0, MAPE (a fraction: 0.1 is 10%).
+    MAPE divides by the target: one true 0 makes it infinite, so it is left out then, and
+    asking for it is an error."""
+    truth = np.asarray(y, dtype=float)
+    predicted = np.asarray(predicted, dtype=float)
+    wanted = only or tuple(m for m in REGRESSION_METRICS if m != "mape" or (truth != 0).all())
+    results: dict[str, float] = {}
+    for metric in wanted:
+        if metric == "rmse":
+            results[metric] = skm.root_mean_squared_error(truth, predicted)
+        elif metric == "mae":
+            results[metric] = skm.mean_absolute_error(truth, predicted)
+        elif metric == "r2":
+            results[metric] = skm.r2_score(truth, predicted)
+        elif metric == "mape":
+            if (truth == 0).any():
+                raise ValueError("MAPE is undefined: the target is 0 on some rows; use mae")
+            results[metric] = skm.mean_absolute_percentage_error(truth, predicted)
+        else:
+            raise ValueError(
+                f"unknown metric {metric!r}; regression metrics: {', '.join(REGRESSION_METRICS)}"
+            )
     return {name: float(value) for name, value in results.items()}
 
 
@@ -133,3 +167,24 @@ def roc_plot(y: Any, proba: np.ndarray, classes: list[Any], title: str) -> Figur
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
     axes.set_title(f"{title} ROC")
     return figure
+
+
+def regression_figures(
+    model: Any, X: pd.DataFrame, y: pd.Series  # noqa: N803
+) -> dict[str, Figure]:
+    """Residuals against predictions, and predictions against the truth, on the holdout:
+    where a regressor is off, and whether its errors grow with the value."""
+    predicted = np.asarray(model.predict(X), dtype=float)
+    figures: dict[str, Figure] = {}
+    for name, kind, title in (
+        ("residuals", "residual_vs_predicted", "Holdout residuals"),
+        ("predicted_vs_actual", "actual_vs_predicted", "Holdout predicted vs actual"),
+    ):
+        figure = Figure(figsize=(5, 4))
+        axes = figure.add_subplot()
+        skm.PredictionErrorDisplay.from_predictions(
+            np.asarray(y, dtype=float), predicted, kind=kind, ax=axes, subsample=None
+        )
+        axes.set_title(title)
+        figures[name] = figure
+    return figures

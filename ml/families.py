@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import optuna
-    from sklearn.base import ClassifierMixin
+    from sklearn.base import BaseEstimator
 
 Params = dict[str, Any]  # a family's hyperparameters, without the "family" key
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class ModelFamily:
 
     name: str
     search_space: Callable[[optuna.Trial], Params]  # one trial's sampled hyperparameters
-    build: Callable[[Params, int], ClassifierMixin]  # (hyperparameters, seed) -> estimator
+    build: Callable[[Params, int], BaseEstimator]  # (hyperparameters, seed) -> estimator
     # The library's defaults, queued as the study's first trials; None for a family too
     # expensive to try unasked.
     cheap_defaults: Params | None
@@ -40,13 +42,16 @@ class ModelFamily:
     # test_features.py checks they equal what skops reports for a fitted pipeline.
     skops_trusted_types: tuple[str, ...]
     scale_numeric: bool = True  # StandardScaler after imputing numeric columns
+    task: str = CLASSIFICATION  # what its estimator predicts: classes, or a number
 
 
 class UnknownFamilyError(ValueError):
     """A family name not in `FAMILIES` (a setting or a stored trial the user can get wrong)."""
 
     def __init__(self, name: object) -> None:
-        super().__init__(f"unknown model family {name!r}; known families: {', '.join(FAMILIES)}")
+        super().__init__(
+            f"unknown model family {name!r}; known families: {', '.join(ALL_FAMILIES)}"
+        )
 
 
 # --- logistic regression ---------------------------------------------------------------
@@ -66,7 +71,7 @@ def _logreg_space(trial: optuna.Trial) -> Params:
     }
 
 
-def _logreg(params: Params, seed: int) -> ClassifierMixin:
+def _logreg(params: Params, seed: int) -> BaseEstimator:
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(
@@ -90,7 +95,7 @@ def _random_forest_space(trial: optuna.Trial) -> Params:
     }
 
 
-def _random_forest(params: Params, seed: int) -> ClassifierMixin:
+def _random_forest(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(
@@ -117,7 +122,7 @@ def _hist_gb_space(trial: optuna.Trial) -> Params:
     }
 
 
-def _hist_gb(params: Params, seed: int) -> ClassifierMixin:
+def _hist_gb(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
@@ -131,9 +136,77 @@ def _hist_gb(params: Params, seed: int) -> ClassifierMixin:
     )
 
 
+# --- regression: ridge, random forest, histogram gradient boosting ------------------------
+# A numeric target's families. The search may also fit them on log1p(target) (`LOG_TARGET`,
+# `ml.features.build_estimator`): a skewed quantity such as a price or a duration is often
+# easier to fit in logs.
+
+
+def _ridge_space(trial: optuna.Trial) -> Params:
+    return {"alpha": trial.suggest_float("alpha", 1e-3, 1e3, log=True)}
+
+
+def _ridge(params: Params, seed: int) -> BaseEstimator:
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=params["alpha"], random_state=seed)
+
+
+def _random_forest_regressor_space(trial: optuna.Trial) -> Params:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 50, 300, step=25),
+        "max_depth": trial.suggest_int("max_depth", 2, 20),
+        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 10),
+        # 1.0 (every feature at each split) is scikit-learn's default for regression
+        "max_features": trial.suggest_categorical("max_features", [1.0, "sqrt", 0.5]),
+    }
+
+
+def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
+    from sklearn.ensemble import RandomForestRegressor
+
+    return RandomForestRegressor(
+        n_estimators=params["n_estimators"],
+        max_depth=params["max_depth"],
+        min_samples_leaf=params["min_samples_leaf"],
+        max_features=params["max_features"],
+        n_jobs=1,  # parallelism is across trials, not inside one
+        random_state=seed,
+    )
+
+
+def _hist_gb_regressor_space(trial: optuna.Trial) -> Params:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+        "max_iter": trial.suggest_int("max_iter", 50, 300, step=25),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
+    }
+
+
+def _hist_gb_regressor(params: Params, seed: int) -> BaseEstimator:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(
+        learning_rate=params["learning_rate"],
+        max_iter=params["max_iter"],
+        max_leaf_nodes=params["max_leaf_nodes"],
+        l2_regularization=params["l2_regularization"],
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+# The search's choice of a log1p target (a regression family's parameter when the target is
+# above -1), and what skops must trust to load a `TransformedTargetRegressor` with it.
+LOG_TARGET = "log_target"
+LOG_TARGET_TRUSTED_TYPES = ("numpy.expm1", "numpy.log1p")
+
+
 # --- the table -----------------------------------------------------------------------------
 
-# In this order the study offers them (the default `MLOPS_FAMILIES`) and queues their defaults.
+# The classification families, in the order the study offers them (the default
+# `MLOPS_FAMILIES`) and queues their defaults.
 FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
     {
         entry.name: entry
@@ -185,9 +258,64 @@ FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
 )
 
 
+# The regression families, in the order a regression study offers them.
+REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
+    {
+        entry.name: entry
+        for entry in (
+            ModelFamily(
+                name="ridge",
+                search_space=_ridge_space,
+                build=_ridge,
+                cheap_defaults={"alpha": 1.0},
+                skops_trusted_types=("numpy.dtype",),
+                task=REGRESSION,
+            ),
+            ModelFamily(
+                name="random_forest_regressor",
+                search_space=_random_forest_regressor_space,
+                build=_random_forest_regressor,
+                # the depth capped as for the classifier forest: unlimited is outside the space
+                cheap_defaults={
+                    "n_estimators": 100,
+                    "max_depth": 20,
+                    "min_samples_leaf": 1,
+                    "max_features": 1.0,
+                },
+                skops_trusted_types=("numpy.dtype", "sklearn.tree._tree.Tree"),
+                task=REGRESSION,
+            ),
+            ModelFamily(
+                name="hist_gb_regressor",
+                search_space=_hist_gb_regressor_space,
+                build=_hist_gb_regressor,
+                cheap_defaults={
+                    "learning_rate": 0.1,
+                    "max_iter": 100,
+                    "max_leaf_nodes": 31,
+                    "l2_regularization": 1e-6,
+                },
+                skops_trusted_types=(
+                    "numpy.dtype",
+                    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+                ),
+                task=REGRESSION,
+            ),
+        )
+    }
+)
+# Every family by name: `MLOPS_FAMILIES` takes any of them (`Settings.for_task` checks the task).
+ALL_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType({**FAMILIES, **REGRESSION_FAMILIES})
+
+
+def families_for(task: str) -> Mapping[str, ModelFamily]:
+    """The families that fit a target of `task`, in the order the study offers them."""
+    return REGRESSION_FAMILIES if task == REGRESSION else FAMILIES
+
+
 def family(name: str) -> ModelFamily:
     """The table's entry for `name`; `UnknownFamilyError` names the known ones."""
     try:
-        return FAMILIES[name]
+        return ALL_FAMILIES[name]
     except KeyError:
         raise UnknownFamilyError(name) from None

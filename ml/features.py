@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
-from sklearn.compose import ColumnTransformer
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml.data import FeatureType, coerce_features
-from ml.families import family
+from ml.families import LOG_TARGET, LOG_TARGET_TRUSTED_TYPES, family
 
 # What skops must trust to load a registered pipeline beyond its family's types.
 COERCION_TRUSTED_TYPES = ("ml.features.CoerceFeatures",)
@@ -97,22 +98,36 @@ def build_preprocessor(
     return ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
 
-def build_classifier(params: dict[str, Any], seed: int) -> ClassifierMixin:
-    """The estimator for one set of tuned params; `params['family']` picks the table entry."""
-    hyper = {key: value for key, value in params.items() if key != "family"}
-    return family(params["family"]).build(hyper, seed)
+def build_estimator(params: dict[str, Any], seed: int) -> BaseEstimator:
+    """The estimator for one set of tuned params; `params['family']` picks the table entry.
+    A regressor with `log_target` learns log1p(target) and answers expm1 of its prediction
+    (scikit-learn's `TransformedTargetRegressor`)."""
+    hyper = {key: value for key, value in params.items() if key not in {"family", LOG_TARGET}}
+    estimator = family(params["family"]).build(hyper, seed)
+    if params.get(LOG_TARGET):
+        # check_inverse off: expm1 inverts log1p exactly, the check only costs a fit's time
+        return TransformedTargetRegressor(
+            estimator, func=np.log1p, inverse_func=np.expm1, check_inverse=False
+        )
+    return estimator
+
+
+def skops_trusted_types(params: dict[str, Any]) -> list[str]:
+    """What skops must trust to load the registered pipeline of these params."""
+    log_target = LOG_TARGET_TRUSTED_TYPES if params.get(LOG_TARGET) else ()
+    return [*family(params["family"]).skops_trusted_types, *log_target, *COERCION_TRUSTED_TYPES]
 
 
 def build_pipeline(
     params: dict[str, Any], feature_types: dict[str, FeatureType], seed: int
 ) -> Pipeline:
-    """Preprocessing plus the classifier: what is tuned, registered and served."""
+    """Preprocessing plus the estimator: what is tuned, registered and served."""
     return Pipeline(
         [
             (
                 "preprocess",
                 build_preprocessor(feature_types, family(params["family"]).scale_numeric),
             ),
-            ("model", build_classifier(params, seed)),
+            ("model", build_estimator(params, seed)),
         ]
     )

@@ -25,7 +25,7 @@ from ml.baselines import Choice, keep_tuned_or_baseline
 from ml.common.stages import STAGE_LOGGER
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
-from ml.data import Dataset, Split, ValidationReport, load_dataset, split
+from ml.data import DataError, Dataset, Split, ValidationReport, load_dataset, split
 from ml.decision import Classifier, split_threshold
 from ml.evaluation import holdout_metrics
 from ml.registry import GateDecision, run_gate
@@ -92,7 +92,24 @@ def load_data(settings: Settings) -> Dataset:
         table=settings.data_table,
         cv_folds=settings.cv_folds,
         test_size=settings.test_size,
+        task=settings.task,
+        max_classes=settings.max_classes,
     )
+
+
+def settings_for(settings: Settings, dataset: Dataset) -> Settings:
+    """The settings for this dataset's task: its default model name, metrics and families
+    where none was set (ml/config.py `TASK_DEFAULTS`); DataError names a setting of the other
+    task, or MAPE on a target that reaches 0."""
+    where = f"{dataset.report.source}: target column {dataset.target!r} ({dataset.task})"
+    try:
+        fitted = settings.for_task(dataset.task)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise DataError(f"{where}: {exc}") from exc
+    metrics = {fitted.tuning_metric, fitted.promotion_metric}
+    if "mape" in metrics and bool((dataset.y == 0).any()):
+        raise DataError(f"{where} is 0 on some rows, where MAPE is undefined: use rmse or mae")
+    return fitted
 
 
 def log_dataset(dataset: Dataset, settings: Settings) -> None:
@@ -114,6 +131,7 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
             "data.fingerprint": report.fingerprint,
             "data.source": report.source,
             "data.rows": str(report.rows),
+            "task": report.task,
             "mlops.kind": "study",
         }
     )
@@ -121,6 +139,7 @@ def log_dataset(dataset: Dataset, settings: Settings) -> None:
         {
             "data": settings.data,
             "target": dataset.target,
+            "task": dataset.task,
             "trials": settings.trials,
             "cv_folds": settings.cv_folds,
             "families": ",".join(settings.families),
@@ -177,11 +196,12 @@ def run_pipeline(  # pylint: disable=too-many-locals
     timings: dict[str, float] = {}
     with stage("data", timings):
         dataset = dataset or load_data(settings)
+        settings = settings_for(settings, dataset)
         holdout_split: Split = split(dataset, settings.test_size, settings.seed)
     experiment_id = configure_tracking(settings)
     client = MlflowClient()
     # One study per objective: a run resumes only a study it can continue (ml/study.py).
-    plan = plan_study(settings, dataset.report.fingerprint)
+    plan = plan_study(settings, dataset.report.fingerprint, dataset.task)
     study_name = plan.name
     open_study(settings, plan)
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:

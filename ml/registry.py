@@ -14,6 +14,10 @@ from ml.evaluation import is_better, score
 from ml.model_ref import ModelRef
 
 CHAMPION = "champion"
+# The version tag naming what a version predicts (`ml.training` sets it); a version without it
+# is a classifier: every version was, before regression. The gate compares one task only.
+TASK_TAG = "task"
+UNTAGGED_TASK = "classification"
 log = logging.getLogger(__name__)
 
 
@@ -83,10 +87,31 @@ def run_gate(
             incumbent,
             challenger_score,
         )
+    elif (tasks := _tasks(client, name, challenger, incumbent))[0] != tasks[1]:
+        decision = GateDecision(
+            False,
+            f"cannot compare a {tasks[0]} challenger with the {tasks[1]} champion "
+            f"(version {incumbent}): register it under another model name (MLOPS_MODEL_NAME), "
+            "or promote it by hand (`mlops promote`) to replace the champion",
+            metric,
+            challenger,
+            challenger_score,
+            incumbent,
+            None,
+        )
     else:
         decision = _compare(name, metric, margin, challenger, challenger_score, incumbent, split)
     _record(client, name, decision)
     return decision
+
+
+def version_task(client: MlflowClient, name: str, version: str) -> str:
+    """What a version predicts: its task tag, classification for a version without one."""
+    return client.get_model_version(name, version).tags.get(TASK_TAG, UNTAGGED_TASK)
+
+
+def _tasks(client: MlflowClient, name: str, challenger: str, champion: str) -> tuple[str, str]:
+    return version_task(client, name, challenger), version_task(client, name, champion)
 
 
 def _compare(

@@ -25,10 +25,9 @@ import optuna
 from ml.common.stages import STUDY_LOGGER
 from ml.config import Settings
 from ml.evaluation import direction
-from ml.families import ModelFamily, family
+from ml.families import CLASSIFICATION, ModelFamily, family
 from ml.storage import study_storage
 
-CLASSIFICATION = "classification"  # the only task today; regression will be another value
 IDENTITY_ATTR = "mlops.identity"  # the study's user attribute holding its identity
 CREATED_ATTR = "mlops.created"
 log = logging.getLogger(STUDY_LOGGER)

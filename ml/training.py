@@ -18,11 +18,17 @@ from ml.config import Settings
 from ml.data import Dataset, Split
 from ml.decision import Classifier, split_threshold, with_threshold
 from ml.drift import PROFILE_ARTIFACT, build_profile
-from ml.evaluation import confusion_matrix_figure, holdout_metrics, roc_curve_figure
-from ml.families import family
-from ml.features import COERCION_TRUSTED_TYPES, build_pipeline, with_coercion
+from ml.evaluation import (
+    confusion_matrix_figure,
+    holdout_metrics,
+    regression_figures,
+    roc_curve_figure,
+)
+from ml.families import REGRESSION
+from ml.features import build_pipeline, skops_trusted_types, with_coercion
 from ml.integrity import DIGEST_TAG, model_digest
 from ml.model_ref import ModelRef
+from ml.registry import TASK_TAG
 
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
@@ -69,11 +75,14 @@ def fit_best(
 
 
 def model_metadata(dataset: Dataset, model: Classifier, params: dict[str, Any]) -> dict[str, Any]:
-    """What serving needs beyond the signature; stored in the MLmodel file with the model."""
+    """What serving needs beyond the signature; stored in the MLmodel file with the model.
+    A regressor has no classes (an empty list) and no threshold."""
+    regression = dataset.task == REGRESSION
     return {
         "target": dataset.target,
+        "task": dataset.task,
         "feature_types": dataset.feature_types,
-        "classes": [plain(label) for label in model.classes_],
+        "classes": [] if regression else [plain(label) for label in model.classes_],
         "family": params["family"],
         "data_fingerprint": dataset.report.fingerprint,
         # Positive class `classes[1]` when its probability reaches it; None: the most probable.
@@ -101,10 +110,7 @@ def log_and_register(
     mlflow.log_metrics({f"holdout_{name}": value for name, value in holdout.items()})
     # The drift check compares serving inputs with the data this version was trained on.
     mlflow.log_dict(build_profile(split.X_train, dataset.feature_types), PROFILE_ARTIFACT)
-    for name, figure in (
-        ("confusion_matrix", confusion_matrix_figure(model, split.X_holdout, split.y_holdout)),
-        ("roc_curve", roc_curve_figure(model, split.X_holdout, split.y_holdout)),
-    ):
+    for name, figure in holdout_figures(model, dataset.task, split).items():
         mlflow.log_figure(figure, f"plots/{name}.png")
         plt.close(figure)
 
@@ -117,10 +123,7 @@ def log_and_register(
         input_example=raw_train.head(3),
         registered_model_name=settings.model_name,
         serialization_format="skops",
-        skops_trusted_types=[
-            *family(params["family"]).skops_trusted_types,
-            *COERCION_TRUSTED_TYPES,
-        ],
+        skops_trusted_types=skops_trusted_types(params),
         pip_requirements=pinned_requirements(),
         metadata=model_metadata(dataset, model, params),
     )
@@ -130,11 +133,24 @@ def log_and_register(
     client.set_model_version_tag(
         ref.name, ref.version, "data.fingerprint", dataset.report.fingerprint
     )
+    client.set_model_version_tag(ref.name, ref.version, TASK_TAG, dataset.task)
     for name, value in holdout.items():
         client.set_model_version_tag(ref.name, ref.version, f"holdout.{name}", f"{value:.6f}")
     # The alias last: a run stopped before here leaves a version no alias points at.
     client.set_registered_model_alias(ref.name, CHALLENGER, ref.version)
     return TrainedModel(model=model, ref=ref, holdout=holdout)
+
+
+def holdout_figures(model: Classifier, task: str, split: Split) -> dict[str, Any]:
+    """A regressor's residual and predicted-vs-actual plots; a classifier's confusion matrix
+    and ROC curve."""
+    holdout = (split.X_holdout, split.y_holdout)
+    if task == REGRESSION:
+        return regression_figures(model, *holdout)
+    return {
+        "confusion_matrix": confusion_matrix_figure(model, *holdout),
+        "roc_curve": roc_curve_figure(model, *holdout),
+    }
 
 
 def stored_digest(ref: ModelRef) -> str:

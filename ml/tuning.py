@@ -21,15 +21,15 @@ from typing import Any
 import numpy as np
 import optuna
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from ml.config import Settings
 from ml.data import FeatureType, Split
 from ml.decision import choose_threshold, decide
 from ml.evaluation import direction, prediction_metrics, score
-from ml.families import FAMILIES, family
-from ml.features import build_classifier, build_preprocessor
+from ml.families import ALL_FAMILIES, LOG_TARGET, REGRESSION, family
+from ml.features import build_estimator, build_preprocessor
 from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
 from ml.storage import study_storage
 from ml.forking import FORK, next_message, start
@@ -56,10 +56,21 @@ class TuningResult:
     threshold: float | None = None
 
 
-def suggest_params(trial: optuna.Trial, families: list[str]) -> dict[str, Any]:
-    """A conditional search space: the family first, then that family's own space."""
+def suggest_params(
+    trial: optuna.Trial, families: list[str], log_target: bool = False
+) -> dict[str, Any]:
+    """A conditional search space: the family first, then that family's own space; with
+    `log_target`, whether the regressor learns log1p of the target."""
     name = trial.suggest_categorical("family", families)
-    return {"family": name, **family(name).search_space(trial)}
+    params = {"family": name, **family(name).search_space(trial)}
+    if log_target:
+        params[LOG_TARGET] = trial.suggest_categorical(LOG_TARGET, [False, True])
+    return params
+
+
+def log_target_allowed(settings: Settings, y: pd.Series) -> bool:
+    """A regression target above -1 can be learnt as log1p(target) (the search chooses)."""
+    return settings.task == REGRESSION and bool(y.min() > -1)
 
 
 class FoldGapPruner(optuna.pruners.BasePruner):
@@ -184,18 +195,19 @@ def tpe_sampler(seed: int) -> optuna.samplers.TPESampler:
         )
 
 
-def enqueue_defaults(study: optuna.Study, families: list[str]) -> None:
+def enqueue_defaults(study: optuna.Study, families: list[str], log_target: bool = False) -> None:
     """Queue scikit-learn's defaults for the cheap families (the table's `cheap_defaults`)
     as the study's first trials, in the table's order.
 
     Library defaults are a strong start on most tables and take seconds: the pruner gets a
     bar and TPE a good region before any expensive random draw. A resumed study already has
-    them (`skip_if_exists`).
+    them (`skip_if_exists`). A regressor's default learns the target as it is.
     """
-    for entry in FAMILIES.values():
+    plain_target = {LOG_TARGET: False} if log_target else {}
+    for entry in ALL_FAMILIES.values():
         if entry.cheap_defaults is not None and entry.name in families:
             study.enqueue_trial(
-                {"family": entry.name, **entry.cheap_defaults},
+                {"family": entry.name, **entry.cheap_defaults, **plain_target},
                 user_attrs={"start": "scikit-learn default"},
                 skip_if_exists=True,
             )
@@ -249,7 +261,11 @@ class Objective:
     ) -> None:
         self.settings = settings
         self.tracking = tracking
-        folds = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+        regression = settings.task == REGRESSION
+        self.log_target = log_target_allowed(settings, split.y_train)
+        # Classes keep their shares in every fold; a number has no classes to stratify.
+        splitter = KFold if regression else StratifiedKFold
+        folds = splitter(settings.cv_folds, shuffle=True, random_state=settings.seed)
         indices = list(folds.split(split.X_train, split.y_train))
         # The folds prepared once for each preprocessing the configured families ask for
         # (`scale_numeric` in their table entries).
@@ -261,7 +277,7 @@ class Objective:
             for scale in {family(name).scale_numeric for name in settings.families}
         }
         # Binary targets with a decision metric get a threshold chosen on out-of-fold rows.
-        binary = split.y_train.nunique() == 2
+        binary = not regression and split.y_train.nunique() == 2
         self.decision = settings.decision if binary else None
         # Parallel trials run in forked workers with one OpenMP thread each (the boosted
         # trees). GNU OpenMP is not fork-safe: a child that asks for a team of two after its
@@ -275,7 +291,7 @@ class Objective:
             return self._cross_validate(trial)
 
     def _cross_validate(self, trial: optuna.Trial) -> float:
-        params = suggest_params(trial, list(self.settings.families))
+        params = suggest_params(trial, list(self.settings.families), self.log_target)
         folds = self.folds[family(params["family"]).scale_numeric]
         started = time.perf_counter()
         fold_scores: list[float] = []
@@ -283,7 +299,7 @@ class Objective:
         state = "FAILED"
         try:
             for step, fold in enumerate(folds):
-                model = build_classifier(params, self.settings.seed)
+                model = build_estimator(params, self.settings.seed)
                 model.fit(fold.X_train, fold.y_train)
                 if self.decision is None:
                     fold_score = score(
@@ -367,7 +383,9 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
     quiet_terminations("optuna")  # a trial stopped by SIGTERM is logged without a traceback
     try:
         study = create_study(settings, study_name)
-        enqueue_defaults(study, list(settings.families))
+        enqueue_defaults(
+            study, list(settings.families), log_target_allowed(settings, split.y_train)
+        )
         objective = Objective(split, feature_types, settings, tracker)
         # One BLAS thread for the whole study: this model space's matrix products are too
         # small to gain from more, and OpenBLAS's idle threads spin on the cores that other

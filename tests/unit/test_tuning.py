@@ -264,14 +264,14 @@ def test_parallel_trials_run_in_worker_processes_with_one_native_thread_each(
 
     dataset, data_split = demo_split
     seen = tmp_path / "seen.jsonl"
-    build = ml.tuning.build_classifier
+    build = ml.tuning.build_estimator
 
     def build_and_record(*args, **kwargs):  # runs where the fits run: in a worker
         with seen.open("a", encoding="utf-8") as out:
             out.write(json.dumps([os.getpid(), threads("openmp"), threads("blas")]) + "\n")
         return build(*args, **kwargs)
 
-    monkeypatch.setattr(ml.tuning, "build_classifier", build_and_record)
+    monkeypatch.setattr(ml.tuning, "build_estimator", build_and_record)
     blas_before = threads("blas")
     # The parent runs an OpenMP team first, as the CLI's second study or a test run would.
     build(PARAMS["hist_gb"], 0).fit(data_split.X_train.iloc[:, :5], data_split.y_train)
@@ -331,7 +331,7 @@ def test_a_failing_trial_worker_stops_the_study_with_its_error(
     def broken(*_args, **_kwargs):
         raise TypeError("a bug, not a bad configuration")
 
-    monkeypatch.setattr(ml.tuning, "build_classifier", broken)
+    monkeypatch.setattr(ml.tuning, "build_estimator", broken)
     dataset, data_split = demo_split
     settings = Settings(var_dir=tmp_path, families=["logreg"], trials=4, n_jobs=2)
     with pytest.raises(
