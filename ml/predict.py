@@ -22,6 +22,7 @@ from ml.common.tracking import TrackingUnavailable, require_reachable
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.decision import decide, split_threshold
+from ml.families import CLASSIFICATION, REGRESSION
 from ml.features import without_coercion
 from ml.integrity import DIGEST_TAG, IntegrityError, check_digest
 from ml.model_ref import ModelRef
@@ -49,6 +50,12 @@ class LoadedModel:
     integrity: str = "sha256 verified"  # or UNCHECKED, for a version without the tag
     # Binary: `classes[1]` when its probability reaches this; None: the most probable class.
     threshold: float | None = None
+    task: str = CLASSIFICATION  # regression: no classes, `predict_values` answers
+
+    @property
+    def is_regressor(self) -> bool:
+        """True when the model answers a number, not a class."""
+        return self.task == REGRESSION
 
     @property
     def ref(self) -> ModelRef:
@@ -84,8 +91,15 @@ class LoadedModel:
         """Class probabilities for raw rows, columns in `classes` order."""
         return pipeline_proba(self.model, self.prepare(frame))
 
+    def predict_values(self, frame: pd.DataFrame) -> np.ndarray:
+        """A regressor's predicted values for raw rows (floats)."""
+        return np.asarray(self.model.predict(self.prepare(frame)), dtype=float)
+
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Labels and one probability column per class, the original labels restored."""
+        """Labels and one probability column per class, the original labels restored; a
+        regressor's values alone."""
+        if self.is_regressor:
+            return pd.DataFrame({"prediction": self.predict_values(frame)})
         proba = self.predict_proba(frame)
         labels = decide(proba, np.asarray(self.classes, dtype=object), self.threshold)
         result = pd.DataFrame({"prediction": labels})
@@ -276,6 +290,7 @@ def load_version(name: str, version: str) -> LoadedModel:
         )
         raise RegistryError(f"refusing to load {exc}") from exc
     metadata = info.metadata or {}
+    task = metadata.get("task") or CLASSIFICATION  # versions before regression: classifiers
     signature_columns = info.signature.inputs.input_names() if info.signature else []
     feature_types = metadata.get("feature_types") or dict.fromkeys(signature_columns, "numeric")
     return LoadedModel(
@@ -284,12 +299,13 @@ def load_version(name: str, version: str) -> LoadedModel:
         run_id=info.run_id or "",
         model=model,
         feature_types=feature_types,
-        classes=list(metadata.get("classes") or list(model.classes_)),
+        classes=[] if task == REGRESSION else list(metadata.get("classes") or model.classes_),
         input_example=_input_example(info, local_path),
         loaded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         target=metadata.get("target"),
         integrity=integrity,
         threshold=threshold,
+        task=task,
     )
 
 

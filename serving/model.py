@@ -54,12 +54,26 @@ class ServedModel:
 
     def predict_proba(self, rows: Rows) -> np.ndarray:
         """Float matrices are already typed: through the numeric transform when the model
-        has one, else its pipeline. Frames go through the model's own coercion."""
+        has one, else its pipeline. Frames go through the model's own coercion. A regressor's
+        answer is its values, as one column (`Scored.values`)."""
+        if self.loaded.is_regressor:
+            return self.predict_values(rows)[:, np.newaxis]
         if not isinstance(rows, np.ndarray):
             return self.loaded.predict_proba(rows)
         if self.numeric is not None:
             return estimator_proba(self.loaded.model[-1], self.numeric(rows))
         return pipeline_proba(self.loaded.model, pd.DataFrame(rows, columns=self.column_index))
+
+    def predict_values(self, rows: Rows) -> np.ndarray:
+        """A regressor's values: its pipeline's `predict` (matrices past the numeric transform
+        when it reproduces the preprocessing, as for classifiers)."""
+        model = self.loaded.model
+        if not isinstance(rows, np.ndarray):
+            return self.loaded.predict_values(rows)
+        if self.numeric is not None:
+            return np.asarray(model[-1].predict(self.numeric(rows)), dtype=float)
+        frame = pd.DataFrame(rows, columns=self.column_index)
+        return np.asarray(model.predict(frame), dtype=float)
 
     def score(self, rows: Rows) -> np.ndarray:
         """`predict_proba`, with values the model cannot take (e.g. overflowing after scaling)
@@ -124,5 +138,13 @@ class Scored:
     @property
     def labels(self) -> list[Any]:
         """Each row's decision: the positive class when its probability reaches the model's
-        threshold (binary models logged with one), else the most probable class."""
+        threshold (binary models logged with one), else the most probable class; a
+        regressor's value."""
+        if self.model.loaded.is_regressor:
+            return self.values
         return list(decide(self.proba, self.model.label_array, self.model.loaded.threshold))
+
+    @property
+    def values(self) -> list[float]:
+        """A regressor's predicted values (its one answer column)."""
+        return [float(value) for value in self.proba[:, 0]]

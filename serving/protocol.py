@@ -280,8 +280,15 @@ def scalars(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def predict_body(scored: Scored, ids: list[str]) -> dict[str, Any]:
-    """`/predict` and `/ws/predict`: per row its id, label and every class's probability."""
+    """`/predict` and `/ws/predict`: per row its id, label and every class's probability; a
+    regressor's rows their id and value."""
     loaded = scored.model.loaded
+    if loaded.is_regressor:
+        values = [
+            {"prediction_id": prediction_id, "value": value}
+            for prediction_id, value in zip(ids, scored.values)
+        ]
+        return {"model_name": loaded.name, "model_version": loaded.version, "predictions": values}
     class_names = [str(label) for label in scored.model.classes]
     labels = plain_list(scored.labels)
     predictions = [
@@ -296,7 +303,7 @@ def predict_body(scored: Scored, ids: list[str]) -> dict[str, Any]:
 
 
 def invocations_body(scored: Scored) -> dict[str, Any]:
-    """MLflow's answer: the labels only."""
+    """MLflow's answer: the labels only (a regressor's values)."""
     return {"predictions": plain_list(scored.labels)}
 
 

@@ -303,6 +303,10 @@ def record_schema(feature_types: dict[str, FeatureType], example: dict[str, Any]
 
 
 def prediction_schema(classes: list[Any]) -> dict[str, Any]:
+    """`/predict`'s answer: a label and the class probabilities per row; with no classes (a
+    regressor), a value per row."""
+    if not classes:
+        return _value_schema()
     label_type = _label_type(classes)
     return {
         "type": "object",
@@ -323,6 +327,29 @@ def prediction_schema(classes: list[Any]) -> dict[str, Any]:
                             "type": "object",
                             "properties": {str(label): {"type": "number"} for label in classes},
                         },
+                    },
+                },
+            },
+        },
+    }
+
+
+def _value_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "title": "PredictResponse",
+        "required": ["model_name", "model_version", "predictions"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "predictions": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["prediction_id", "value"],
+                    "properties": {
+                        "prediction_id": {"type": "string"},
+                        "value": {"type": "number"},
                     },
                 },
             },

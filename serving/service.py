@@ -310,6 +310,7 @@ class ModelService:
                 "model_uri": loaded.uri,
                 "run_id": loaded.run_id,
                 "loaded_at": loaded.loaded_at,
+                "task": loaded.task,
                 # null: the most probable class decides (multiclass, or none was tuned)
                 "decision_threshold": loaded.threshold,
             }

@@ -317,7 +317,7 @@ class PredictionTelemetry:
             for prediction_id, label, probability, features in zip(
                 item.prediction_ids,
                 item.labels,
-                item.proba.max(axis=1),
+                _confidence(item),
                 rows,
             )
         ]
@@ -335,6 +335,13 @@ class PredictionTelemetry:
         self._emitter.close()
 
 
+def _confidence(item: ServedRequest) -> np.ndarray:
+    """The decided class's probability per row; NaN (null) for a regressor: no classes."""
+    if not item.classes:
+        return np.full(len(item.proba), np.nan)
+    return item.proba.max(axis=1)
+
+
 def _prediction_records(item: ServedRequest, rows: list[dict[str, Any]]) -> list[PredictionRecord]:
     names = [str(label) for label in item.classes]
     served_at = datetime.fromisoformat(item.served_at.replace("Z", "+00:00"))
@@ -345,7 +352,7 @@ def _prediction_records(item: ServedRequest, rows: list[dict[str, Any]]) -> list
             model_version=item.model_version,
             features=features,
             label=label,
-            probabilities=dict(zip(names, row)),
+            probabilities=dict(zip(names, row)) if names else None,  # None: a regressor
             created_at=served_at,
         )
         for prediction_id, label, row, features in zip(

@@ -147,8 +147,15 @@ async function scoreRecord(features) {
     return;
   }
   const prediction = body.predictions[0];
-  $("#answer-label").textContent = String(prediction.label);
   $("#answer-id").textContent = prediction.prediction_id;
+  // A regressor answers a value and no class probabilities.
+  const regression = prediction.value !== undefined;
+  $("#answer-label").textContent = String(regression ? prediction.value : prediction.label);
+  $("#answer-proba").hidden = regression;
+  if (regression) {
+    $("#answer").hidden = false;
+    return;
+  }
   fill(
     "#answer-proba",
     Object.entries(prediction.probabilities).map(([label, probability]) => [
@@ -201,7 +208,8 @@ function renderModel(overview) {
   $("#model-version").textContent = overview.model_version;
   $("#model-summary").textContent =
     `${overview.model_uri}, run ${overview.run_id}, loaded ${overview.loaded_at}; ` +
-    `predicts ${overview.target || "the target"}: ${overview.classes.join(", ")}`;
+    `predicts ${overview.target || "the target"}: ` +
+    (overview.task === "regression" ? "a value (regression)" : overview.classes.join(", "));
   $("#row-limit").textContent = overview.max_request_rows;
   const promotion = $("#promotion");
   promotion.replaceChildren();

@@ -6,6 +6,10 @@ through our server's `/invocations` (the session's Ray Serve, redeployed with th
 a real `mlflow models serve --env-manager local` process, and `mlflow.pyfunc.load_model`:
 the three answers must be identical, and equal to in-process scoring.
 
+A mixed-type regression CSV (a district, a yes/no garden, integer rooms, float area with
+gaps, a continuous price) goes the same way: pipeline, promoted, then the same raw rows give
+the same values through pyfunc, our `/invocations` and `mlflow models serve`.
+
 A version logged the old way (signature of the coerced columns, no coercion step) still
 loads, serves and goes through the promotion gate.
 """
@@ -18,6 +22,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ from ml.model_ref import ModelRef
 from ml.predict import load_version
 from ml.registry import CHAMPION, load_pipeline, run_gate
 from ml.training import MODEL_ARTIFACT, model_metadata, pinned_requirements
-from tests.fixtures.mixed_csv import TARGET, write_churn_csv
+from tests.fixtures.mixed_csv import PRICE, TARGET, write_churn_csv, write_price_csv
 from tests.fixtures.mlflow_server import MlflowServer, free_port, stop_process, wait_http
 from tests.fixtures.ray_serve import ServeApp
 from tests.fixtures.trained_model import RegisteredModel, train_into
@@ -76,8 +81,8 @@ def our_server(serve_app: ServeApp) -> Iterator[Callable[[str], str]]:
     """Deploys a version of this model on the session's Ray Serve (no new cluster) and gives
     its base URL; the session's model is served again once this module is done."""
 
-    def deploy(version: str) -> str:
-        serve_app.deploy(version, model_name=MODEL)
+    def deploy(version: str, model_name: str = MODEL) -> str:
+        serve_app.deploy(version, model_name=model_name)
         return serve_app.base_url
 
     yield deploy
@@ -96,14 +101,14 @@ def invocations(base_url: str, body: dict[str, Any]) -> list[Any]:
     return response.json()["predictions"]
 
 
-@pytest.fixture
-def mlflow_models_serve(churn: Churn, mlflow_server: MlflowServer) -> Iterator[str]:
-    """A real `mlflow models serve` of the registered version on a free port, in this
-    environment (`--env-manager local`); stopped, with its workers, after the test."""
+@contextmanager
+def models_serve(uri: str, tracking_uri: str, log_path: Path) -> Iterator[str]:
+    """A real `mlflow models serve` of a registered version on a free port, in this
+    environment (`--env-manager local`); its base URL. Stopped, with its workers, on exit."""
     port = free_port()
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": mlflow_server.uri,
+        "MLFLOW_TRACKING_URI": tracking_uri,
         # It starts `uvicorn` by name: this environment's, as an activated venv would.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
     }
@@ -114,7 +119,7 @@ def mlflow_models_serve(churn: Churn, mlflow_server: MlflowServer) -> Iterator[s
         "models",
         "serve",
         "-m",
-        churn.uri,
+        uri,
         "--env-manager",
         "local",
         "--host",
@@ -122,7 +127,7 @@ def mlflow_models_serve(churn: Churn, mlflow_server: MlflowServer) -> Iterator[s
         "--port",
         str(port),
     ]
-    log = (churn.csv.parent / "models-serve.log").open("w")
+    log = log_path.open("w")
     # Its own process group: the uvicorn workers it starts stop with it.
     process = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -134,6 +139,13 @@ def mlflow_models_serve(churn: Churn, mlflow_server: MlflowServer) -> Iterator[s
         os.killpg(process.pid, signal.SIGTERM)
         stop_process(process)
         log.close()
+
+
+@pytest.fixture
+def mlflow_models_serve(churn: Churn, mlflow_server: MlflowServer) -> Iterator[str]:
+    """`mlflow models serve` of the churn model's registered version."""
+    with models_serve(churn.uri, mlflow_server.uri, churn.csv.parent / "models-serve.log") as url:
+        yield url
 
 
 def test_signature_describes_the_raw_columns(churn: Churn) -> None:
@@ -220,3 +232,61 @@ def test_a_version_logged_the_old_way_loads_serves_and_is_gated(
     assert decision.champion_version == old
     assert decision.champion_score == decision.challenger_score  # the same fitted pipeline
     assert not decision.promoted
+
+
+# --- regression ---------------------------------------------------------------------------------
+
+REGRESSOR = "price-native"
+
+
+@pytest.fixture(scope="module")
+def price(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Churn:
+    """The regression CSV through the real pipeline: task inferred, 5 trials over the three
+    regression families (their defaults queued first)."""
+    tmp = tmp_path_factory.mktemp("price")
+    csv = write_price_csv(tmp / "price.csv")
+    trained = train_into(
+        mlflow_server,
+        tmp / "var",
+        model_name=REGRESSOR,
+        data=str(csv),
+        target=PRICE,
+        trials=5,
+        families=["ridge", "random_forest_regressor", "hist_gb_regressor"],
+    )
+    return Churn(trained, csv, pd.read_csv(csv).drop(columns=PRICE))
+
+
+def test_a_regressor_is_promoted_and_gives_one_answer_everywhere(
+    price: Churn, our_server: Callable[..., str], mlflow_server: MlflowServer
+) -> None:
+    result = price.trained.result
+    assert result.report.task == "regression", result.report.task_reason
+    assert result.decision.promoted and result.decision.metric == "rmse"
+    version = result.trained.version
+    client = MlflowClient()
+    assert client.get_model_version(REGRESSOR, version).tags["task"] == "regression"
+    assert str(client.get_model_version_by_alias(REGRESSOR, CHAMPION).version) == version
+    assert set(result.trained.holdout) == {"rmse", "mae", "r2", "mape"}  # no price is 0
+    artifacts = {item.path for item in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/residuals.png", "plots/predicted_vs_actual.png"} <= artifacts
+
+    uri = ModelRef(REGRESSOR, version).uri
+    expected = load_version(REGRESSOR, version).predict_frame(price.raw)["prediction"].tolist()
+    pyfunc = mlflow.pyfunc.load_model(uri).predict(price.raw).tolist()
+    base_url = our_server(version, REGRESSOR)
+    ours = invocations(base_url, price.body())
+    with models_serve(uri, mlflow_server.uri, price.csv.parent / "models-serve.log") as served:
+        from_mlflow = invocations(served, price.body())
+    assert len(set(expected)) > len(expected) // 2  # values, not a few classes
+    assert all(isinstance(value, float) for value in ours)
+    assert ours == expected
+    assert pyfunc == expected
+    assert from_mlflow == expected
+
+    record = price.raw.iloc[1].to_dict()  # row 0 has a gap: JSON has no NaN
+    answer = httpx.post(f"{base_url}/predict", json=record, timeout=60)
+    assert answer.status_code == 200, answer.text
+    (row,) = answer.json()["predictions"]
+    assert set(row) == {"prediction_id", "value"} and row["value"] == expected[1]
+    assert httpx.get(f"{base_url}/version", timeout=30).json()["task"] == "regression"
