@@ -235,6 +235,7 @@ def validate(
     _check_numeric_target(frame[target], where)
     frame = frame[frame[target].notna()].reset_index(drop=True)
     labels = frame[target]
+    _check_not_constant(labels, where)
     chosen, reason = infer_task(labels, max_classes, task)
     needed = min_rows_per_class(cv_folds, test_size)
     if chosen == REGRESSION:
@@ -315,6 +316,15 @@ def _check_numeric_target(values: pd.Series, where: str) -> None:
             )
 
 
+def _check_not_constant(labels: pd.Series, where: str) -> None:
+    """One value on every row is nothing to learn, whatever the task."""
+    if labels.nunique() == 1:
+        raise DataError(
+            f"{where} is constant: all {len(labels)} rows are {short_repr(labels.iloc[0])}; "
+            "a classifier needs at least two classes, a regressor at least two distinct values"
+        )
+
+
 def _check_classes(
     classes: pd.Series, labels: pd.Series, where: str, needed: int, cv_folds: int
 ) -> None:
@@ -389,11 +399,6 @@ def _regression_target(labels: pd.Series, where: str, needed: int) -> pd.Series:
             f"not, e.g. {some(list(text.unique()))}"
         )
     values = values.astype(float)
-    if values.nunique() < 2:
-        raise DataError(
-            f"{where} is constant: all {len(values)} rows are {short_repr(values.iloc[0])}; "
-            "there is nothing to predict"
-        )
     if len(values) < 2 * needed:
         raise DataError(
             f"{where}: {len(values)} rows, too few for a holdout and the CV folds "

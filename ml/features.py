@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from ml.data import FeatureType, coerce_features
-from ml.families import LOG_TARGET, LOG_TARGET_TRUSTED_TYPES, family
+from ml.families import LOG_TARGET, family
 
 # What skops must trust to load a registered pipeline beyond its family's types.
 COERCION_TRUSTED_TYPES = ("ml.features.CoerceFeatures",)
@@ -114,8 +114,7 @@ def build_estimator(params: dict[str, Any], seed: int) -> BaseEstimator:
 
 def skops_trusted_types(params: dict[str, Any]) -> list[str]:
     """What skops must trust to load the registered pipeline of these params."""
-    log_target = LOG_TARGET_TRUSTED_TYPES if params.get(LOG_TARGET) else ()
-    return [*family(params["family"]).skops_trusted_types, *log_target, *COERCION_TRUSTED_TYPES]
+    return [*family(params["family"]).skops_trusted_types, *COERCION_TRUSTED_TYPES]
 
 
 def build_pipeline(

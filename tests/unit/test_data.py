@@ -171,27 +171,29 @@ def _with_target(values) -> pd.DataFrame:
     return frame.assign(strength=values)
 
 
-def _error(frame: pd.DataFrame, target: str = "strength") -> str:
+def _error(frame: pd.DataFrame, target: str = "strength", task: str = "auto") -> str:
     with pytest.raises(DataError) as error:
-        validate(frame, target, source="concrete.csv")
+        validate(frame, target, source="concrete.csv", task=task)  # type: ignore[arg-type]
     message = str(error.value)
     assert len(message) < SHORT and f"column {target!r}" in message and "\n" not in message
     return message
 
 
 def test_a_continuous_target_is_named_as_such_with_a_few_of_its_values() -> None:
-    """1,030 rows and about 800 distinct strengths once listed every one of them."""
+    """1,030 rows and about 800 distinct strengths once listed every one of them; forced to
+    classification, the message counts them, shows three and names the way out."""
     rng = np.random.default_rng(1)
-    message = _error(_with_target(np.round(rng.uniform(2, 80, 1030), 2)))
+    strengths = _with_target(np.round(rng.uniform(2, 80, 1030), 2))
+    message = _error(strengths, task="classification")
     distinct = message.split("(")[1].split(" distinct")[0]
     assert f"looks continuous ({distinct} distinct numeric values in 1030 rows)" in message
-    assert "regression is not supported yet" in message
+    assert "use --task regression (MLOPS_TASK)" in message
     assert f"{distinct} classes have fewer than 5 rows, e.g. " in message
     assert f"and {int(distinct) - 3} more" in message
 
 
 def test_many_distinct_integers_look_continuous_too() -> None:
-    message = _error(_with_target(np.arange(300) * 7))
+    message = _error(_with_target(np.arange(300) * 7), task="classification")
     assert "looks continuous (300 distinct numeric values in 300 rows)" in message
 
 
@@ -208,6 +210,7 @@ def test_a_few_small_classes_are_counted_and_shown_not_called_continuous() -> No
 def test_a_constant_target_says_so(value) -> None:
     message = _error(_with_target([value] * 60))
     assert "is constant: all 60 rows are" in message and "at least two classes" in message
+    assert "a regressor at least two distinct values" in message
 
 
 @pytest.mark.parametrize(
@@ -245,3 +248,56 @@ def test_many_empty_columns_are_counted() -> None:
         error.value
     )
     assert len(str(error.value)) < SHORT
+
+
+# --- the task: inferred from the target, or set -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "task", "why"),
+    [
+        (["cat", "dog", "eel"] * 80, "classification", "text target"),
+        ([True, False] * 120, "classification", "boolean target"),
+        (["yes", "no"] * 120, "classification", "boolean target"),
+        (np.tile(np.arange(5), 48), "classification", "whole-number target with 5 distinct"),
+        (np.arange(240) * 3, "regression", "240 distinct values (more than MLOPS_MAX_CLASSES=20)"),
+        (np.linspace(0.5, 99.5, 240), "regression", "numeric target with fractions"),
+        # whole numbers read as floats (a CSV column with a gap elsewhere) count as integers
+        (np.tile(np.arange(3), 80).astype(float), "classification", "3 distinct values"),
+    ],
+)
+def test_the_task_is_inferred_from_the_target_and_says_why(values, task, why) -> None:
+    dataset = validate(_with_target(values), "strength", source="frame")
+    assert dataset.task == task == dataset.report.task
+    assert why in dataset.report.task_reason
+    if task == "regression":
+        assert dataset.report.classes == {} and dataset.y.dtype == float
+        assert dataset.report.target_summary["distinct"] == len(set(values))
+    else:
+        assert sum(dataset.report.classes.values()) == len(values)
+
+
+def test_the_class_limit_is_a_setting_and_the_task_can_be_forced() -> None:
+    ratings = _with_target(np.tile(np.arange(1, 11), 24))  # 10 distinct whole numbers
+    assert validate(ratings, "strength", source="f").task == "classification"
+    assert validate(ratings, "strength", source="f", max_classes=5).task == "regression"
+    forced = validate(ratings, "strength", source="f", task="regression")
+    assert forced.task == "regression" and "--task" in forced.report.task_reason
+
+
+def test_a_regression_split_is_not_stratified_and_keeps_every_row() -> None:
+    dataset = validate(_with_target(np.linspace(0.5, 99.5, 240)), "strength", source="f")
+    halves = split(dataset, 0.2, 42)
+    assert len(halves.X_holdout) == 48 and len(halves.X_train) == 192
+
+
+def test_text_forced_to_regression_shows_a_few_values() -> None:
+    labels = [f"grade {i}" for i in range(240)]
+    message = _error(_with_target(labels), task="regression")
+    assert "regression needs numbers, but 240 of 240 values are not" in message
+    assert "e.g. 'grade 0', 'grade 1', 'grade 2' and 237 more" in message
+
+
+def test_a_regression_target_needs_enough_rows() -> None:
+    message = _error(_with_target(np.linspace(0.5, 9.5, 8)))
+    assert "8 rows, too few for a holdout and the CV folds (at least 10)" in message
