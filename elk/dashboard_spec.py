@@ -84,8 +84,10 @@ PCT = {"percent": True}
 
 
 def live_quality_panel(kind: str, title: str) -> Panel:
-    """Live accuracy, F1 and ROC AUC of one window kind (`mlops.quality`), beside the holdout
-    score the champion was promoted with. A window with too few labels has no scores: a gap."""
+    """Live accuracy, F1 and ROC AUC of one window kind (`mlops.quality`), a regressor's RMSE
+    and MAE, beside the holdout score the champion was promoted with. A window with too few
+    labels has no scores: a gap (and a classifier's window has no RMSE, a regressor's no
+    accuracy)."""
     return Panel(
         f"mlops-serving-quality-{kind}",
         title,
@@ -95,6 +97,8 @@ def live_quality_panel(kind: str, title: str) -> Panel:
             Metric("average", "mlops.quality.accuracy", "Live accuracy"),
             Metric("average", "mlops.quality.f1", "Live F1"),
             Metric("average", "mlops.quality.roc_auc", "Live ROC AUC"),
+            Metric("average", "mlops.quality.rmse", "Live RMSE"),
+            Metric("average", "mlops.quality.mae", "Live MAE"),
             Metric("average", "mlops.quality.holdout_score", "Champion holdout score"),
         ),
         where=f'mlops.quality.window.kind : "{kind}"',

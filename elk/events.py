@@ -583,7 +583,7 @@ def ct_event(
     return event
 
 
-LIVE_SCORES = ("accuracy", "f1", "roc_auc")
+LIVE_SCORES = ("accuracy", "f1", "roc_auc", "rmse", "mae")  # the last two: a regressor's
 
 
 def quality_event(

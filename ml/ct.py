@@ -27,10 +27,10 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from ml.config import Settings
+from ml.config import LOWER_IS_BETTER, REGRESSION_METRICS, Settings
 from ml.data import Dataset
 from ml.drift import PROFILE_ARTIFACT
-from ml.evaluation import is_better, prediction_metrics
+from ml.evaluation import is_better, prediction_metrics, regression_metrics
 from ml.outcomes import LabelledRows, OutcomeStore
 from ml.registry import champion_version
 
@@ -232,7 +232,7 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
     rows = store.labelled(
         settings.model_name, performance_window(settings), version=champion.version
     )
-    live = live_quality(rows)
+    live = live_quality(rows, regression=metric in REGRESSION_METRICS)
     evidence: dict[str, Any] = {
         "metric": metric,
         "labelled": len(rows),
@@ -248,11 +248,16 @@ def performance(settings: Settings, champion: Champion, store: OutcomeStore) -> 
     if holdout is None or now is None:
         reason = f"no {metric} to compare (holdout {holdout}, live {now})"
         return TriggerResult("performance", False, reason, False, evidence)
-    # "Dropped" = the holdout score beats the live one by more than the margin.
-    if is_better(metric, holdout, now, settings.ct_performance_margin):
+    # "Dropped" = the holdout score beats the live one by more than the margin; an error
+    # (RMSE, MAE) is in the target's units, so its margin is that share of the holdout's.
+    margin = settings.ct_performance_margin
+    if metric in REGRESSION_METRICS and metric != "r2":
+        margin *= abs(holdout)
+    if is_better(metric, holdout, now, margin):
+        worse = "is below" if metric not in LOWER_IS_BETTER else "is above"
         reason = (
-            f"live {metric} {now:.4f} is below the holdout's {holdout:.4f} "
-            f"by more than {settings.ct_performance_margin}"
+            f"live {metric} {now:.4f} {worse} the holdout's {holdout:.4f} "
+            f"by more than {margin:g}"
         )
         return TriggerResult("performance", True, reason, True, evidence)
     reason = f"live {metric} {now:.4f} holds against the holdout's {holdout:.4f}"
@@ -291,7 +296,9 @@ def _window(
     limit = int(size) if since is None else settings.ct_max_feedback_rows
     rows = store.labelled(settings.model_name, limit, since, version=champion.version)
     enough = len(rows) >= settings.ct_min_labels
-    scores = {key: value for key, value in live_quality(rows).items() if key != "labelled"}
+    regression = settings.promotion_metric in REGRESSION_METRICS
+    live = live_quality(rows, regression=regression)
+    scores = {key: value for key, value in live.items() if key != "labelled"}
     return QualityWindow(
         name=name,
         kind=kind,
@@ -302,14 +309,18 @@ def _window(
     )
 
 
-def live_quality(rows: LabelledRows) -> dict[str, float]:
-    """Accuracy, F1 and (with probabilities, both classes seen) ROC AUC of labelled rows.
+def live_quality(rows: LabelledRows, regression: bool = False) -> dict[str, float]:
+    """Accuracy, F1 and (with probabilities, both classes seen) ROC AUC of labelled rows; a
+    regressor's RMSE and MAE (its promotion metric is a regression one).
 
     Labels are compared by their text, in the model's class order where the probabilities
     give it (their keys are the model's classes, in order): F1's positive class is then the
     one the holdout's F1 used. Sorting the labels instead put 10 before 2."""
     if len(rows) == 0:
         return {}
+    if regression:
+        errors = regression_metrics(rows.truth, rows.predicted, only=("rmse", "mae"))
+        return {**errors, "labelled": float(len(rows))}
     truth = [str(label) for label in rows.truth]
     predicted = [str(label) for label in rows.predicted]
     served = next((row for row in rows.probabilities if row), None)

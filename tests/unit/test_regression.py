@@ -5,6 +5,7 @@ store; no mocks."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 
@@ -19,12 +20,15 @@ from sklearn.base import is_regressor
 from sklearn.compose import TransformedTargetRegressor
 from threadpoolctl import threadpool_limits
 
+from elk import events
+from ml import ct
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 from ml.data import Dataset, Split, load_dataset, split, validate
 from ml.evaluation import direction, is_better, regression_metrics, score
 from ml.families import REGRESSION_FAMILIES, family
 from ml.features import build_pipeline, skops_trusted_types, with_coercion
+from ml.outcomes import OutcomeStore, PredictionRecord
 from ml.pipeline import settings_for
 from ml.predict import LoadedModel
 from ml.registry import CHAMPION, run_gate
@@ -36,6 +40,7 @@ from serving.schemas import prediction_schema
 from tests.fixtures.mixed_csv import PRICE, price_frame
 
 RIDGE = {"family": "ridge", "alpha": 1.0}
+NOW = datetime.now(UTC)
 
 
 @cache
@@ -271,3 +276,45 @@ def test_a_served_regressor_answers_values_on_the_frame_and_the_numeric_paths() 
     np.testing.assert_allclose(
         fast.score(matrix)[:, 0], fast.loaded.model.predict(pd.DataFrame(rows)), rtol=1e-12
     )
+
+
+# --- live quality from feedback ----------------------------------------------------------------
+
+
+def test_live_quality_of_a_regressor_is_its_rmse_and_mae_and_can_fire(tmp_path: Path) -> None:
+    """Served values and reported true values in a real SQLite outcome store: the windows
+    score RMSE and MAE, the quality event carries them, and the performance trigger fires
+    when the live RMSE is worse than the holdout's by more than the margin's share of it."""
+    settings = Settings(
+        var_dir=tmp_path / "var", task="regression", ct_min_labels=20, ct_performance_margin=0.1
+    )
+    store = OutcomeStore(settings.ct_database)
+    truth = np.linspace(100.0, 200.0, 40)
+    served = truth + np.where(np.arange(40) % 2, 12.0, -12.0)  # off by 12 either way
+    ids = [f"p{i}" for i in range(40)]
+    store.record_predictions(
+        PredictionRecord(pid, settings.model_name, "1", {"Area": 1.0}, value, None, NOW)
+        for pid, value in zip(ids, served.tolist())
+    )
+    store.record_feedback(list(zip(ids, truth.tolist())))
+    rows = store.labelled(settings.model_name, 100)
+    live = ct.live_quality(rows, regression=True)
+    assert live == {"rmse": pytest.approx(12.0), "mae": pytest.approx(12.0), "labelled": 40.0}
+
+    def champion(holdout_rmse: float) -> ct.Champion:
+        return ct.Champion(settings.model_name, "1", "run", NOW, None, {"rmse": holdout_rmse})
+
+    assert ct.performance(settings, champion(10.0), store).fired is True  # 12 > 10 + 1
+    holds = ct.performance(settings, champion(11.5), store)  # 12 < 11.5 + 1.15
+    assert not holds.fired and "holds against" in holds.reason
+    window, _ = ct.quality_windows(settings, champion(10.0), store, NOW)
+    assert window.scores == {"rmse": pytest.approx(12.0), "mae": pytest.approx(12.0)}
+    document = events.quality_event(
+        model_name=settings.model_name,
+        model_version="1",
+        window=vars(window),
+        metric="rmse",
+        holdout={"rmse": 10.0, "mae": 8.0, "r2": 0.9},
+    )["mlops"]["quality"]
+    assert document["rmse"] == pytest.approx(12.0) and document["holdout_score"] == 10.0
+    assert document["holdout"] == {"rmse": 10.0, "mae": 8.0}
