@@ -439,6 +439,10 @@ def _print_evaluation(evaluation: Any, model: Any, settings: Settings) -> None:
         table.add_row(label, shown, f"{float(holdout):.4f}" if holdout else "-")
     console.print(table)
     names = [str(label) for label in evaluation.classes]
+    if not names:  # a regressor: no classes to count
+        for plot in evaluation.plots.values():
+            console.print(f"plot written to {plot}", highlight=False)
+        return
     matrix = Table("true / predicted", *names, title="Confusion matrix (rows: true class)")
     for name, counts in zip(names, evaluation.confusion.tolist()):
         matrix.add_row(name, *(str(count) for count in counts))

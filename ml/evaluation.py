@@ -174,17 +174,22 @@ def regression_figures(
 ) -> dict[str, Figure]:
     """Residuals against predictions, and predictions against the truth, on the holdout:
     where a regressor is off, and whether its errors grow with the value."""
-    predicted = np.asarray(model.predict(X), dtype=float)
+    return regression_plots(y, model.predict(X), "Holdout")
+
+
+def regression_plots(y: Any, predicted: Any, title: str) -> dict[str, Figure]:
+    """`regression_figures` from values already predicted (`mlops evaluate`)."""
+    predicted = np.asarray(predicted, dtype=float)
     figures: dict[str, Figure] = {}
-    for name, kind, title in (
-        ("residuals", "residual_vs_predicted", "Holdout residuals"),
-        ("predicted_vs_actual", "actual_vs_predicted", "Holdout predicted vs actual"),
+    for name, kind, heading in (
+        ("residuals", "residual_vs_predicted", f"{title} residuals"),
+        ("predicted_vs_actual", "actual_vs_predicted", f"{title} predicted vs actual"),
     ):
         figure = Figure(figsize=(5, 4))
         axes = figure.add_subplot()
         skm.PredictionErrorDisplay.from_predictions(
             np.asarray(y, dtype=float), predicted, kind=kind, ax=axes, subsample=None
         )
-        axes.set_title(title)
+        axes.set_title(heading)
         figures[name] = figure
     return figures

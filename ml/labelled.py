@@ -22,7 +22,14 @@ from sklearn.metrics import confusion_matrix
 
 from ml.common.values import plain, some
 from ml.data import DataError, load_frame, normalise_target
-from ml.evaluation import ALL_METRICS, confusion_matrix_plot, prediction_metrics, roc_plot
+from ml.evaluation import (
+    ALL_METRICS,
+    confusion_matrix_plot,
+    prediction_metrics,
+    regression_metrics,
+    regression_plots,
+    roc_plot,
+)
 from ml.predict import LoadedModel
 
 
@@ -83,8 +90,10 @@ def evaluate_file(
     """Score `path`'s labelled rows with `model`; write both plots and metrics.json under
     `reports_dir`."""
     labelled, column = labelled_rows(path, model, target)
-    truth = _truth(labelled[column], model, path, column)
     features, _ = model.without_target(labelled, column)
+    if model.is_regressor:
+        return _evaluate_values(path, model, labelled[column], features, reports_dir)
+    truth = _truth(labelled[column], model, path, column)
     proba = model.predict_proba(features)
     classes = list(model.classes)
     predicted = np.asarray(classes)[proba.argmax(axis=1)]
@@ -98,6 +107,41 @@ def evaluate_file(
         metrics=metrics,
         notes=notes,
         confusion=confusion_matrix(truth, predicted, labels=classes),
+        plots=plots,
+    )
+    (reports_dir / "metrics.json").write_text(json.dumps(evaluation.as_json(), indent=2))
+    return evaluation
+
+
+def _evaluate_values(
+    path: Path, model: LoadedModel, target: pd.Series, features: pd.DataFrame, reports_dir: Path
+) -> Evaluation:
+    """A regressor's RMSE, MAE, R² (and MAPE when no true value is 0) on the file, and its
+    residual and predicted-vs-actual plots; no classes, an empty confusion matrix."""
+    truth = pd.to_numeric(target, errors="coerce")
+    text = target[truth.isna()]
+    if not text.empty:
+        raise DataError(
+            f"{path}: target column {target.name!r} must be numeric for {model.uri} (a "
+            f"regressor), got {some(list(text.unique()))}"
+        )
+    predicted = model.predict_values(features)
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    plots = {}
+    for name, figure in regression_plots(
+        truth, predicted, f"{model.name} v{model.version}"
+    ).items():
+        plots[name] = reports_dir / f"{name}.png"
+        figure.savefig(plots[name], bbox_inches="tight")
+        plt.close(figure)
+    evaluation = Evaluation(
+        source=str(path),
+        target=str(target.name),
+        rows=len(truth),
+        classes=[],
+        metrics=regression_metrics(truth, predicted),
+        notes={},
+        confusion=np.zeros((0, 0), dtype=int),
         plots=plots,
     )
     (reports_dir / "metrics.json").write_text(json.dumps(evaluation.as_json(), indent=2))

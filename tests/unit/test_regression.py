@@ -24,10 +24,11 @@ from elk import events
 from ml import ct
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
-from ml.data import Dataset, Split, load_dataset, split, validate
+from ml.data import DataError, Dataset, Split, load_dataset, split, validate
 from ml.evaluation import direction, is_better, regression_metrics, score
 from ml.families import REGRESSION_FAMILIES, family
 from ml.features import build_pipeline, skops_trusted_types, with_coercion
+from ml.labelled import evaluate_file
 from ml.outcomes import OutcomeStore, PredictionRecord
 from ml.pipeline import settings_for
 from ml.predict import LoadedModel
@@ -318,3 +319,25 @@ def test_live_quality_of_a_regressor_is_its_rmse_and_mae_and_can_fire(tmp_path: 
     )["mlops"]["quality"]
     assert document["rmse"] == pytest.approx(12.0) and document["holdout_score"] == 10.0
     assert document["holdout"] == {"rmse": 10.0, "mae": 8.0}
+
+
+def test_evaluate_scores_a_labelled_file_with_a_regressors_errors(tmp_path: Path) -> None:
+    data = prices()
+    loaded = served_regressor(data).loaded
+    csv = tmp_path / "prices.csv"
+    price_frame(rows=60, seed=5).to_csv(csv, index=False)
+    evaluation = evaluate_file(csv, loaded, PRICE, tmp_path / "report")
+    frame = pd.read_csv(csv)
+    expected = regression_metrics(
+        frame[PRICE], loaded.model.predict(loaded.prepare(frame.drop(columns=PRICE)))
+    )
+    assert evaluation.metrics == pytest.approx(expected) and evaluation.classes == []
+    assert sorted(path.name for path in evaluation.plots.values()) == [
+        "predicted_vs_actual.png",
+        "residuals.png",
+    ]
+    frame[PRICE] = frame[PRICE].astype(object)
+    frame.loc[3, PRICE] = "unknown"
+    frame.to_csv(csv, index=False)
+    with pytest.raises(DataError, match="'Price' must be numeric .* got 'unknown'"):
+        evaluate_file(csv, loaded, PRICE, tmp_path / "report")
