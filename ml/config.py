@@ -33,7 +33,7 @@ from pydantic_settings import (
 )
 
 from ml.families import (
-    ALL_FAMILIES,
+    all_families,
     CLASSIFICATION,
     FAMILIES,
     REGRESSION,
@@ -89,7 +89,7 @@ PROFILES: dict[str, dict[str, object]] = {
 }
 
 
-def _all_families() -> list[str]:
+def _classification_families() -> list[str]:
     return list(FAMILIES)
 
 
@@ -146,7 +146,7 @@ class Settings(BaseSettings):
 
     # --- tuning ------------------------------------------------------------------------
     families: Annotated[list[str], NoDecode] = Field(
-        default_factory=_all_families, description="model families to search (ml/families.py)"
+        default_factory=_classification_families, description="model families to search (ml/families.py)"
     )
     trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(600.0, gt=0)
@@ -299,7 +299,7 @@ class Settings(BaseSettings):
     def _known_families(cls, value: list[str]) -> list[str]:
         """Only names in the family table (`ml.families.FAMILIES`); the error lists them."""
         for name in value:
-            if name not in ALL_FAMILIES:
+            if name not in all_families():
                 # A custom error: pydantic would prefix a ValueError's text with "Value error".
                 raise PydanticCustomError(
                     "unknown_family", "{message}", {"message": str(UnknownFamilyError(name))}

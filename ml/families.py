@@ -50,7 +50,7 @@ class UnknownFamilyError(ValueError):
 
     def __init__(self, name: object) -> None:
         super().__init__(
-            f"unknown model family {name!r}; known families: {', '.join(ALL_FAMILIES)}"
+            f"unknown model family {name!r}; known families: {', '.join(all_families())}"
         )
 
 
@@ -304,8 +304,12 @@ REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
         )
     }
 )
-# Every family by name: `MLOPS_FAMILIES` takes any of them (`Settings.for_task` checks the task).
-ALL_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType({**FAMILIES, **REGRESSION_FAMILIES})
+
+
+def all_families() -> dict[str, ModelFamily]:
+    """Every family by name, classification's first: `MLOPS_FAMILIES` takes any of them
+    (`Settings.for_task` checks they fit the task). Read from the tables at each call."""
+    return {**FAMILIES, **REGRESSION_FAMILIES}
 
 
 def families_for(task: str) -> Mapping[str, ModelFamily]:
@@ -316,6 +320,6 @@ def families_for(task: str) -> Mapping[str, ModelFamily]:
 def family(name: str) -> ModelFamily:
     """The table's entry for `name`; `UnknownFamilyError` names the known ones."""
     try:
-        return ALL_FAMILIES[name]
+        return all_families()[name]
     except KeyError:
         raise UnknownFamilyError(name) from None

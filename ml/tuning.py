@@ -28,7 +28,7 @@ from ml.config import Settings
 from ml.data import FeatureType, Split
 from ml.decision import choose_threshold, decide
 from ml.evaluation import direction, prediction_metrics, score
-from ml.families import ALL_FAMILIES, LOG_TARGET, REGRESSION, family
+from ml.families import all_families, LOG_TARGET, REGRESSION, family
 from ml.features import build_estimator, build_preprocessor
 from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
 from ml.storage import study_storage
@@ -204,7 +204,7 @@ def enqueue_defaults(study: optuna.Study, families: list[str], log_target: bool 
     them (`skip_if_exists`). A regressor's default learns the target as it is.
     """
     plain_target = {LOG_TARGET: False} if log_target else {}
-    for entry in ALL_FAMILIES.values():
+    for entry in all_families().values():
         if entry.cheap_defaults is not None and entry.name in families:
             study.enqueue_trial(
                 {"family": entry.name, **entry.cheap_defaults, **plain_target},

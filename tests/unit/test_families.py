@@ -122,7 +122,8 @@ def test_an_unknown_family_is_refused_with_the_known_ones() -> None:
         family("xgboost")
     assert isinstance(refused.value, ValueError)
     assert str(refused.value) == (
-        "unknown model family 'xgboost'; known families: logreg, random_forest, hist_gb"
+        "unknown model family 'xgboost'; known families: logreg, random_forest, hist_gb, "
+        "ridge, random_forest_regressor, hist_gb_regressor"
     )
 
 

@@ -131,6 +131,7 @@ def test_health_and_version_answer_for_the_loaded_model(
         "model_uri": "models:/demo/1",
         "run_id": "run-1",
         "loaded_at": "2026-12-06T00:00:00+00:00",
+        "task": "classification",
         "decision_threshold": None,  # a model logged without one: the most probable class
     }
 
