@@ -34,8 +34,10 @@ class ServedModel:
     label_array: np.ndarray = field(init=False)
     column_index: pd.Index = field(init=False)
     numeric: NumericTransform | None = field(init=False)
+    regressor: bool = field(init=False)  # answers values: no classes, no probabilities
 
     def __post_init__(self) -> None:
+        self.regressor = self.loaded.is_regressor
         self.label_array = np.asarray(self.classes, dtype=object)
         # Object dtype, not pandas 3's default Arrow strings: the preprocessing's column
         # lookups on every batch are about a fifth cheaper.
@@ -56,7 +58,7 @@ class ServedModel:
         """Float matrices are already typed: through the numeric transform when the model
         has one, else its pipeline. Frames go through the model's own coercion. A regressor's
         answer is its values, as one column (`Scored.values`)."""
-        if self.loaded.is_regressor:
+        if self.regressor:
             return self.predict_values(rows)[:, np.newaxis]
         if not isinstance(rows, np.ndarray):
             return self.loaded.predict_proba(rows)
@@ -140,7 +142,7 @@ class Scored:
         """Each row's decision: the positive class when its probability reaches the model's
         threshold (binary models logged with one), else the most probable class; a
         regressor's value."""
-        if self.model.loaded.is_regressor:
+        if self.model.regressor:
             return self.values
         return list(decide(self.proba, self.model.label_array, self.model.loaded.threshold))
 

@@ -283,7 +283,7 @@ def predict_body(scored: Scored, ids: list[str]) -> dict[str, Any]:
     """`/predict` and `/ws/predict`: per row its id, label and every class's probability; a
     regressor's rows their id and value."""
     loaded = scored.model.loaded
-    if loaded.is_regressor:
+    if scored.model.regressor:
         values = [
             {"prediction_id": prediction_id, "value": value}
             for prediction_id, value in zip(ids, scored.values)

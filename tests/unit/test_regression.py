@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 from sklearn.base import is_regressor
 from sklearn.compose import TransformedTargetRegressor
 from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
 
 from elk import events
 from ml import ct
@@ -341,3 +342,30 @@ def test_evaluate_scores_a_labelled_file_with_a_regressors_errors(tmp_path: Path
     frame.to_csv(csv, index=False)
     with pytest.raises(DataError, match="'Price' must be numeric .* got 'unknown'"):
         evaluate_file(csv, loaded, PRICE, tmp_path / "report")
+
+
+# --- the data report ---------------------------------------------------------------------------
+
+
+def test_mlops_data_states_the_task_and_why_and_takes_task(tmp_path: Path) -> None:
+    from serving.main import app
+
+    csv = tmp_path / "prices.csv"
+    price_frame(rows=60).to_csv(csv, index=False)
+    env = {"MLOPS_VAR_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+    inferred = CliRunner().invoke(app, ["data", "--data", str(csv), "--target", PRICE], env=env)
+    assert inferred.exit_code == 0, inferred.output
+    assert "regression (numeric target with fractions (60 distinct values))" in inferred.output
+    forced = CliRunner().invoke(
+        app,
+        ["data", "--data", str(csv), "--target", "Rooms", "--task", "regression"],
+        env=env,
+    )
+    assert forced.exit_code == 0, forced.output
+    assert "regression (set by --task / MLOPS_TASK)" in forced.output
+    refused = CliRunner().invoke(
+        app, ["data", "--data", str(csv), "--target", PRICE, "--task", "classification"], env=env
+    )
+    assert refused.exit_code == 2
+    assert "looks continuous (60 distinct numeric values in 60 rows)" in refused.output
+    assert "use --task regression" in refused.output
