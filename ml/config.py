@@ -146,7 +146,8 @@ class Settings(BaseSettings):
 
     # --- tuning ------------------------------------------------------------------------
     families: Annotated[list[str], NoDecode] = Field(
-        default_factory=_classification_families, description="model families to search (ml/families.py)"
+        default_factory=_classification_families,
+        description="model families to search (ml/families.py); default: the task's",
     )
     trials: int = Field(20, ge=1)
     timeout_s: float | None = Field(600.0, gt=0)
