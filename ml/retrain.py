@@ -316,6 +316,8 @@ def training_data(settings: Settings, store: OutcomeStore, source: Dataset) -> t
         source=f"{source.report.source} + {len(labelled)} labelled predictions",
         cv_folds=settings.cv_folds,
         test_size=settings.test_size,
+        task=settings.task,
+        max_classes=settings.max_classes,
     )
     return dataset, len(labelled)
 
