@@ -241,8 +241,8 @@ REGRESSOR = "price-native"
 
 @pytest.fixture(scope="module")
 def price(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory) -> Churn:
-    """The regression CSV through the real pipeline: task inferred, 5 trials over the three
-    regression families (their defaults queued first)."""
+    """The regression CSV through the real pipeline: task inferred, 4 trials over the three
+    regression families (their defaults queued first, then one TPE trial)."""
     tmp = tmp_path_factory.mktemp("price")
     csv = write_price_csv(tmp / "price.csv")
     trained = train_into(
@@ -251,7 +251,7 @@ def price(mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory)
         model_name=REGRESSOR,
         data=str(csv),
         target=PRICE,
-        trials=5,
+        trials=4,
         families=["ridge", "random_forest_regressor", "hist_gb_regressor"],
     )
     return Churn(trained, csv, pd.read_csv(csv).drop(columns=PRICE))
