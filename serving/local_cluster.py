@@ -46,6 +46,7 @@ TOKEN_FILE = "ray_auth_token"
 HAPROXY_ENV = "RAY_SERVE_ENABLE_HA_PROXY"
 HAPROXY_BINARY_ENV = "RAY_SERVE_HAPROXY_BINARY_PATH"
 HAPROXY_METRICS_ENV = "RAY_SERVE_HAPROXY_METRICS_ENABLED"
+HAPROXY_CONFIG_ENV = "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"
 AUTH_MODE_ENV = "RAY_AUTH_MODE"
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"
 AUTH_TOKEN_PATH_ENV = "RAY_AUTH_TOKEN_PATH"
@@ -150,7 +151,7 @@ def haproxy_env(haproxy_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     the Python fallback proxy behind it (8500). The replicas' own direct-ingress ports need
     nothing: Serve tries the next one of its range when one is taken."""
     return {
-        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy_dir / "haproxy.cfg"),
+        HAPROXY_CONFIG_ENV: str(haproxy_dir / "haproxy.cfg"),
         "RAY_SERVE_HAPROXY_SOCKET_PATH": str(haproxy_dir / "admin.sock"),
         "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(haproxy_dir / "metrics.sock"),
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(haproxy_dir),
@@ -222,7 +223,9 @@ def start_local_cluster(state_dir: Path, num_cpus: int, dashboard_port: int, hap
     if local_cluster_address(state_dir) is not None:
         return False
     ensure_private_dir(layout.runtime_dir)
-    # A cluster that died without `mlops serve-stop` leaves HAProxy sockets and state behind.
+    # A cluster whose GCS or raylet died (kill -9, `ray stop --force`, a crash) leaves
+    # processes behind: HAProxy still holding the serving port, the dashboard its port.
+    _end_processes(cluster_processes(layout), timeout_s=10.0)
     shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
     ports = free_ports(*CLUSTER_PORTS)
     env = child_env(
@@ -254,41 +257,70 @@ def start_local_cluster(state_dir: Path, num_cpus: int, dashboard_port: int, hap
 
 
 def stop_local_cluster(state_dir: Path, timeout_s: float = 10.0) -> bool:
-    """Stop the cluster `start_local_cluster` started, and only it: its processes are the ones
-    started with its GCS address (plus their children: workers, haproxy). `ray stop` would
-    end every Ray process on the machine, other people's test clusters included.
+    """Stop the cluster `start_local_cluster` started, and only it (`cluster_processes`: its
+    processes and their children, workers and HAProxy included). `ray stop` would end every
+    Ray process on the machine, other people's test clusters included. Returns False when
+    the cluster was not running (what a dead one left behind is ended all the same).
 
     SIGTERM, then SIGKILL after `timeout_s`, as `ray stop` does (its grace period is 10-16 s).
     The GCS server and the autoscaler's monitor did not exit on SIGTERM within 30 s (the raylet
     took 12 s, the rest 2 s, under load), so a longer grace only made `make stop` wait: Serve's
     replicas are already stopped gracefully by then, and the GCS keeps no state to save."""
+    layout = ClusterLayout(state_dir)
+    running = local_cluster_address(state_dir) is not None
+    layout.record.unlink(missing_ok=True)
+    _end_processes(cluster_processes(layout), timeout_s)
+    # Ray's session logs stay in layout.ray_temp_dir for a post-mortem; HAProxy's state goes.
+    shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
+    return running
+
+
+def cluster_processes(layout: ClusterLayout) -> list[psutil.Process]:
+    """Every live process of the cluster of `layout`, with its children, also when its GCS or
+    raylet died and the rest were orphaned. Ray's daemons name the runtime directory in their
+    command line, its workers in their environment (the HAProxy paths `ray start` was given),
+    HAProxy in its config path; agents that overwrite both with their title
+    (`ray::DashboardAgent`) hold their logs there open. This process (a driver) is left out."""
     import psutil
 
-    layout = ClusterLayout(state_dir)
-    address = local_cluster_address(state_dir)
-    layout.record.unlink(missing_ok=True)
-    if address is None:
-        shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
-        return False
-    port = address.rsplit(":", 1)[1]
-    # --address: Ray's client server names the GCS only that way.
-    markers = (f"--gcs-address={address}", f"--gcs_server_port={port}", f"--address={address}")
+    marker = f"{layout.runtime_dir}/"
     ours: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if any(marker in cmdline for marker in markers):
-            ours[process.pid] = process
-            for child in _children(process):
-                ours[child.pid] = child
-    for process in ours.values():
+    for process in psutil.process_iter(["cmdline", "name"]):
+        if process.pid == os.getpid() or not _belongs_to(process, marker):
+            continue
+        ours[process.pid] = process
+        for child in _children(process):
+            ours[child.pid] = child
+    ours.pop(os.getpid(), None)
+    return list(ours.values())
+
+
+def _belongs_to(process: psutil.Process, marker: str) -> bool:
+    import psutil
+
+    try:
+        if marker in " ".join(process.info["cmdline"] or []):
+            return True
+        if marker in process.environ().get(HAPROXY_CONFIG_ENV, ""):
+            return True
+        # Only Ray's retitled processes: reading every process's open files costs more.
+        if not (process.info["cmdline"] or [""])[0].startswith("ray::"):
+            return False
+        return any(opened.path.startswith(marker) for opened in process.open_files())
+    except psutil.Error:
+        return False
+
+
+def _end_processes(processes: list[psutil.Process], timeout_s: float) -> None:
+    """SIGTERM, then SIGKILL for what is still there after `timeout_s`."""
+    import psutil
+
+    for process in processes:
         _signal(process, kill=False)
-    _, alive = psutil.wait_procs(list(ours.values()), timeout=timeout_s)
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
     for process in alive:
         _signal(process, kill=True)
     psutil.wait_procs(alive, timeout=5)
-    # Ray's session logs stay in layout.ray_temp_dir for a post-mortem; HAProxy's state goes.
-    shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
-    return True
 
 
 def _children(process: psutil.Process) -> list[psutil.Process]:
@@ -318,10 +350,13 @@ def local_cluster_running(state_dir: Path) -> bool:
 
 
 def local_cluster_address(state_dir: Path) -> str | None:
-    """The GCS address of the cluster recorded in `state_dir`, if it still runs.
+    """The GCS address of the cluster recorded in `state_dir`, if it still runs: its GCS
+    server and its raylet are both alive. Ray's other daemons (dashboard, monitor, log
+    monitor) carry the GCS address too, and outlive a killed GCS by minutes: they alone are
+    a dead cluster, which `start_local_cluster` clears away.
 
-    Read from the live processes' `--gcs-address` flags: Ray's `find_gcs_addresses` caches its
-    first answer per process, so it misses a cluster started after it was first asked.
+    Read from the live processes' flags: Ray's `find_gcs_addresses` caches its first answer
+    per process, so it misses a cluster started after it was first asked.
     """
     import psutil
 
@@ -329,12 +364,17 @@ def local_cluster_address(state_dir: Path) -> str | None:
         port = int(json.loads(ClusterLayout(state_dir).record.read_text())["gcs_port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    flag_suffix = f":{port}"
-    for process in psutil.process_iter(["cmdline"]):
-        for arg in process.info["cmdline"] or []:
-            if arg.startswith("--gcs-address=") and arg.endswith(flag_suffix):
-                return str(arg.split("=", 1)[1])
-    return None
+    gcs_flag, address_suffix = f"--gcs_server_port={port}", f":{port}"
+    gcs_alive, raylet_address = False, None
+    for process in psutil.process_iter(["cmdline", "name"]):
+        args = process.info["cmdline"] or []
+        if process.info["name"] == "gcs_server" and gcs_flag in args:
+            gcs_alive = True
+        elif process.info["name"] == "raylet":
+            for arg in args:
+                if arg.startswith("--gcs-address=") and arg.endswith(address_suffix):
+                    raylet_address = arg.split("=", 1)[1]
+    return raylet_address if gcs_alive else None
 
 
 def connect(state_dir: Path) -> None:

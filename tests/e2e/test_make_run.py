@@ -3,6 +3,12 @@
 The first run trains on the bundled data, promotes version 1, serves it with Ray Serve and starts
 the host collector; the second registers a challenger and records the gate's decision, and the
 served version follows the champion. All state goes to a temporary VAR_DIR.
+
+Then a row of the fault matrix (docs/reliability.md), folded in here rather than starting a
+third local cluster in CI: the whole cluster dies hard (its GCS server and raylet get SIGKILL,
+what a crash or `ray stop --force` does; `ray stop --force` itself is not run, as it ends every
+Ray cluster on the machine, other test sessions' too), and `mlops serve` alone brings serving
+back on the same port with the champion, nothing cleaned up by hand.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import httpx
@@ -19,12 +27,21 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from serving.local_cluster import ClusterLayout
 from tests.conftest import REPO_ROOT
 from tests.fixtures.mlflow_server import free_port, wait_http
+from tests.resilience.serving_load import report
 
-pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.integration,
+    pytest.mark.resilience,
+    pytest.mark.slow,
+    pytest.mark.timeout(1500),
+]
 
 MODEL = "mlops-classifier"
+MLOPS = str(Path(sys.executable).with_name("mlops"))
 
 
 def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -110,6 +127,7 @@ def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
     while served_version(base) != champion and time.monotonic() < deadline:
         time.sleep(2)
     assert served_version(base) == champion
+    _cluster_killed_hard_then_served_again(env, var_dir, base, champion)
 
     experiment = client.get_experiment_by_name("mlops-chain")
     runs = client.search_runs(
@@ -121,18 +139,77 @@ def test_make_run_twice_trains_gates_serves_and_monitors(run_env) -> None:
     assert lines and 0.0 <= json.loads(lines[-1])["system"]["cpu"]["total"]["norm"]["pct"] <= 1.0
 
 
+def _cluster_killed_hard_then_served_again(
+    env: dict[str, str], var_dir: Path, base: str, champion: str
+) -> None:
+    """SIGKILL to the cluster's GCS server and raylet; `mlops serve` again serves `champion`
+    at `base`, and nothing of the dead cluster is left running (its orphaned HAProxy kept the
+    serving port, its dashboard and monitors kept the GCS address alive in their flags)."""
+    dead = _cluster_record(var_dir)
+    pids = set(_processes_of_cluster(dead["gcs_port"]))
+    haproxy_dir = str(ClusterLayout(var_dir / "serve").haproxy_dir)
+    old_haproxy = [
+        process
+        for process in psutil.process_iter(["name", "cmdline"])
+        if process.info["name"] == "haproxy" and haproxy_dir in " ".join(process.info["cmdline"])
+    ]
+    assert old_haproxy, "serving is not in HAProxy mode"
+    killed = _kill(
+        process
+        for process in psutil.process_iter(["name"])
+        if process.pid in pids and process.info["name"] in {"gcs_server", "raylet"}
+    )
+    assert sorted(killed) == ["gcs_server", "raylet"], killed
+    started = time.monotonic()
+    again = subprocess.run(
+        [MLOPS, "serve"],
+        cwd=REPO_ROOT,
+        env={**env, "MLOPS_VAR_DIR": str(var_dir)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    seconds = time.monotonic() - started
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert served_version(base) == champion
+    assert _cluster_record(var_dir)["gcs_port"] != dead["gcs_port"]
+    assert not _processes_of_cluster(dead["gcs_port"]), "the dead cluster left processes"
+    assert not [process.pid for process in old_haproxy if process.is_running()]
+    report(
+        "cluster_killed_hard",
+        killed=killed,
+        serve_again_s=round(seconds, 1),
+        port=int(env["MLOPS_SERVE_PORT"]),
+        served_version=champion,
+    )
+
+
+def _kill(processes: Iterable[psutil.Process]) -> list[str]:
+    names = []
+    for process in processes:
+        process.kill()
+        names.append(process.info["name"])
+    return names
+
+
 def _cluster_record(var_dir: Path) -> dict[str, int]:
     path = var_dir / "serve" / "cluster.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _processes_of_cluster(gcs_port: int | None) -> list[int]:
-    flag_suffix = f":{gcs_port}"
+    """Ray's processes with this GCS port in their flags (the GCS server's own included)."""
+    flags = (f"--gcs_server_port={gcs_port}",)
+    suffix = f":{gcs_port}"
     return [
         process.pid
         for process in psutil.process_iter(["cmdline"])
-        for arg in process.info["cmdline"] or []
-        if arg.startswith("--gcs-address=") and arg.endswith(flag_suffix)
+        if any(
+            arg in flags
+            or (arg.startswith(("--gcs-address=", "--address=")) and arg.endswith(suffix))
+            for arg in process.info["cmdline"] or []
+        )
     ]
 
 

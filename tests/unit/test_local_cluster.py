@@ -5,7 +5,10 @@ No cluster is started here (tests/integration/test_local_cluster.py starts real 
 
 from __future__ import annotations
 
+import json
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,3 +169,38 @@ def test_ports_come_from_outside_the_ephemeral_range() -> None:
     ephemeral = net._ephemeral_range()  # pylint: disable=protected-access
     ports = local_cluster.free_ports(*local_cluster.CLUSTER_PORTS)
     assert all(port in net.LISTEN_PORTS and port not in ephemeral for port in ports.values())
+
+
+def _sleeper(*args: str) -> subprocess.Popen[bytes]:
+    """A real process whose command line carries `args`, as a leftover of a dead cluster."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args])
+
+
+def test_daemons_that_outlive_a_killed_gcs_are_not_a_running_cluster(tmp_path: Path) -> None:
+    """Ray's dashboard and monitors carry `--gcs-address` and outlive a GCS killed with -9
+    by minutes: they alone made `mlops serve` attach to a dead cluster and hang in ray.init."""
+    port = local_cluster.free_port()
+    (tmp_path / "cluster.json").write_text(json.dumps({"gcs_port": port}))
+    leftover = _sleeper(f"--gcs-address=127.0.0.1:{port}")
+    try:
+        assert local_cluster.local_cluster_address(tmp_path) is None
+    finally:
+        leftover.kill()
+        leftover.wait()
+
+
+def test_stopping_ends_what_a_dead_cluster_left_behind(tmp_path: Path) -> None:
+    """An orphaned HAProxy (its config under the runtime dir) kept the serving port."""
+    layout = ClusterLayout(tmp_path / "var" / "serve")
+    leftover = _sleeper("-f", str(layout.haproxy_dir / "node" / "haproxy.cfg"))
+    stranger = _sleeper("-f", str(tmp_path / "elsewhere" / "haproxy.cfg"))
+    try:
+        found = [process.pid for process in local_cluster.cluster_processes(layout)]
+        assert found == [leftover.pid]
+        assert not local_cluster.stop_local_cluster(layout.state_dir, timeout_s=5)
+        assert leftover.wait(timeout=10) is not None
+        assert stranger.poll() is None
+    finally:
+        for process in (leftover, stranger):
+            process.kill()
+            process.wait()
