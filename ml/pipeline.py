@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from ml.common.signals import Terminated
 from ml.baselines import Choice, keep_tuned_or_baseline
 from ml.common.stages import STAGE_LOGGER
-from ml.common.tracking import configure_tracking
+from ml.common.tracking import configure_tracking, store_setup_lock
 from ml.config import Settings
 from ml.data import DataError, Dataset, Split, ValidationReport, load_dataset, split
 from ml.decision import Classifier, split_threshold
@@ -198,12 +198,13 @@ def run_pipeline(  # pylint: disable=too-many-locals
         dataset = dataset or load_data(settings)
         settings = settings_for(settings, dataset)
         holdout_split: Split = split(dataset, settings.test_size, settings.seed)
-    experiment_id = configure_tracking(settings)
+    with store_setup_lock(settings):  # two pipelines may start together on new stores
+        experiment_id = configure_tracking(settings)
+        # One study per objective: a run resumes only a study it can continue (ml/study.py).
+        plan = plan_study(settings, dataset.report.fingerprint, dataset.task)
+        open_study(settings, plan)
     client = MlflowClient()
-    # One study per objective: a run resumes only a study it can continue (ml/study.py).
-    plan = plan_study(settings, dataset.report.fingerprint, dataset.task)
     study_name = plan.name
-    open_study(settings, plan)
     with mlflow.start_run(run_name=f"study-{study_name}") as parent:
         log_dataset(dataset, settings)
         with stage("tune", timings):
@@ -252,6 +253,7 @@ def run_pipeline(  # pylint: disable=too-many-locals
                 holdout_split,
                 settings.promotion_metric,
                 settings.promotion_margin,
+                lock_database=settings.ct_database,
             )
         mlflow.set_tags(
             {

@@ -1,8 +1,18 @@
-"""The promotion gate: a challenger becomes `champion` only if it wins on the same holdout."""
+"""The promotion gate: a challenger becomes `champion` only if it wins on the same holdout.
+
+Gates run one at a time (`gate_lock`): two pipelines finishing together would otherwise both
+read "no champion yet" and both promote, the alias ending on whichever wrote last. Reading the
+champion, comparing and moving the alias happen inside the lock, so the second gate compares
+its challenger with the champion the first one just chose. The lock lives in the CT database
+(`MLOPS_CT_DATABASE`, where `ml.retrain` serializes CT runs), shared by every machine when it
+is PostgreSQL (`ml.common.locks`); a gate killed half-way leaves no lock behind.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import mlflow
@@ -10,6 +20,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ml.data import Split
 from ml.decision import Classifier
+from ml.common.locks import LockTimeout, database_lock
+from ml.common.stages import STAGE_LOGGER
 from ml.evaluation import is_better, score
 from ml.model_ref import ModelRef
 
@@ -18,11 +30,17 @@ CHAMPION = "champion"
 # is a classifier: every version was, before regression. The gate compares one task only.
 TASK_TAG = "task"
 UNTAGGED_TASK = "classification"
+GATE_LOCK_WAIT_S = 600.0  # a gate takes seconds; one that waits this long is stuck
 log = logging.getLogger(__name__)
+stage_log = logging.getLogger(STAGE_LOGGER)
 
 
 class RegistryError(ValueError):
     """A registry request a user can get wrong: unknown model, unknown version."""
+
+
+class GateLockTimeout(RegistryError):
+    """Another gate held the promotion lock for longer than this gate waits."""
 
 
 @dataclass(frozen=True)
@@ -65,13 +83,34 @@ def load_pipeline(ref: ModelRef) -> Classifier:
     return pipeline
 
 
-def run_gate(
-    client: MlflowClient, name: str, challenger: str, split: Split, metric: str, margin: float
+def run_gate(  # pylint: disable=too-many-arguments
+    client: MlflowClient,
+    name: str,
+    challenger: str,
+    split: Split,
+    metric: str,
+    margin: float,
+    *,
+    lock_database: str | None = None,
 ) -> GateDecision:
-    """Score challenger and champion on one holdout; promote only on a clear win."""
+    """Score challenger and champion on one holdout; promote only on a clear win. With
+    `lock_database` (an SQLAlchemy URL: the CT database), under `gate_lock`."""
     challenger_score = score(
         metric, load_pipeline(ModelRef(name, challenger)), split.X_holdout, split.y_holdout
     )
+    with gate_lock(lock_database, name) if lock_database else nullcontext():
+        return _decide_and_record(client, name, challenger, challenger_score, split, metric, margin)
+
+
+def _decide_and_record(  # pylint: disable=too-many-arguments
+    client: MlflowClient,
+    name: str,
+    challenger: str,
+    challenger_score: float,
+    split: Split,
+    metric: str,
+    margin: float,
+) -> GateDecision:
     incumbent = champion_version(client, name)
     if incumbent is None:
         decision = GateDecision(
@@ -112,6 +151,26 @@ def version_task(client: MlflowClient, name: str, version: str) -> str:
 
 def _tasks(client: MlflowClient, name: str, challenger: str, champion: str) -> tuple[str, str]:
     return version_task(client, name, challenger), version_task(client, name, champion)
+
+
+@contextmanager
+def gate_lock(database: str, name: str, wait_s: float = GATE_LOCK_WAIT_S) -> Iterator[None]:
+    """The promotion lock of model `name`, in `database` (the CT database). A gate that finds
+    it taken says so on the stage log and waits up to `wait_s`, then GateLockTimeout."""
+    try:
+        with database_lock(database, f"gate:{name}", wait_s, on_wait=lambda: _announce_wait(name)):
+            yield
+    except LockTimeout as exc:
+        raise GateLockTimeout(
+            f"another gate held the promotion lock of {name} for more than {wait_s:.0f} s; "
+            "this challenger was not gated: `mlops promote` it, or run the pipeline again"
+        ) from exc
+    except ValueError as exc:
+        raise RegistryError(f"ct_database: the promotion gate's lock: {exc}") from exc
+
+
+def _announce_wait(name: str) -> None:
+    stage_log.info("gate: waiting for the promotion lock of %s (another gate holds it)", name)
 
 
 def _compare(

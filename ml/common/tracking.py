@@ -3,13 +3,17 @@ registry does first, kept apart from the training pipeline so readers need not i
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import httpx
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from ml.common.locks import database_lock
 from ml.config import Settings
 
 PROBE_TIMEOUT_S = 5.0
+STORE_LOCK_WAIT_S = 300.0  # a new store's migrations take seconds
 
 
 class TrackingUnavailable(RuntimeError):
@@ -47,3 +51,12 @@ def configure_tracking(settings: Settings) -> str:
         experiment_id = client.create_experiment(settings.experiment_name, location)
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def store_setup_lock(settings: Settings) -> AbstractContextManager[None]:
+    """For the block, this process alone sets up the MLflow and Optuna stores (tables, the
+    experiment, the study): MLflow builds a new database's schema with migrations, Optuna its
+    tables and version row, and either fails in the second of two processes starting together
+    ("table datasets already exists"; "optuna 5.0.0 is no longer compatible with the table
+    schema (set up by optuna 5.0.0)"). Held in the CT database (`ml.common.locks`)."""
+    return database_lock(settings.ct_database, "store-setup", STORE_LOCK_WAIT_S)

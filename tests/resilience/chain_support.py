@@ -50,14 +50,14 @@ class Command:
     lines: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, args: Sequence[str], env: dict[str, str]) -> Command:
+    def start(cls, args: Sequence[str], env: dict[str, str], cwd: Path = REPO_ROOT) -> Command:
         process = subprocess.Popen(  # pylint: disable=consider-using-with
             [MLOPS, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             env=env,
-            cwd=REPO_ROOT,
+            cwd=cwd,
         )
         command = cls(process)
         threading.Thread(target=command._read, daemon=True).start()
