@@ -225,7 +225,8 @@ def start_local_cluster(state_dir: Path, num_cpus: int, dashboard_port: int, hap
     ensure_private_dir(layout.runtime_dir)
     # A cluster whose GCS or raylet died (kill -9, `ray stop --force`, a crash) leaves
     # processes behind: HAProxy still holding the serving port, the dashboard its port.
-    _end_processes(cluster_processes(layout), timeout_s=10.0)
+    # They serve a dead cluster and keep nothing worth a grace period.
+    _end_processes(cluster_processes(layout), timeout_s=1.0)
     shutil.rmtree(layout.haproxy_dir, ignore_errors=True)
     ports = free_ports(*CLUSTER_PORTS)
     env = child_env(
