@@ -55,8 +55,7 @@ def configure_tracking(settings: Settings) -> str:
 
 def store_setup_lock(settings: Settings) -> AbstractContextManager[None]:
     """For the block, this process alone sets up the MLflow and Optuna stores (tables, the
-    experiment, the study): MLflow builds a new database's schema with migrations, Optuna its
-    tables and version row, and either fails in the second of two processes starting together
-    ("table datasets already exists"; "optuna 5.0.0 is no longer compatible with the table
-    schema (set up by optuna 5.0.0)"). Held in the CT database (`ml.common.locks`)."""
+    experiment, the study): MLflow builds a new database's schema with migrations, which fail
+    in the second of two processes starting together ("table datasets already exists").
+    Held in the CT database (`ml.common.locks`)."""
     return database_lock(settings.ct_database, "store-setup", STORE_LOCK_WAIT_S)

@@ -25,6 +25,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml.registry import CHAMPION, gate_lock
+from ml.storage import study_storage
 from tests.conftest import REPO_ROOT
 from tests.fixtures.postgres import PostgresServer
 from tests.resilience.chain_support import MODEL, Command, aliased_versions_are_whole, mlops_env
@@ -80,7 +81,7 @@ def sqlite_stores(tmp_path: Path) -> Stores:
         "sqlite",
         mlops_env(var_dir),
         f"sqlite:///{var_dir / 'mlflow.db'}",
-        f"sqlite:///{var_dir / 'optuna.db'}",
+        str(var_dir / "optuna.journal"),
         f"sqlite:///{var_dir / 'ct.db'}",
         REPO_ROOT,
     )
@@ -152,9 +153,10 @@ def check_one_champion_and_both_decisions(stores: Stores, marks: dict[str, float
     aliases = aliased_versions_are_whole(client, MODEL)
     assert str(aliases[CHAMPION]) == winner, aliases
 
-    study_names = [s.study_name for s in optuna.get_all_study_summaries(stores.study_storage)]
+    storage = study_storage(stores.study_storage)
+    study_names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
     assert len(study_names) == 1, study_names  # both runs tuned in one study
-    study = optuna.load_study(study_name=study_names[0], storage=stores.study_storage)
+    study = optuna.load_study(study_name=study_names[0], storage=storage)
     states = [trial.state for trial in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states
 
