@@ -37,8 +37,9 @@ def database_lock(
         raise ValueError(
             f"a lock in the {dialect} database {engine.url!r}: SQLite or PostgreSQL only"
         )
-    if dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        Path(engine.url.database).parent.mkdir(parents=True, exist_ok=True)  # a fresh var/
+    file = engine.url.database if dialect == "sqlite" else None
+    if file and file != ":memory:":
+        Path(file).parent.mkdir(parents=True, exist_ok=True)  # a fresh var/
     key = int.from_bytes(hashlib.sha256(f"mlops:{name}".encode()).digest()[:8], "big", signed=True)
     try:
         with engine.connect() as connection:
