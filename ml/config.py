@@ -404,23 +404,22 @@ class Settings(BaseSettings):
         return copied
 
     def _default_optuna_storage(self) -> str:
-        """Follow the tracking store, so two registries never share studies: its database when
-        it is a PostgreSQL/MySQL server, a file beside it when it is a SQLite file, else a
-        local file under var/ (`unshared_study_storage`)."""
-        uri = self.mlflow_tracking_uri
-        if uri.startswith(("postgresql", "mysql")):
-            return uri
-        return _study_file_beside(uri) or self._local_optuna_storage()
+        """Follow the tracking store, so two registries never share studies: a journal beside
+        it when it is a SQLite file, else a local journal under var/ (`unshared_study_storage`).
+        Never the tracking database itself: MLflow and Optuna both keep their schema version in
+        an `alembic_version` table, so Optuna refuses a database MLflow set up; machines share
+        studies through a database of their own in MLOPS_OPTUNA_STORAGE."""
+        return _study_file_beside(self.mlflow_tracking_uri) or self._local_optuna_storage()
 
     def _local_optuna_storage(self) -> str:
         return str(self.var_dir / "optuna.journal")
 
     @property
     def unshared_study_storage(self) -> bool:
-        """True when tracking goes to a server but the studies stay in the local default file,
-        where other machines tracking to that server cannot join them."""
-        remote = self.mlflow_tracking_uri.startswith(("http://", "https://"))
-        return remote and self.optuna_storage == self._local_optuna_storage()
+        """True when tracking goes to a server or a database but the studies stay in the local
+        default file, where other machines tracking there cannot join them."""
+        shared = self.mlflow_tracking_uri.startswith(("http://", "https://", "postgres", "mysql"))
+        return shared and self.optuna_storage == self._local_optuna_storage()
 
     @property
     def decision(self) -> str | None:

@@ -205,14 +205,14 @@ _warned: set[str] = set()
 
 
 def warn_if_unshared(settings: Settings) -> None:
-    """Once per process: a tracking server with no Optuna storage of its own keeps the studies
-    in a file on this machine, which other machines tracking to that server do not share."""
+    """Once per process: a tracking server or database with no Optuna storage of its own keeps
+    the studies in a file on this machine, which other machines tracking there do not share."""
     if not settings.unshared_study_storage or settings.optuna_storage in _warned:
         return
     _warned.add(settings.optuna_storage)
     log.warning(
-        "Optuna studies stay on this machine (%s): MLFLOW_TRACKING_URI is a server with no "
-        "database to share, so other machines tracking to it will not share them; set "
-        "MLOPS_OPTUNA_STORAGE to a PostgreSQL/MySQL URL to share them",
+        "Optuna studies stay on this machine (%s): MLFLOW_TRACKING_URI is a server or a "
+        "database that Optuna cannot share, so other machines tracking to it will not share "
+        "them; set MLOPS_OPTUNA_STORAGE to a PostgreSQL/MySQL database of their own to share them",
         settings.optuna_storage,
     )

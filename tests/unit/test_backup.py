@@ -210,8 +210,10 @@ def test_stores_it_cannot_copy_are_named(tmp_path: Path) -> None:
 def test_one_postgresql_database_for_all_roles_is_dumped_once(tmp_path: Path) -> None:
     url = "postgresql+psycopg://mlflow:secret@db:5432/mlflow"
     settings = _settings(tmp_path, mlflow_tracking_uri=url, ct_database=url)
-    [store] = backup.stores(settings)
-    assert store.kind == "postgresql" and store.roles == ("mlflow", "optuna", "ct")
+    database, studies = backup.stores(settings)
+    assert database.kind == "postgresql" and database.roles == ("mlflow", "ct")
+    # the studies never share MLflow's database (both keep an alembic_version table)
+    assert studies.kind == "journal" and studies.roles == ("optuna",)
 
 
 def test_retention_keeps_the_newest(populated: Settings) -> None:

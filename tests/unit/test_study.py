@@ -130,7 +130,10 @@ def test_the_study_file_sits_beside_a_sqlite_tracking_file(tmp_path: Path) -> No
     named = Settings(var_dir=var, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'team-a.db'}")
     assert named.optuna_storage == str(tmp_path / "team-a.optuna.journal")
     database = "postgresql://mlops@db.example/mlflow"
-    assert Settings(var_dir=var, mlflow_tracking_uri=database).optuna_storage == database
+    # never the tracking database: Optuna refuses one whose alembic_version is MLflow's
+    in_database = Settings(var_dir=var, mlflow_tracking_uri=database)
+    assert in_database.optuna_storage == str(var / "optuna.journal")
+    assert in_database.unshared_study_storage
     own = Settings(var_dir=var, mlflow_tracking_uri=database, optuna_storage="sqlite:///x.db")
     assert own.optuna_storage == "sqlite:///x.db"
 
