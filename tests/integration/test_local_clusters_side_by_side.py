@@ -172,5 +172,7 @@ def test_two_in_process_clusters_in_a_row_in_one_process(
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert run.stdout.splitlines()[-2:] == ["round 0 ok", "round 1 ok"]
+    # Ray's log lines (raylet, Serve) may land on stdout between the rounds' own lines
+    rounds = [line for line in run.stdout.splitlines() if line.startswith("round ")]
+    assert rounds == ["round 0 ok", "round 1 ok"], run.stdout[-3000:]
     assert (foreign_home / ".ray" / "auth_token").read_text() == FOREIGN_TOKEN
