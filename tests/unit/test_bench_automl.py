@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.automl import DATASETS, write_split
+from benchmarks.automl import DATASETS, scores_of, write_split
 from benchmarks.automl_report import (
     FLAML_ALL,
     FLAML_OURS,
@@ -46,7 +46,7 @@ def test_classification_without_probabilities_is_refused() -> None:
         holdout_scores("classification", pd.Series([0, 1]), pd.DataFrame({"prediction": [0, 1]}))
 
 
-def scores_of(dataset: str, metric: str, values: dict[str, list[float]]) -> list[Score]:
+def seeded_scores(dataset: str, metric: str, values: dict[str, list[float]]) -> list[Score]:
     return [
         Score(dataset, seed, contender, metric, value)
         for contender, seeded in values.items()
@@ -55,12 +55,12 @@ def scores_of(dataset: str, metric: str, values: dict[str, list[float]]) -> list
 
 
 def test_medians_are_over_seeds_per_dataset_contender_and_metric() -> None:
-    found = medians(scores_of("a", "roc_auc", {OURS: [0.9, 0.7, 0.8], FLAML_ALL: [0.5, 0.6]}))
+    found = medians(seeded_scores("a", "roc_auc", {OURS: [0.9, 0.7, 0.8], FLAML_ALL: [0.5, 0.6]}))
     assert found == {("a", OURS, "roc_auc"): 0.8, ("a", FLAML_ALL, "roc_auc"): 0.55}
 
 
 def test_targets_higher_is_better() -> None:
-    scores = scores_of(
+    scores = seeded_scores(
         "cls", "roc_auc", {OURS: [0.900, 0.910], FLAML_OURS: [0.900, 0.900], FLAML_ALL: [0.911]}
     )
     (verdict,) = verdicts(medians(scores), {"cls": "classification"})
@@ -70,26 +70,28 @@ def test_targets_higher_is_better() -> None:
 
 
 def test_targets_missed_when_ours_is_worse() -> None:
-    scores = scores_of("cls", "roc_auc", {OURS: [0.90], FLAML_OURS: [0.91], FLAML_ALL: [0.95]})
+    scores = seeded_scores("cls", "roc_auc", {OURS: [0.90], FLAML_OURS: [0.91], FLAML_ALL: [0.95]})
     (verdict,) = verdicts(medians(scores), {"cls": "classification"})
     assert not verdict.beats_restricted
     assert not verdict.near_unrestricted  # 0.90 < 0.95 * 0.995
 
 
 def test_targets_lower_is_better_for_rmse() -> None:
-    scores = scores_of("reg", "rmse", {OURS: [10.0], FLAML_OURS: [10.2], FLAML_ALL: [9.96]})
+    scores = seeded_scores("reg", "rmse", {OURS: [10.0], FLAML_OURS: [10.2], FLAML_ALL: [9.96]})
     (verdict,) = verdicts(medians(scores), {"reg": "regression"})
     assert verdict.beats_restricted  # 10.0 <= 10.2
     assert verdict.near_unrestricted  # 10.0 <= 9.96 * 1.005 = 10.0098
     assert not verdicts(
-        medians(scores_of("reg", "rmse", {OURS: [10.1], FLAML_OURS: [10.0], FLAML_ALL: [10.0]})),
+        medians(
+            seeded_scores("reg", "rmse", {OURS: [10.1], FLAML_OURS: [10.0], FLAML_ALL: [10.0]})
+        ),
         {"reg": "regression"},
     )[0].near_unrestricted
     assert relative_gap("rmse", 9.0, 10.0) == pytest.approx(-0.1)  # ours better: negative
 
 
 def test_a_dataset_missing_a_contender_gets_no_verdict() -> None:
-    scores = scores_of("cls", "roc_auc", {OURS: [0.9], FLAML_OURS: [0.9]})
+    scores = seeded_scores("cls", "roc_auc", {OURS: [0.9], FLAML_OURS: [0.9]})
     assert verdicts(medians(scores), {"cls": "classification"}) == []
 
 
@@ -104,3 +106,16 @@ def test_split_files_hold_every_row_once_and_the_target(dataset, tmp_path: Path)
         assert math.isclose(train[dataset.target].mean(), test[dataset.target].mean(), abs_tol=0.02)
     else:
         assert np.issubdtype(train[dataset.target].dtype, np.floating)
+
+
+def test_a_saved_run_gives_back_its_scores() -> None:
+    runs: list[dict[str, object]] = [
+        {"dataset": "a", "seed": 0, "contender": OURS, "best": "logreg", "roc_auc": 0.9, "f1": 0.5},
+        {"dataset": "b", "seed": 1, "contender": FLAML_ALL, "best": "lgbm", "rmse": 3.0, "r2": 0.1},
+    ]
+    assert sorted(scores_of(runs), key=lambda score: score.metric) == [
+        Score("a", 0, OURS, "f1", 0.5),
+        Score("b", 1, FLAML_ALL, "r2", 0.1),
+        Score("b", 1, FLAML_ALL, "rmse", 3.0),
+        Score("a", 0, OURS, "roc_auc", 0.9),
+    ]
