@@ -24,7 +24,7 @@ import pandas as pd
 # Our families' counterparts among FLAML 2.8's estimator names (flaml/automl/task/generic_task.py):
 # a random forest, a regularised linear model (L2 logistic regression; for regression FLAML has
 # no ridge, its elastic net is the nearest) and histogram gradient boosting.
-# tests/contracts/test_bench_automl.py checks that the names exist.
+# tests/contracts/test_flaml_contract.py checks that the names exist.
 OUR_FAMILIES = {
     "classification": ("rf", "lrl2", "histgb"),
     "regression": ("rf", "enet", "histgb"),
