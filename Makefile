@@ -282,6 +282,13 @@ bench-training-short: setup ## The same races with 3+1 seeds and 2 tracking pair
 bench-storage: setup ## Optuna storages per trial: our SQLite, plain RDB, journal file (1 and 2 workers)
 	$(BIN)/python benchmarks/study_storage.py $(BENCH_ARGS)
 
+.PHONY: bench-automl flaml
+bench-automl: setup flaml ## Our tuning vs FLAML AutoML (our families / all), 4 datasets x 3 seeds, 60 s
+	$(BIN)/python benchmarks/automl.py $(BENCH_ARGS)
+
+flaml: ## FLAML 2.8 in its own venv pinned to the lock's scikit-learn/numpy/pandas, once (CACHE_DIR)
+	scripts/flaml.sh setup >/dev/null
+
 .PHONY: bench-decision
 bench-decision: setup ## Holdout F1 at 0.5 vs at the tuned threshold on an imbalanced table
 	$(BIN)/python benchmarks/decision.py $(BENCH_ARGS)

@@ -48,6 +48,12 @@ CONFIGURATIONS = (
 
 def churn_like(rows: int, seed: int) -> Dataset:
     """Six numeric columns, a four-level plan and a yes/no membership; 14% churn."""
+    frame = churn_like_frame(rows, seed)
+    return validate(frame, "churned", source=f"churn_like({rows}, seed={seed})")
+
+
+def churn_like_frame(rows: int, seed: int) -> pd.DataFrame:
+    """churn_like's raw table (target `churned`, 0/1), for benchmarks that split it themselves."""
     features, labels = make_classification(
         n_samples=rows,
         n_features=8,
@@ -64,7 +70,7 @@ def churn_like(rows: int, seed: int) -> Dataset:
     ).astype(str)
     frame["member"] = np.where(features[:, 7] > 0.3, "yes", "no")
     frame["churned"] = labels
-    return validate(frame, "churned", source=f"churn_like({rows}, seed={seed})")
+    return frame
 
 
 def untuned(name: str, dataset: Dataset, data_split: Split, seed: int) -> Pipeline:
