@@ -1,4 +1,5 @@
-"""`mlops pipeline` killed with SIGTERM and SIGKILL in tuning and in registration, then run again.
+"""`mlops pipeline` killed with SIGTERM and SIGKILL in tuning, in registration and in the gate,
+then run again.
 
 The real command runs in a subprocess on one var/ (local SQLite MLflow and Optuna stores); each
 fault is sent when the command's own output says the stage started (and, in tuning, when its
@@ -8,8 +9,9 @@ the parent (the kernel's parent-death signal); no alias ever points at a version
 not all stored (its sha256 tag is set before the alias); the next run succeeds and resumes the
 same Optuna study, whose interrupted trials are FAIL, none left RUNNING (docs/reliability.md).
 
-The gate is not interrupted here: it takes a quarter of a second on this data, too short to hit
-from the output; its alias is the last registry write of a run (ml/registry.py).
+The gate takes a quarter of a second on this data, too short to hit from the output; so the test
+holds the model's promotion lock (`ml.registry.gate_lock`), and the kill lands while the gate
+waits for it, inside the gate for certain.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ml.integrity import DIGEST_TAG
+from ml.registry import gate_lock
 from ml.storage import study_storage
 from tests.resilience.chain_support import (
     MODEL,
@@ -96,3 +99,34 @@ def test_killed_pipelines_leave_no_half_registered_alias_and_the_next_run_resume
     assert optuna.trial.TrialState.RUNNING not in states, states
     assert states.count(optuna.trial.TrialState.FAIL) >= 2  # one a worker, each interrupted run
     assert states.count(optuna.trial.TrialState.COMPLETE) > 2  # the last run added to the others
+
+
+def test_a_pipeline_killed_in_the_gate_decides_nothing_and_the_next_run_promotes(
+    tmp_path: Path,
+) -> None:
+    var_dir = tmp_path / "var"
+    env = mlops_env(var_dir)
+    client = MlflowClient(f"sqlite:///{var_dir / 'mlflow.db'}")
+    command = Command.start(SHORT, env)
+    # Taken once the stores are set up: on SQLite the lock holds the CT database's file, which
+    # the pipeline's store set-up locks too. Registration (refit, log) outlasts taking it.
+    command.wait_for_line("stage train started")
+    with gate_lock(f"sqlite:///{var_dir / 'ct.db'}", MODEL):
+        command.wait_for_line("gate: waiting for the promotion lock")
+        command.process.send_signal(signal.SIGKILL)
+        assert command.finish() == -signal.SIGKILL
+    # registered with its digest and the challenger alias; no decision, no champion
+    assert _as_text(aliased_versions_are_whole(client, MODEL)) == {"challenger": "1"}
+    [version] = client.search_model_versions(f"name='{MODEL}'")
+    assert "gate.decision" not in version.tags, version.tags
+
+    command = run_mlops(SHORT, env)
+    assert command.process.returncode == 0, command.output[-3000:]
+    aliases = _as_text(aliased_versions_are_whole(client, MODEL))
+    assert aliases == {"challenger": "2", "champion": "2"}
+    assert client.get_model_version(MODEL, "2").tags["gate.decision"] == "promoted"
+
+
+def _as_text(aliases: dict[str, str]) -> dict[str, str]:
+    """A SQLite store answers alias versions as integers, a server as strings."""
+    return {alias: str(version) for alias, version in aliases.items()}
