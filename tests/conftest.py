@@ -33,22 +33,27 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+# The session's own MLflow variables, before any test or fixture ran (normally none).
+_MLFLOW_URI_VARIABLES = {
+    name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+}
+
+
 @pytest.fixture(autouse=True)
 def _reset_mlflow_globals() -> Iterator[None]:
     """MLflow keeps the tracking URI and active run in globals: isolate each test. Its
-    setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (for subprocesses), which
-    resetting the globals leaves behind: a later test's client then followed an earlier
-    test's stopped server (connection refused), so the variables are put back too."""
+    setters also export MLFLOW_TRACKING_URI / MLFLOW_REGISTRY_URI (for subprocesses), and
+    `set_registry_uri(None)` leaves the variable behind: a later test's registry client then
+    followed an earlier test's stopped server (connection refused). So both variables go back
+    to what the session started with, whatever a test or a module fixture exported."""
     import mlflow
 
-    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-    saved = {name: os.environ.get(name) for name in names}
     yield
     while mlflow.active_run():
         mlflow.end_run()
     mlflow.set_tracking_uri(None)
     mlflow.set_registry_uri(None)
-    for name, value in saved.items():
+    for name, value in _MLFLOW_URI_VARIABLES.items():
         if value is None:
             os.environ.pop(name, None)
         else:
