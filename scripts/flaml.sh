@@ -6,11 +6,9 @@
 #
 #   scripts/flaml.sh setup|path
 #
-# `setup` creates $CACHE_DIR/flaml/venv-<version> (pip's cache under $CACHE_DIR/pip) and prints
-# its bin/ directory; a venv whose stamp matches the pins is reused, so `setup` is idempotent.
+# `setup` creates $CACHE_DIR/flaml/venv-<version> (scripts/lib/tool_venv.sh: idempotent).
 # scikit-learn, numpy, pandas and pyarrow are pinned to requirements.lock's versions so both sides
 # of the race read the same split files and fit the same scikit-learn estimators.
-# `path` prints the bin/ directory or fails if there is none.
 #
 # Settings (environment): CACHE_DIR, PYTHON.
 set -euo pipefail
@@ -19,47 +17,14 @@ CACHE_DIR="$(realpath -m "${CACHE_DIR:-$HOME/.cache/mlops}")"
 PYTHON="${PYTHON:-python3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly VERSION="2.8.0"
-
-log() { printf 'flaml.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-locked() {
-  local pin
-  pin="$(grep -E "^$1==" "$REPO_ROOT/requirements.lock")" || die "$1 is not in requirements.lock"
-  printf '%s' "$pin"
-}
+readonly TOOL="flaml.sh"
+readonly VENV="$CACHE_DIR/flaml/venv-$VERSION"
+readonly CHECK="bin/python"
+# shellcheck source=scripts/lib/tool_venv.sh
+source "$REPO_ROOT/scripts/lib/tool_venv.sh"
 
 PINS=("flaml[automl]==$VERSION" "$(locked scikit-learn)" "$(locked numpy)" "$(locked pandas)"
   "$(locked pyarrow)")
 readonly PINS
-readonly FLAML_VENV="$CACHE_DIR/flaml/venv-$VERSION"
-readonly STAMP="$FLAML_VENV/.installed"
 
-venv_ok() { [[ -x "$FLAML_VENV/bin/python" && "$(cat "$STAMP" 2>/dev/null)" == "${PINS[*]}" ]]; }
-
-setup() {
-  if ! venv_ok; then
-    log "creating $FLAML_VENV (${PINS[*]}; about a minute)"
-    rm -rf "$FLAML_VENV"
-    "$PYTHON" -m venv "$FLAML_VENV"
-    PIP_CACHE_DIR="$CACHE_DIR/pip" "$FLAML_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "${PINS[@]}" || {
-      rm -rf "$FLAML_VENV"
-      die "pip install of ${PINS[*]} failed"
-    }
-    printf '%s' "${PINS[*]}" >"$STAMP"
-  fi
-  printf '%s\n' "$FLAML_VENV/bin"
-}
-
-case "${1:-}" in
-setup) setup ;;
-path) venv_ok || die "no FLAML venv at $FLAML_VENV: run '$0 setup'" && printf '%s\n' "$FLAML_VENV/bin" ;;
-*)
-  printf 'usage: %s setup|path\n' "$0" >&2
-  exit 2
-  ;;
-esac
+tool_venv_main "$@"

@@ -6,13 +6,11 @@
 #
 #   scripts/mlserver.sh setup|path
 #
-# `setup` creates $CACHE_DIR/mlserver/venv-<version> (pip's cache under $CACHE_DIR/pip) and prints
-# its bin/ directory; a venv whose stamp matches the pins is reused, so `setup` is idempotent.
+# `setup` creates $CACHE_DIR/mlserver/venv-<version> (scripts/lib/tool_venv.sh: idempotent).
 # scikit-learn and joblib are pinned to requirements.lock's versions: the benchmark hands MLServer
 # the project's fitted pipeline as a joblib pickle, which only loads under the same scikit-learn.
 # httptools too: MLServer's uvicorn parses HTTP with it when installed (else with h11, slower),
 # and the benchmark gives MLServer its best settings.
-# `path` prints the bin/ directory or fails if there is none.
 #
 # Settings (environment): CACHE_DIR, PYTHON.
 set -euo pipefail
@@ -21,47 +19,14 @@ CACHE_DIR="$(realpath -m "${CACHE_DIR:-$HOME/.cache/mlops}")"
 PYTHON="${PYTHON:-python3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly VERSION="1.7.1"
-
-log() { printf 'mlserver.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-locked() {
-  local pin
-  pin="$(grep -E "^$1==" "$REPO_ROOT/requirements.lock")" || die "$1 is not in requirements.lock"
-  printf '%s' "$pin"
-}
+readonly TOOL="mlserver.sh"
+readonly VENV="$CACHE_DIR/mlserver/venv-$VERSION"
+readonly CHECK="bin/mlserver"
+# shellcheck source=scripts/lib/tool_venv.sh
+source "$REPO_ROOT/scripts/lib/tool_venv.sh"
 
 PINS=("mlserver==$VERSION" "mlserver-sklearn==$VERSION" "uvloop<0.20" "$(locked httptools)"
   "$(locked scikit-learn)" "$(locked joblib)")
 readonly PINS
-readonly MLS_VENV="$CACHE_DIR/mlserver/venv-$VERSION"
-readonly STAMP="$MLS_VENV/.installed"
 
-venv_ok() { [[ -x "$MLS_VENV/bin/mlserver" && "$(cat "$STAMP" 2>/dev/null)" == "${PINS[*]}" ]]; }
-
-setup() {
-  if ! venv_ok; then
-    log "creating $MLS_VENV (${PINS[*]}; about a minute)"
-    rm -rf "$MLS_VENV"
-    "$PYTHON" -m venv "$MLS_VENV"
-    PIP_CACHE_DIR="$CACHE_DIR/pip" "$MLS_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "${PINS[@]}" || {
-      rm -rf "$MLS_VENV"
-      die "pip install of ${PINS[*]} failed"
-    }
-    printf '%s' "${PINS[*]}" >"$STAMP"
-  fi
-  printf '%s\n' "$MLS_VENV/bin"
-}
-
-case "${1:-}" in
-setup) setup ;;
-path) venv_ok || die "no MLServer venv at $MLS_VENV: run '$0 setup'" && printf '%s\n' "$MLS_VENV/bin" ;;
-*)
-  printf 'usage: %s setup|path\n' "$0" >&2
-  exit 2
-  ;;
-esac
+tool_venv_main "$@"

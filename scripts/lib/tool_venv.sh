@@ -1,0 +1,51 @@
+# shellcheck shell=bash
+# A tool's own pinned virtual environment under CACHE_DIR, for tools that pin other versions of
+# our dependencies (sourced by scripts/flaml.sh and scripts/mlserver.sh).
+#
+# The sourcing script sets TOOL (its name in messages), VENV (the directory), CHECK (a file
+# under VENV that exists once installed) and PINS (the pip requirements), then calls
+# `tool_venv_main "$@"`. `setup` creates VENV (pip's cache under $CACHE_DIR/pip) and prints its
+# bin/ directory; a venv whose stamp matches the pins is reused, so `setup` is idempotent.
+# `path` prints the bin/ directory or fails if there is none.
+
+log() { printf '%s: %s\n' "$TOOL" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# requirements.lock's exact pin of a package (`name==version`): both sides of a benchmark then
+# load and fit the same library versions.
+locked() {
+  local pin
+  pin="$(grep -E "^$1==" "$REPO_ROOT/requirements.lock")" || die "$1 is not in requirements.lock"
+  printf '%s' "$pin"
+}
+
+venv_ok() { [[ -x "$VENV/$CHECK" && "$(cat "$VENV/.installed" 2>/dev/null)" == "${PINS[*]}" ]]; }
+
+venv_setup() {
+  if ! venv_ok; then
+    log "creating $VENV (${PINS[*]}; about a minute)"
+    rm -rf "$VENV"
+    "$PYTHON" -m venv "$VENV"
+    PIP_CACHE_DIR="$CACHE_DIR/pip" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "${PINS[@]}" || {
+      rm -rf "$VENV"
+      die "pip install of ${PINS[*]} failed"
+    }
+    printf '%s' "${PINS[*]}" >"$VENV/.installed"
+  fi
+  printf '%s\n' "$VENV/bin"
+}
+
+tool_venv_main() {
+  case "${1:-}" in
+  setup) venv_setup ;;
+  path) venv_ok || die "no $TOOL venv at $VENV: run '$0 setup'" && printf '%s\n' "$VENV/bin" ;;
+  *)
+    printf 'usage: %s setup|path\n' "$0" >&2
+    exit 2
+    ;;
+  esac
+}
