@@ -412,7 +412,7 @@ class Settings(BaseSettings):
         return _study_file_beside(self.mlflow_tracking_uri) or self._local_optuna_storage()
 
     def _local_optuna_storage(self) -> str:
-        return str(self.var_dir / "optuna.journal")
+        return f"sqlite:///{self.var_dir / 'optuna.db'}"
 
     @property
     def unshared_study_storage(self) -> bool:
@@ -491,19 +491,15 @@ class Settings(BaseSettings):
 
 
 def _study_file_beside(tracking_uri: str) -> str | None:
-    """The study journal beside a SQLite tracking file: `optuna.journal` beside `mlflow.db`,
-    `<name>.optuna.journal` beside any other `<name>.db`; None for other stores."""
+    """The study file beside a SQLite tracking file: `optuna.db` beside `mlflow.db`,
+    `<name>.optuna.db` beside any other `<name>.db`; None for other stores."""
     prefix = "sqlite:///"
     path = tracking_uri[len(prefix) :].split("?", 1)[0]
     if not tracking_uri.startswith(prefix) or path in {"", ":memory:"}:
         return None
     tracking_file = Path(path)
-    name = (
-        "optuna.journal"
-        if tracking_file.name == "mlflow.db"
-        else f"{tracking_file.stem}.optuna.journal"
-    )
-    return str(tracking_file.with_name(name))
+    name = "optuna.db" if tracking_file.name == "mlflow.db" else f"{tracking_file.stem}.optuna.db"
+    return f"{prefix}{tracking_file.with_name(name)}"
 
 
 def _url_password(text: str) -> str | None:

@@ -1,11 +1,11 @@
-"""The Optuna study's storage: a journal file on one host, a database across machines.
+"""The Optuna study's storage: a SQLite file on one host by default, a database across machines,
+or, opted in, a journal file.
 
-By default the studies go to `JournalStorage(JournalFileBackend)`: an append-only file of
-operations under a file lock, which several processes on one host share. Per trial of the
-product's sampler and pruner it costs 0.44-0.47x of the SQLite storage below, sequentially and
-with two worker processes (`make bench-storage`, docs/training.md). An RDB URL (PostgreSQL,
-MySQL) is the storage that machines share; a `sqlite:///` URL still works, through
-`SQLiteStudyStorage`: WAL with normal syncing, and the write lock taken up front by writes.
+The SQLite file runs through `SQLiteStudyStorage`: WAL with normal syncing, and the write lock
+taken up front by writes. An RDB URL (PostgreSQL, MySQL) is the storage that machines share. A
+location without `://` is `JournalStorage(JournalFileBackend)`: an append-only file under a file
+lock, 0.44-0.47x the SQLite storage's time per trial (`make bench-storage`, docs/training.md),
+not the default while a SIGTERM inside its append leaves Optuna's lock release failing.
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ def test_restore_refuses_a_backup_whose_snapshot_is_gone(
     settings = _settings(env, monkeypatch)
     _record_served_predictions(settings, 3)
     (settings.var_dir / "mlflow.db").touch()  # an empty SQLite file is a valid database
-    Path(settings.optuna_storage).touch()  # an empty journal is a valid one
+    (settings.var_dir / "optuna.db").touch()
     path, manifest = backup.create(settings, ElasticsearchSnapshots.from_settings(settings))
     assert manifest.elasticsearch is not None
     ElasticsearchSnapshots.from_settings(settings).delete(manifest.elasticsearch)
@@ -196,7 +196,7 @@ def test_postgresql_ct_database_round_trips_through_pg_dump(
     settings = Settings()
     (settings.var_dir / "mlflow.db").parent.mkdir(parents=True)
     (settings.var_dir / "mlflow.db").touch()
-    Path(settings.optuna_storage).touch()  # an empty journal is a valid one
+    (settings.var_dir / "optuna.db").touch()
     _record_served_predictions(settings, 30)
     before = _ct_counts(settings)
     path, manifest = backup.create(settings)

@@ -81,7 +81,7 @@ def sqlite_stores(tmp_path: Path) -> Stores:
         "sqlite",
         mlops_env(var_dir),
         f"sqlite:///{var_dir / 'mlflow.db'}",
-        str(var_dir / "optuna.journal"),
+        f"sqlite:///{var_dir / 'optuna.db'}",
         f"sqlite:///{var_dir / 'ct.db'}",
         REPO_ROOT,
     )

@@ -92,7 +92,7 @@ def test_killed_pipelines_leave_no_half_registered_alias_and_the_next_run_resume
     champion = client.get_model_version(MODEL, aliases["champion"])
     assert champion.tags["gate.decision"] == "promoted" and champion.tags[DIGEST_TAG]
 
-    storage = study_storage(str(var_dir / "optuna.journal"))
+    storage = study_storage(f"sqlite:///{var_dir / 'optuna.db'}")
     [summary] = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
     states = [trial.state for trial in study.trials]

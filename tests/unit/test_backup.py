@@ -52,8 +52,9 @@ def _rows(path: Path) -> list[int]:
 
 @pytest.fixture
 def populated(tmp_path: Path) -> Settings:
-    """A var/ with the three SQLite stores and two artifact files."""
-    settings = _settings(tmp_path)
+    """A var/ with SQLite MLflow and CT stores, the studies in a journal file (the opt-in
+    single-host storage), and two artifact files."""
+    settings = _settings(tmp_path, optuna_storage=str(tmp_path / "var" / "optuna.journal"))
     _sqlite(settings.var_dir / "mlflow.db", 3)
     _journal(settings.optuna_storage, 4)
     _sqlite(settings.var_dir / "ct.db", 5)
@@ -189,7 +190,11 @@ def test_restore_into_another_var_dir_is_refused_for_a_local_store(
 ) -> None:
     """The SQLite tracking store records absolute artifact URIs: same path, or broken links."""
     path, _ = backup.create(populated)
-    elsewhere = Settings(var_dir=tmp_path / "other-var", backup_dir=tmp_path / "backups")
+    elsewhere = Settings(
+        var_dir=tmp_path / "other-var",
+        backup_dir=tmp_path / "backups",
+        optuna_storage=str(tmp_path / "other-var" / "optuna.journal"),  # as populated's kind
+    )
     with pytest.raises(backup.BackupError, match=f"MLOPS_VAR_DIR={populated.var_dir}"):
         backup.restore(elsewhere, path)
     assert not elsewhere.var_dir.exists()
@@ -213,7 +218,7 @@ def test_one_postgresql_database_for_all_roles_is_dumped_once(tmp_path: Path) ->
     database, studies = backup.stores(settings)
     assert database.kind == "postgresql" and database.roles == ("mlflow", "ct")
     # the studies never share MLflow's database (both keep an alembic_version table)
-    assert studies.kind == "journal" and studies.roles == ("optuna",)
+    assert studies.kind == "sqlite" and studies.roles == ("optuna",)
 
 
 def test_retention_keeps_the_newest(populated: Settings) -> None:

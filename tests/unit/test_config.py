@@ -25,7 +25,7 @@ def test_a_copy_with_another_var_dir_moves_everything_derived_from_it(tmp_path: 
     assert moved.var_dir == new
     assert moved.log_dir == new / "log"
     assert moved.mlflow_tracking_uri == f"sqlite:///{new / 'mlflow.db'}"
-    assert moved.optuna_storage == str(new / "optuna.journal")
+    assert moved.optuna_storage == f"sqlite:///{new / 'optuna.db'}"
     assert moved.ct_database == f"sqlite:///{new / 'ct.db'}"
     assert moved.backup_dir == tmp_path / "new-backups"  # beside var/, as derived
     assert moved == Settings(var_dir=new)  # as if built with it
@@ -43,14 +43,14 @@ def test_a_copy_keeps_what_was_given_and_what_the_update_names(tmp_path: Path) -
     assert moved.log_dir == tmp_path / "logs"  # given: kept
     assert moved.mlflow_tracking_uri == "http://mlflow.example:5000"  # given: kept
     assert moved.ct_database == "sqlite:///elsewhere.db"  # named by the update
-    assert moved.optuna_storage == str(tmp_path / "new" / "optuna.journal")  # derived
+    assert moved.optuna_storage == f"sqlite:///{tmp_path / 'new' / 'optuna.db'}"  # derived
 
 
 def test_a_copy_with_another_tracking_store_moves_the_study_file(tmp_path: Path) -> None:
     settings = Settings(var_dir=tmp_path / "var")
     tracking = f"sqlite:///{tmp_path / 'team-a.db'}"
     moved = settings.model_copy(update={"mlflow_tracking_uri": tracking})
-    assert moved.optuna_storage == str(tmp_path / "team-a.optuna.journal")
+    assert moved.optuna_storage == f"sqlite:///{tmp_path / 'team-a.optuna.db'}"
     assert moved.log_dir == settings.log_dir  # var_dir did not change
     unrelated = settings.model_copy(update={"trials": 3})
     assert unrelated.optuna_storage == settings.optuna_storage and unrelated.trials == 3

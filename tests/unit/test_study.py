@@ -124,15 +124,15 @@ def test_an_explicit_study_name_wins(settings: Settings) -> None:
 
 def test_the_study_file_sits_beside_a_sqlite_tracking_file(tmp_path: Path) -> None:
     var = tmp_path / "var"
-    assert Settings(var_dir=var).optuna_storage == str(var / "optuna.journal")
+    assert Settings(var_dir=var).optuna_storage == f"sqlite:///{var / 'optuna.db'}"
     elsewhere = Settings(var_dir=var, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert elsewhere.optuna_storage == str(tmp_path / "optuna.journal")
+    assert elsewhere.optuna_storage == f"sqlite:///{tmp_path / 'optuna.db'}"
     named = Settings(var_dir=var, mlflow_tracking_uri=f"sqlite:///{tmp_path / 'team-a.db'}")
-    assert named.optuna_storage == str(tmp_path / "team-a.optuna.journal")
+    assert named.optuna_storage == f"sqlite:///{tmp_path / 'team-a.optuna.db'}"
     database = "postgresql://mlops@db.example/mlflow"
     # never the tracking database: Optuna refuses one whose alembic_version is MLflow's
     in_database = Settings(var_dir=var, mlflow_tracking_uri=database)
-    assert in_database.optuna_storage == str(var / "optuna.journal")
+    assert in_database.optuna_storage == f"sqlite:///{var / 'optuna.db'}"
     assert in_database.unshared_study_storage
     own = Settings(var_dir=var, mlflow_tracking_uri=database, optuna_storage="sqlite:///x.db")
     assert own.optuna_storage == "sqlite:///x.db"
@@ -142,7 +142,7 @@ def test_a_tracking_server_without_study_storage_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = Settings(var_dir=tmp_path / "var", mlflow_tracking_uri="http://mlflow.example:5000")
-    assert server.optuna_storage == str(tmp_path / "var" / "optuna.journal")
+    assert server.optuna_storage == f"sqlite:///{tmp_path / 'var' / 'optuna.db'}"
     assert server.unshared_study_storage
     with caplog.at_level(logging.WARNING, logger=STUDY_LOGGER):
         warn_if_unshared(server)
