@@ -85,54 +85,72 @@ def _logreg(params: Params, seed: int) -> BaseEstimator:
 # --- random forest -----------------------------------------------------------------------
 
 
-def _random_forest_space(trial: optuna.Trial) -> Params:
+def _forest_space(trial: optuna.Trial, max_features: list[str | float]) -> Params:
+    """A forest's space for either task; only the `max_features` choices differ."""
     return {
         "n_estimators": trial.suggest_int("n_estimators", 50, 300, step=25),
         "max_depth": trial.suggest_int("max_depth", 2, 20),
         "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 10),
-        "max_features": trial.suggest_categorical("max_features", ["sqrt", "log2"]),
-        "class_weight": _class_weight(trial),
+        "max_features": trial.suggest_categorical("max_features", max_features),
     }
+
+
+def _forest_arguments(params: Params, seed: int) -> Params:
+    return {
+        "n_estimators": params["n_estimators"],
+        "max_depth": params["max_depth"],
+        "min_samples_leaf": params["min_samples_leaf"],
+        "max_features": params["max_features"],
+        "n_jobs": 1,  # parallelism is across trials, not inside one
+        "random_state": seed,
+    }
+
+
+def _random_forest_space(trial: optuna.Trial) -> Params:
+    return {**_forest_space(trial, ["sqrt", "log2"]), "class_weight": _class_weight(trial)}
 
 
 def _random_forest(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(
-        n_estimators=params["n_estimators"],
-        max_depth=params["max_depth"],
-        min_samples_leaf=params["min_samples_leaf"],
-        max_features=params["max_features"],
-        class_weight=params.get("class_weight"),
-        n_jobs=1,  # parallelism is across trials, not inside one
-        random_state=seed,
+        **_forest_arguments(params, seed), class_weight=params.get("class_weight")
     )
 
 
 # --- histogram gradient boosting ---------------------------------------------------------
 
 
-def _hist_gb_space(trial: optuna.Trial) -> Params:
+def _boosting_space(trial: optuna.Trial) -> Params:
+    """Histogram gradient boosting's space, the same for both tasks."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
         "max_iter": trial.suggest_int("max_iter", 50, 300, step=25),
         "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63),
         "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
-        "class_weight": _class_weight(trial),
     }
+
+
+def _boosting_arguments(params: Params, seed: int) -> Params:
+    return {
+        "learning_rate": params["learning_rate"],
+        "max_iter": params["max_iter"],
+        "max_leaf_nodes": params["max_leaf_nodes"],
+        "l2_regularization": params["l2_regularization"],
+        "early_stopping": False,
+        "random_state": seed,
+    }
+
+
+def _hist_gb_space(trial: optuna.Trial) -> Params:
+    return {**_boosting_space(trial), "class_weight": _class_weight(trial)}
 
 
 def _hist_gb(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(
-        learning_rate=params["learning_rate"],
-        max_iter=params["max_iter"],
-        max_leaf_nodes=params["max_leaf_nodes"],
-        l2_regularization=params["l2_regularization"],
-        class_weight=params.get("class_weight"),
-        early_stopping=False,
-        random_state=seed,
+        **_boosting_arguments(params, seed), class_weight=params.get("class_weight")
     )
 
 
@@ -153,48 +171,20 @@ def _ridge(params: Params, seed: int) -> BaseEstimator:
 
 
 def _random_forest_regressor_space(trial: optuna.Trial) -> Params:
-    return {
-        "n_estimators": trial.suggest_int("n_estimators", 50, 300, step=25),
-        "max_depth": trial.suggest_int("max_depth", 2, 20),
-        "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 10),
-        # 1.0 (every feature at each split) is scikit-learn's default for regression
-        "max_features": trial.suggest_categorical("max_features", [1.0, "sqrt", 0.5]),
-    }
+    # 1.0 (every feature at each split) is scikit-learn's default for regression
+    return _forest_space(trial, [1.0, "sqrt", 0.5])
 
 
 def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import RandomForestRegressor
 
-    return RandomForestRegressor(
-        n_estimators=params["n_estimators"],
-        max_depth=params["max_depth"],
-        min_samples_leaf=params["min_samples_leaf"],
-        max_features=params["max_features"],
-        n_jobs=1,  # parallelism is across trials, not inside one
-        random_state=seed,
-    )
-
-
-def _hist_gb_regressor_space(trial: optuna.Trial) -> Params:
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
-        "max_iter": trial.suggest_int("max_iter", 50, 300, step=25),
-        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63),
-        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
-    }
+    return RandomForestRegressor(**_forest_arguments(params, seed))
 
 
 def _hist_gb_regressor(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    return HistGradientBoostingRegressor(
-        learning_rate=params["learning_rate"],
-        max_iter=params["max_iter"],
-        max_leaf_nodes=params["max_leaf_nodes"],
-        l2_regularization=params["l2_regularization"],
-        early_stopping=False,
-        random_state=seed,
-    )
+    return HistGradientBoostingRegressor(**_boosting_arguments(params, seed))
 
 
 # The search's choice of a log1p target (a regression family's parameter when the target is
@@ -287,7 +277,7 @@ REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
             ),
             ModelFamily(
                 name="hist_gb_regressor",
-                search_space=_hist_gb_regressor_space,
+                search_space=_boosting_space,
                 build=_hist_gb_regressor,
                 cheap_defaults={
                     "learning_rate": 0.1,
