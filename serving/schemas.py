@@ -306,8 +306,24 @@ def prediction_schema(classes: list[Any]) -> dict[str, Any]:
     """`/predict`'s answer: a label and the class probabilities per row; with no classes (a
     regressor), a value per row."""
     if not classes:
-        return _value_schema()
-    label_type = _label_type(classes)
+        row = {
+            "type": "object",
+            "required": ["prediction_id", "value"],
+            "properties": {"prediction_id": {"type": "string"}, "value": {"type": "number"}},
+        }
+    else:
+        row = {
+            "type": "object",
+            "required": ["prediction_id", "label", "probabilities"],
+            "properties": {
+                "prediction_id": {"type": "string"},
+                "label": {**_label_type(classes), "enum": classes},
+                "probabilities": {
+                    "type": "object",
+                    "properties": {str(label): {"type": "number"} for label in classes},
+                },
+            },
+        }
     return {
         "type": "object",
         "title": "PredictResponse",
@@ -315,44 +331,7 @@ def prediction_schema(classes: list[Any]) -> dict[str, Any]:
         "properties": {
             "model_name": {"type": "string"},
             "model_version": {"type": "string"},
-            "predictions": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["prediction_id", "label", "probabilities"],
-                    "properties": {
-                        "prediction_id": {"type": "string"},
-                        "label": {**label_type, "enum": classes},
-                        "probabilities": {
-                            "type": "object",
-                            "properties": {str(label): {"type": "number"} for label in classes},
-                        },
-                    },
-                },
-            },
-        },
-    }
-
-
-def _value_schema() -> dict[str, Any]:
-    return {
-        "type": "object",
-        "title": "PredictResponse",
-        "required": ["model_name", "model_version", "predictions"],
-        "properties": {
-            "model_name": {"type": "string"},
-            "model_version": {"type": "string"},
-            "predictions": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": ["prediction_id", "value"],
-                    "properties": {
-                        "prediction_id": {"type": "string"},
-                        "value": {"type": "number"},
-                    },
-                },
-            },
+            "predictions": {"type": "array", "items": row},
         },
     }
 
