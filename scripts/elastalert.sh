@@ -4,9 +4,8 @@
 #
 #   scripts/elastalert.sh setup|path|run [elastalert args...]
 #
-# `setup` creates $CACHE_DIR/elastalert/venv-<version> with the pinned packages (pip's cache under
-# $CACHE_DIR/pip) and prints its bin/ directory; a venv whose stamp matches the pins is reused, so
-# `setup` is idempotent. `path` prints the bin/ directory or fails if there is none. `run` starts
+# `setup` creates $CACHE_DIR/elastalert/venv-<version> (scripts/lib/tool_venv.sh: idempotent);
+# `path` prints its bin/ directory. `run` starts
 # ElastAlert on elk/alerts/rules/ against ELASTICSEARCH_URL (see docs/operations.md).
 # pytz is pinned too: ElastAlert 2.19.0 imports it without declaring it.
 #
@@ -18,54 +17,34 @@ set -euo pipefail
 
 CACHE_DIR="$(realpath -m "${CACHE_DIR:-$HOME/.cache/mlops}")"
 PYTHON="${PYTHON:-python3}"
-readonly PINS=("elastalert2==2.19.0" "pytz==2025.2")
-readonly EA_VENV="$CACHE_DIR/elastalert/venv-2.19.0"
-readonly STAMP="$EA_VENV/.installed"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+readonly TOOL="elastalert.sh"
+readonly TOOL_VENV="$CACHE_DIR/elastalert/venv-2.19.0"
+readonly CHECK="bin/elastalert"
+readonly PINS=("elastalert2==2.19.0" "pytz==2025.2")
+# shellcheck source=scripts/lib/tool_venv.sh
+source "$REPO_ROOT/scripts/lib/tool_venv.sh"
 # The project's own interpreter renders the config (it reads ml.config).
 PROJECT_PYTHON="${PROJECT_PYTHON:-$(realpath -m "$REPO_ROOT/${VENV:-.venv}")/bin/python}"
-
-log() { printf 'elastalert.sh: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
-
-venv_ok() { [[ -x "$EA_VENV/bin/elastalert" && "$(cat "$STAMP" 2>/dev/null)" == "${PINS[*]}" ]]; }
-
-setup() {
-  if ! venv_ok; then
-    log "creating $EA_VENV (${PINS[*]})"
-    rm -rf "$EA_VENV"
-    "$PYTHON" -m venv "$EA_VENV"
-    PIP_CACHE_DIR="$CACHE_DIR/pip" "$EA_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "${PINS[@]}" || {
-      rm -rf "$EA_VENV"
-      die "pip install of ${PINS[*]} failed"
-    }
-    printf '%s' "${PINS[*]}" >"$STAMP"
-  fi
-  printf '%s\n' "$EA_VENV/bin"
-}
 
 # Renders the config from the project's settings (ELASTICSEARCH_*, SMTP_*: ml/config.py) into
 # ELASTALERT_RUN_DIR, creates ElastAlert's writeback index if missing, then runs in the foreground.
 run() {
-  venv_ok || setup >/dev/null
+  venv_ok || venv_setup >/dev/null
   local run_dir="${ELASTALERT_RUN_DIR:-${VAR_DIR:-$REPO_ROOT/var}/elastalert}" config
   config="$("$PROJECT_PYTHON" -m elk.alerts.elastalert_config "$run_dir" \
     --run-every-s "${ELASTALERT_RUN_EVERY_S:-60}" --buffer-time-s "${ELASTALERT_BUFFER_TIME_S:-900}" \
     ${ELASTALERT_RULES_DIR:+--rules-dir "$ELASTALERT_RULES_DIR"} \
     ${ELASTALERT_WRITEBACK_INDEX:+--writeback-index "$ELASTALERT_WRITEBACK_INDEX"})" ||
     die "could not render the ElastAlert config (see above)"
-  "$EA_VENV/bin/elastalert-create-index" --config "$config" >&2 ||
+  "$TOOL_VENV/bin/elastalert-create-index" --config "$config" >&2 ||
     die "elastalert-create-index failed against ${ELASTICSEARCH_URL:-<unset>}"
-  exec "$EA_VENV/bin/elastalert" --config "$config" "$@"
+  exec "$TOOL_VENV/bin/elastalert" --config "$config" "$@"
 }
 
 case "${1:-}" in
-setup) setup ;;
-path) venv_ok || die "no ElastAlert venv at $EA_VENV: run '$0 setup'" && printf '%s\n' "$EA_VENV/bin" ;;
+setup) venv_setup ;;
+path) venv_path ;;
 run)
   shift
   run "$@"

@@ -18,7 +18,7 @@ PYTHON="${PYTHON:-python3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly VERSION="2.8.0"
 readonly TOOL="flaml.sh"
-readonly VENV="$CACHE_DIR/flaml/venv-$VERSION"
+readonly TOOL_VENV="$CACHE_DIR/flaml/venv-$VERSION"
 readonly CHECK="bin/python"
 # shellcheck source=scripts/lib/tool_venv.sh
 source "$REPO_ROOT/scripts/lib/tool_venv.sh"

@@ -20,7 +20,7 @@ PYTHON="${PYTHON:-python3}"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly VERSION="1.7.1"
 readonly TOOL="mlserver.sh"
-readonly VENV="$CACHE_DIR/mlserver/venv-$VERSION"
+readonly TOOL_VENV="$CACHE_DIR/mlserver/venv-$VERSION"
 readonly CHECK="bin/mlserver"
 # shellcheck source=scripts/lib/tool_venv.sh
 source "$REPO_ROOT/scripts/lib/tool_venv.sh"
