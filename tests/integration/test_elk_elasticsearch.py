@@ -20,7 +20,7 @@ from elk.shipper import Shipper
 from elk.sinks import ElasticsearchSink, NdjsonSink, build_emitter
 from elk.stack import ILM_POLICY, INDEX_TEMPLATE, ilm_available, install_templates
 from ml.config import Settings
-from tests.fixtures.elasticsearch import ElasticsearchServer
+from tests.fixtures.elasticsearch import ElasticsearchServer, prediction_document
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -36,20 +36,6 @@ def es(elasticsearch_server: ElasticsearchServer) -> Elasticsearch:
 
 def _settings(tmp_path: Path, server: ElasticsearchServer) -> Settings:
     return Settings(var_dir=tmp_path, elasticsearch_url=server.url)
-
-
-def _prediction(service: str, number: int) -> dict[str, Any]:
-    event = events.prediction_event(
-        model_name="m",
-        model_version="1",
-        prediction_id=f"{service}-{number}",
-        label=number % 3,
-        probability=0.5,
-        latency_ms=1.0 + number % 7,
-        route="/predict",
-    )
-    event["service"] = {"name": service}
-    return event
 
 
 def _count(es: Elasticsearch, service: str, index: str = PREDICTIONS) -> int:
@@ -68,7 +54,10 @@ def test_templates_install_as_data_streams_with_explicit_mappings(es: Elasticsea
     assert template["index_template"]["composed_of"] == report.components
     service = f"templates-{uuid.uuid4().hex[:8]}"
     es.create(
-        index=PREDICTIONS, id=uuid.uuid4().hex, document=_prediction(service, 1), refresh=True
+        index=PREDICTIONS,
+        id=uuid.uuid4().hex,
+        document=prediction_document(service, 1),
+        refresh=True,
     )
     backing = next(iter(es.indices.get(index=PREDICTIONS)))
     assert backing.startswith(f".ds-{PREDICTIONS}-")  # a data stream, not a plain index
@@ -84,7 +73,7 @@ def test_bulk_sink_delivers_an_exact_count(
     service = f"bulk-{uuid.uuid4().hex[:8]}"
     emitter = build_emitter(_settings(tmp_path, elasticsearch_server), service)
     for number in range(5000):
-        emitter.emit(_prediction(service, number))
+        emitter.emit(prediction_document(service, number))
     emitter.close()
     sink = emitter.sink
     assert isinstance(sink, ElasticsearchSink)
@@ -107,7 +96,7 @@ def test_stopped_and_restarted_elasticsearch_loses_and_doubles_nothing(
         nonlocal produced
         while not stop.is_set():
             for _ in range(4):  # about 400 predictions/s
-                emitter.emit(_prediction(service, produced))
+                emitter.emit(prediction_document(service, produced))
                 produced += 1
             time.sleep(0.01)
 
@@ -147,7 +136,7 @@ def test_replayed_spool_from_another_process_is_not_doubled(
 ) -> None:
     """A spool left behind (crashed writer) whose events partly arrived: replay adds the rest."""
     service = f"spool-{uuid.uuid4().hex[:8]}"
-    batch = [_prediction(service, number) for number in range(300)]
+    batch = [prediction_document(service, number) for number in range(300)]
     sink = ElasticsearchSink(elasticsearch_server.client(), tmp_path / "spool", service)
     sink.write(batch[:100])  # these arrived before the "crash"
     spool_file = tmp_path / "spool" / "dead-1-1.ndjson"
@@ -171,12 +160,12 @@ def test_ship_sends_ndjson_files_exactly_once(
     log_dir = tmp_path / "log"
     files = NdjsonSink(log_dir, max_bytes=64 * 1024, backups=100)
     for start in range(0, 1000, 100):  # 10 batches: the files rotate on the way
-        files.write([_prediction(service, number) for number in range(start, start + 100)])
+        files.write([prediction_document(service, number) for number in range(start, start + 100)])
     assert len(list(log_dir.glob("mlops-*"))) > 1
     shipper = Shipper(elasticsearch_server.client(), log_dir)
     first = shipper.ship_once()
     assert (first.delivered, first.duplicates, first.complete) == (1000, 0, True)
-    files.write([_prediction(service, number) for number in range(1000, 1200)])
+    files.write([prediction_document(service, number) for number in range(1000, 1200)])
     second = Shipper(elasticsearch_server.client(), log_dir).ship_once()  # offsets from disk
     assert (second.delivered, second.duplicates) == (200, 0)
     (log_dir / ".ship-offsets.json").unlink()  # lost offsets: everything again, nothing new

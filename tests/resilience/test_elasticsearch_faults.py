@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from elasticsearch import Elasticsearch
@@ -26,7 +25,7 @@ from elk import events
 from elk.sinks import ElasticsearchSink, build_client, dumps
 from elk.stack import install_templates
 from ml.config import Settings
-from tests.fixtures.elasticsearch import ElasticsearchServer
+from tests.fixtures.elasticsearch import ElasticsearchServer, prediction_document
 from tests.fixtures.es_fault_proxy import FaultProxy
 from tests.resilience.serving_load import report
 
@@ -43,26 +42,12 @@ def proxy(elasticsearch_server: ElasticsearchServer) -> Iterator[FaultProxy]:
     client = elasticsearch_server.client()
     install_templates(client)
     # the data stream exists before the clock starts: its creation is not a fault
-    client.index(index=PREDICTIONS, document=prediction("warm-up", 0), op_type="create")
+    client.index(index=PREDICTIONS, document=prediction_document("warm-up", 0), op_type="create")
     running = FaultProxy(elasticsearch_server.url, delay_s=HELD_S).start()
     try:
         yield running
     finally:
         running.stop()
-
-
-def prediction(service: str, number: int) -> dict[str, Any]:
-    event = events.prediction_event(
-        model_name="m",
-        model_version="1",
-        prediction_id=f"{service}-{number}",
-        label=number % 3,
-        probability=0.5,
-        latency_ms=1.0,
-        route="/predict",
-    )
-    event["service"] = {"name": service}
-    return event
 
 
 class Run:
@@ -76,7 +61,7 @@ class Run:
 
     def write(self, batches: int) -> None:
         for _ in range(batches):
-            batch = [prediction(self.service, self.written + n) for n in range(BATCH)]
+            batch = [prediction_document(self.service, self.written + n) for n in range(BATCH)]
             self.written += BATCH
             self.sink.write(batch)
             self.check_bound()
@@ -107,7 +92,7 @@ def test_429_503_and_timeouts_lose_nothing_uncounted_and_double_nothing(
     proxy: FaultProxy, elasticsearch_server: ElasticsearchServer, tmp_path: Path
 ) -> None:
     service = f"esfault-{uuid.uuid4().hex[:8]}"
-    batch_bytes = len("".join(dumps(prediction(service, n)) + "\n" for n in range(BATCH)))
+    batch_bytes = len("".join(dumps(prediction_document(service, n)) + "\n" for n in range(BATCH)))
     sink = ElasticsearchSink(
         build_client(Settings(elasticsearch_url=proxy.url), CLIENT_TIMEOUT_S),
         tmp_path / "spool",
