@@ -12,6 +12,8 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 CACHE_DIR=${CACHE_DIR:-$HOME/.cache/mlops}
 UV_VERSION=0.9.30
+# shellcheck source=scripts/lib/pip_path.sh
+source scripts/lib/pip_path.sh
 
 missing_system_packages() {
   local package
@@ -37,8 +39,11 @@ install_system_packages() {
 
 install_python_env() {
   mkdir -p "$CACHE_DIR"
-  [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --cache-dir "$CACHE_DIR/pip" "uv==$UV_VERSION"
+  local python pip_path
+  python="$(command -v "$PYTHON")"
+  pip_path="$(path_without_rustc)"  # scripts/lib/pip_path.sh: pip must not probe rustup
+  [ -x "$VENV/bin/python" ] || PATH="$pip_path" "$python" -m venv "$VENV"
+  PATH="$pip_path" "$VENV/bin/python" -m pip install -q --cache-dir "$CACHE_DIR/pip" "uv==$UV_VERSION"
   # uv installs the exact lock in seconds; the project itself goes in editable, without deps.
   "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --cache-dir "$CACHE_DIR/uv" \
     -r requirements.lock

@@ -8,6 +8,9 @@
 # under $CACHE_DIR/pip) and prints its bin/ directory; a venv whose stamp matches the pins is
 # reused, so `setup` is idempotent. `path` prints the bin/ directory or fails if there is none.
 
+# shellcheck source=scripts/lib/pip_path.sh
+source "$REPO_ROOT/scripts/lib/pip_path.sh"
+
 log() { printf '%s: %s\n' "$TOOL" "$*" >&2; }
 die() {
   log "error: $*"
@@ -28,9 +31,12 @@ venv_setup() {
   if ! venv_ok; then
     log "creating $TOOL_VENV (${PINS[*]}; about a minute)"
     rm -rf "$TOOL_VENV"
-    "$PYTHON" -m venv "$TOOL_VENV"
-    PIP_CACHE_DIR="$CACHE_DIR/pip" "$TOOL_VENV/bin/pip" install --quiet --disable-pip-version-check \
-      "${PINS[@]}" || {
+    local python pip_path
+    python="$(command -v "${PYTHON:-python3}")"
+    pip_path="$(path_without_rustc)"
+    PATH="$pip_path" "$python" -m venv "$TOOL_VENV"
+    PATH="$pip_path" PIP_CACHE_DIR="$CACHE_DIR/pip" "$TOOL_VENV/bin/pip" install --quiet \
+      --disable-pip-version-check "${PINS[@]}" || {
       rm -rf "$TOOL_VENV"
       die "pip install of ${PINS[*]} failed"
     }
