@@ -223,7 +223,13 @@ def promote(
     _quiet_libraries()
     with user_errors():
         configure_tracking(settings)
-        promote_version(MlflowClient(), settings.model_name, version, reason)
+        promote_version(
+            MlflowClient(),
+            settings.model_name,
+            version,
+            reason,
+            lock_database=settings.ct_database,
+        )
     console.print(f"[green]{settings.model_name} version {version} is now champion[/]")
     _run_hooks("after_promote", settings, version)
 

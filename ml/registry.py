@@ -247,8 +247,21 @@ def decision_fields(name: str, decision: GateDecision) -> dict[str, object]:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def promote(client: MlflowClient, name: str, version: str, reason: str = "manual") -> None:
-    """A person's override: make `version` the champion, recording who decided."""
+def promote(
+    client: MlflowClient,
+    name: str,
+    version: str,
+    reason: str = "manual",
+    *,
+    lock_database: str | None = None,
+) -> None:
+    """A person's override: make `version` the champion, recording who decided. With
+    `lock_database`, under `gate_lock`, so it cannot interleave with a running gate."""
+    with gate_lock(lock_database, name) if lock_database else nullcontext():
+        _promote(client, name, version, reason)
+
+
+def _promote(client: MlflowClient, name: str, version: str, reason: str) -> None:
     try:
         client.get_model_version(name, version)
     except MlflowException as exc:

@@ -7,6 +7,7 @@ about chance), so each test knows which side must win.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from ml.config import Settings
 from ml.data import Dataset, Split, load_dataset, split
 from ml.common.tracking import configure_tracking
-from ml.registry import CHAMPION, GateDecision, RegistryError, promote, run_gate
+from ml.registry import CHAMPION, GateDecision, RegistryError, gate_lock, promote, run_gate
 from ml.training import fit_best, log_and_register
 
 LOGREG = {"family": "logreg", "C": 1.0}
@@ -145,6 +146,25 @@ def test_manual_promotion_records_who_decided_and_refuses_unknown_versions(store
         promote(client, "manual", "9")
     with pytest.raises(RegistryError, match="'nobody' is not registered"):
         promote(client, "nobody", "1")
+
+
+def test_a_manual_promotion_waits_for_a_running_gate(store, demo, tmp_path: Path) -> None:
+    """`mlops promote` takes the gate's lock, so it cannot land between a gate's read of the
+    champion and its alias move."""
+    client, settings = _client(store, "waits")
+    first = _register(settings, demo)
+    _gate(client, "waits", first, demo)
+    second = _register(settings, demo, weak=True)
+    lock_database = f"sqlite:///{tmp_path / 'ct.db'}"
+    with gate_lock(lock_database, "waits"):  # a gate is deciding
+        manual = threading.Thread(
+            target=promote, args=(client, "waits", second), kwargs={"lock_database": lock_database}
+        )
+        manual.start()
+        manual.join(timeout=2)  # time for a promotion that ignored the lock to land
+        assert manual.is_alive() and _champion(client, "waits") == first
+    manual.join()
+    assert _champion(client, "waits") == second
 
 
 def test_decision_tags_write_missing_scores_as_a_dash() -> None:
