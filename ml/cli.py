@@ -35,6 +35,7 @@ from ml.common.cli import (
 )
 from ml.common.logs import log_to_console
 from ml.common.stages import STAGE_LOGGER, STUDY_LOGGER
+from ml.common.tasks import REGRESSION
 from ml.common.tracking import configure_tracking
 from ml.config import Settings
 
@@ -462,7 +463,7 @@ def _print_report(report: ValidationReport) -> None:
     table.add_row("rows x columns", f"{report.rows} x {report.columns}")
     table.add_row("target", report.target)
     table.add_row("task", f"{report.task} ({report.task_reason})")
-    if report.task == "regression":
+    if report.task == REGRESSION:
         table.add_row("target values", json.dumps(report.target_summary))
     else:
         table.add_row("classes", _classes_shown(report.classes))

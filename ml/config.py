@@ -32,11 +32,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from ml.common.tasks import CLASSIFICATION, REGRESSION, Task
 from ml.families import (
     all_families,
-    CLASSIFICATION,
     FAMILIES,
-    REGRESSION,
     UnknownFamilyError,
     families_for,
 )
@@ -44,7 +43,6 @@ from ml.families import (
 Metric = Literal[
     "roc_auc", "accuracy", "f1", "precision", "recall", "log_loss", "rmse", "mae", "r2", "mape"
 ]
-Task = Literal["classification", "regression"]
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
 # Errors are better when lower; so is log loss.

@@ -21,12 +21,11 @@ from pydantic import BaseModel
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
+from ml.common.tasks import CLASSIFICATION, REGRESSION
 from ml.common.values import short_repr, some
 
 FeatureType = Literal["numeric", "categorical", "boolean"]
 TaskChoice = Literal["auto", "classification", "regression"]
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
 DEMO_SOURCE = "demo"
 DEMO_TARGET = "target"
 SQL_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")

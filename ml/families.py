@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from ml.common.tasks import CLASSIFICATION, REGRESSION
+
 if TYPE_CHECKING:
     import optuna
     from sklearn.base import BaseEstimator
 
 Params = dict[str, Any]  # a family's hyperparameters, without the "family" key
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from ml.common.tracking import TrackingUnavailable, require_reachable
 from ml.common.values import some
 from ml.data import DataError, FeatureType, coerce_features
 from ml.decision import decide, split_threshold
-from ml.families import CLASSIFICATION, REGRESSION
+from ml.common.tasks import CLASSIFICATION, REGRESSION
 from ml.features import without_coercion
 from ml.integrity import DIGEST_TAG, IntegrityError, check_digest
 from ml.model_ref import ModelRef

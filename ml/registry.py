@@ -22,6 +22,7 @@ from ml.data import Split
 from ml.decision import Classifier
 from ml.common.locks import LockTimeout, database_lock
 from ml.common.stages import STAGE_LOGGER
+from ml.common.tasks import CLASSIFICATION
 from ml.evaluation import is_better, score
 from ml.model_ref import ModelRef
 
@@ -29,7 +30,7 @@ CHAMPION = "champion"
 # The version tag naming what a version predicts (`ml.training` sets it); a version without it
 # is a classifier: every version was, before regression. The gate compares one task only.
 TASK_TAG = "task"
-UNTAGGED_TASK = "classification"
+UNTAGGED_TASK = CLASSIFICATION
 GATE_LOCK_WAIT_S = 600.0  # a gate takes seconds; one that waits this long is stuck
 log = logging.getLogger(__name__)
 stage_log = logging.getLogger(STAGE_LOGGER)

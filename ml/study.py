@@ -25,7 +25,8 @@ import optuna
 from ml.common.stages import STUDY_LOGGER
 from ml.config import Settings
 from ml.evaluation import direction
-from ml.families import CLASSIFICATION, ModelFamily, family
+from ml.common.tasks import CLASSIFICATION
+from ml.families import ModelFamily, family
 from ml.storage import study_storage
 
 IDENTITY_ATTR = "mlops.identity"  # the study's user attribute holding its identity

@@ -24,7 +24,7 @@ from ml.evaluation import (
     regression_figures,
     roc_curve_figure,
 )
-from ml.families import REGRESSION
+from ml.common.tasks import REGRESSION
 from ml.features import build_pipeline, skops_trusted_types, with_coercion
 from ml.integrity import DIGEST_TAG, model_digest
 from ml.model_ref import ModelRef

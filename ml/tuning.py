@@ -28,7 +28,8 @@ from ml.config import Settings
 from ml.data import FeatureType, Split
 from ml.decision import choose_threshold, decide
 from ml.evaluation import direction, prediction_metrics, score
-from ml.families import all_families, LOG_TARGET, REGRESSION, family
+from ml.common.tasks import REGRESSION
+from ml.families import all_families, LOG_TARGET, family
 from ml.features import build_estimator, build_preprocessor
 from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
 from ml.storage import study_storage

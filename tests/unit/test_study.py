@@ -16,8 +16,8 @@ from ml.config import Settings
 from ml.families import FAMILIES
 from ml.pipeline import run_pipeline
 from ml.storage import study_storage
+from ml.common.tasks import CLASSIFICATION
 from ml.study import (
-    CLASSIFICATION,
     StudyIdentity,
     open_study,
     plan_study,
