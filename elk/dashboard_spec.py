@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from elk.events import INDEX_PREFIX
 from ml.common.logs import APP_DATASET
+from ml.common.tasks import CLASSIFICATION, REGRESSION
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,18 @@ class Metric:
     label: str = ""
     percentile: int | None = None
     percent: bool = False
+    task: str | None = None  # only models of this task write the field; None: any model
+
+
+def task_metrics(task: str) -> list[Metric]:
+    """The metrics only models of `task` fill (a classifier's stack leaves them empty)."""
+    return [
+        metric
+        for board in DASHBOARDS
+        for panel in board.panels
+        for metric in panel.metrics
+        if metric.task == task
+    ]
 
 
 @dataclass(frozen=True)
@@ -94,11 +107,11 @@ def live_quality_panel(kind: str, title: str) -> Panel:
         SERVING,
         "mlops.quality",
         (
-            Metric("average", "mlops.quality.accuracy", "Live accuracy"),
-            Metric("average", "mlops.quality.f1", "Live F1"),
-            Metric("average", "mlops.quality.roc_auc", "Live ROC AUC"),
-            Metric("average", "mlops.quality.rmse", "Live RMSE"),
-            Metric("average", "mlops.quality.mae", "Live MAE"),
+            Metric("average", "mlops.quality.accuracy", "Live accuracy", task=CLASSIFICATION),
+            Metric("average", "mlops.quality.f1", "Live F1", task=CLASSIFICATION),
+            Metric("average", "mlops.quality.roc_auc", "Live ROC AUC", task=CLASSIFICATION),
+            Metric("average", "mlops.quality.rmse", "Live RMSE", task=REGRESSION),
+            Metric("average", "mlops.quality.mae", "Live MAE", task=REGRESSION),
             Metric("average", "mlops.quality.holdout_score", "Champion holdout score"),
         ),
         where=f'mlops.quality.window.kind : "{kind}"',

@@ -30,6 +30,7 @@ from elk.drift_check import check_drift
 from elk.shipper import Shipper
 from elk.sinks import build_emitter
 from elk.stack import asset_path, install_templates, mapped_fields
+from ml.common.tasks import REGRESSION
 from ml.config import Settings
 from ml.data import load_frame
 from tests import kibana_queries
@@ -39,11 +40,11 @@ from tests.fixtures.elasticsearch import ElasticsearchServer
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 NO_DOCKER_ENGINE = {"mlops-system-container-cpu", "mlops-system-container-memory"}
-# The stack here serves a classifier: a regressor's live RMSE/MAE cannot have data in it. Their
-# fields are still checked as mapped; the quality event carrying them is built and checked in
-# tests/unit/test_regression.py::test_live_quality_of_a_regressor_is_its_rmse_and_mae_and_can_fire.
-REGRESSOR_ONLY = {"mlops.quality.rmse", "mlops.quality.mae"}
-REGRESSOR_ONLY_LABELS = {"Live RMSE", "Live MAE"}
+# The stack here serves a classifier: what only a regressor writes (the spec's `task` on a
+# metric) has no data in it. Those fields are still checked as mapped; the quality event that
+# carries them is built and checked in tests/unit/test_regression.py.
+REGRESSOR_ONLY = {metric.field for metric in dashboard_spec.task_metrics(REGRESSION)}
+REGRESSOR_ONLY_LABELS = {metric.label for metric in dashboard_spec.task_metrics(REGRESSION)}
 
 
 @dataclass
