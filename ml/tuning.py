@@ -31,7 +31,14 @@ from ml.evaluation import direction, prediction_metrics, score
 from ml.common.tasks import REGRESSION
 from ml.families import all_families, LOG_TARGET, family
 from ml.features import build_estimator, build_preprocessor
-from ml.common.signals import EXIT_CODE, Terminated, die_with_parent, quiet_terminations
+from ml.common.signals import (
+    EXIT_CODE,
+    Terminated,
+    defer_sigterm,
+    die_with_parent,
+    quiet_terminations,
+    sigterm_allowed,
+)
 from ml.storage import study_storage
 from ml.forking import FORK, next_message, start
 from ml.tracking import TrialTracker
@@ -482,8 +489,12 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
 ) -> None:
     """One worker process: claim a trial, run it, report it; until none is left or time is up.
     A SIGTERM (from the parent's `terminate()`, or the kernel when the parent died) fails the
-    running trial in the study and ends the worker quietly."""
+    running trial in the study and ends the worker quietly. It is taken only while the
+    objective runs: Optuna records a trial that its objective leaves by an exception as FAIL,
+    but one interrupted in `ask` (after the trial is created, while the sampler proposes) or
+    in `tell` (while its state is written) would stay RUNNING forever."""
     try:
+        defer_sigterm()
         die_with_parent(parent_pid)
         # Its own storage connections (the parent's do not survive a fork) and its own sampler
         # seed: two workers with one seed would propose the same configurations.
@@ -495,7 +506,7 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
         )
         while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
             study.optimize(
-                objective,
+                _interruptible(objective),
                 n_trials=1,
                 catch=CATCH,
                 # The finished trial itself: reading it back here would cost the tuning
@@ -510,6 +521,14 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
         name = FORK.current_process().name
         finished.put((None, f"{name}: {''.join(traceback.format_exception_only(error)).strip()}"))
         raise
+
+
+def _interruptible(objective: Objective) -> Callable[[optuna.Trial], float]:
+    def run(trial: optuna.Trial) -> float:
+        with sigterm_allowed():
+            return objective(trial)
+
+    return run
 
 
 def _claim(unclaimed: Any) -> bool:

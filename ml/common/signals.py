@@ -65,6 +65,24 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def defer_sigterm() -> None:
+    """Hold SIGTERM back in this process until `sigterm_allowed` lets it in. Call it while the
+    process has one thread (just forked): threads started later inherit the mask, so none of
+    them takes the signal in the main thread's place."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
+@contextmanager
+def sigterm_allowed() -> Iterator[None]:
+    """Within the block a SIGTERM, pending or new, is delivered (as `Terminated` under
+    `sigterm_raises`); after it, held back again."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+
 def die_with_parent(parent_pid: int) -> None:
     """Ask the kernel to send this (forked) process SIGTERM when its parent dies, even by
     SIGKILL; exit now if the parent is already gone. Linux only, as the forking is."""
