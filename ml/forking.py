@@ -35,3 +35,18 @@ def next_message(messages: Any, processes: Sequence[BaseProcess], poll_s: float 
                     raise ChildProcessError(
                         f"{process.name} exited with code {process.exitcode}"
                     ) from None
+
+
+def join_reading(processes: Sequence[BaseProcess], messages: Any, poll_s: float = 0.1) -> None:
+    """Join `processes`, discarding what they still send: a child exits only once its queued
+    messages are in the pipe, so a full pipe that nobody reads would hold it, and the join,
+    for good (a worker terminated while the other went on reporting trials hung a SIGTERMed
+    pipeline)."""
+    for process in processes:
+        while process.is_alive():
+            process.join(poll_s)
+            try:
+                while True:
+                    messages.get_nowait()
+            except queue.Empty:
+                pass

@@ -34,13 +34,13 @@ from ml.features import build_estimator, build_preprocessor
 from ml.common.signals import (
     EXIT_CODE,
     Terminated,
-    defer_sigterm,
     die_with_parent,
     quiet_terminations,
     sigterm_allowed,
+    sigterm_deferred,
 )
 from ml.storage import study_storage
-from ml.forking import FORK, next_message, start
+from ml.forking import FORK, join_reading, next_message, start
 from ml.tracking import TrialTracker
 
 log = logging.getLogger(__name__)
@@ -401,13 +401,14 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         # OpenBLAS, so it is set once here, and forked workers inherit it.
         with threadpool_limits(1, user_api="blas"):
             if settings.n_jobs == 1:
-                study.optimize(
-                    objective,
-                    n_trials=settings.trials,
-                    timeout=settings.timeout_s,
-                    callbacks=callbacks or [],
-                    catch=CATCH,
-                )
+                with sigterm_deferred():  # a SIGTERM fails the running trial, as in the workers
+                    study.optimize(
+                        _interruptible(objective),
+                        n_trials=settings.trials,
+                        timeout=settings.timeout_s,
+                        callbacks=callbacks or [],
+                        catch=CATCH,
+                    )
             else:
                 optimize_in_processes(study, objective, settings, callbacks or [])
     finally:
@@ -475,7 +476,7 @@ def optimize_in_processes(
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()  # only after an error or an interrupt
-            worker.join()
+        join_reading(workers, finished)
 
 
 def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arguments
@@ -489,12 +490,8 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
 ) -> None:
     """One worker process: claim a trial, run it, report it; until none is left or time is up.
     A SIGTERM (from the parent's `terminate()`, or the kernel when the parent died) fails the
-    running trial in the study and ends the worker quietly. It is taken only while the
-    objective runs: Optuna records a trial that its objective leaves by an exception as FAIL,
-    but one interrupted in `ask` (after the trial is created, while the sampler proposes) or
-    in `tell` (while its state is written) would stay RUNNING forever."""
+    running trial in the study and ends the worker quietly."""
     try:
-        defer_sigterm()
         die_with_parent(parent_pid)
         # Its own storage connections (the parent's do not survive a fork) and its own sampler
         # seed: two workers with one seed would propose the same configurations.
@@ -504,15 +501,16 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
             sampler=tpe_sampler(seed),
             pruner=FoldGapPruner(),
         )
-        while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
-            study.optimize(
-                _interruptible(objective),
-                n_trials=1,
-                catch=CATCH,
-                # The finished trial itself: reading it back here would cost the tuning
-                # process a storage query per trial, on the cores the workers need.
-                callbacks=[lambda _study, trial: finished.put((trial, None))],
-            )
+        with sigterm_deferred():
+            while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
+                study.optimize(
+                    _interruptible(objective),
+                    n_trials=1,
+                    catch=CATCH,
+                    # The finished trial itself: reading it back here would cost the tuning
+                    # process a storage query per trial, on the cores the workers need.
+                    callbacks=[lambda _study, trial: finished.put((trial, None))],
+                )
         finished.put((None, None))
     except Terminated:
         finished.put((None, f"{FORK.current_process().name}: terminated by SIGTERM"))
@@ -524,6 +522,10 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
 
 
 def _interruptible(objective: Objective) -> Callable[[optuna.Trial], float]:
+    """The objective as the one place a deferred SIGTERM is raised. Optuna records a trial its
+    objective leaves by an exception as FAIL; one interrupted in `ask` (the trial created, the
+    sampler proposing) or in `tell` (its state being written) would stay RUNNING for good."""
+
     def run(trial: optuna.Trial) -> float:
         with sigterm_allowed():
             return objective(trial)

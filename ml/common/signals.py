@@ -51,6 +51,9 @@ def quiet_terminations(logger_name: str) -> None:
 
 
 def _raise_terminated(_signum: int, _frame: FrameType | None) -> None:
+    if _Deferral.held:
+        _Deferral.pending = True
+        return
     raise Terminated()
 
 
@@ -65,22 +68,41 @@ def sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def defer_sigterm() -> None:
-    """Hold SIGTERM back in this process until `sigterm_allowed` lets it in. Call it while the
-    process has one thread (just forked): threads started later inherit the mask, so none of
-    them takes the signal in the main thread's place."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+class _Deferral:  # pylint: disable=too-few-public-methods
+    """Whether a SIGTERM is held back now, and whether one came meanwhile. Python runs signal
+    handlers in the main thread only, so plain class attributes do."""
+
+    held = False
+    pending = False
+
+
+@contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """Within the block a SIGTERM is remembered, not raised, except inside `sigterm_allowed`;
+    one remembered is raised as `Terminated` when the block ends. For work that a SIGTERM may
+    interrupt only at chosen points: a trial's objective, not Optuna's bookkeeping around it."""
+    previous, _Deferral.held = _Deferral.held, True
+    try:
+        yield
+    finally:
+        _Deferral.held = previous
+    if not previous and _Deferral.pending:  # only on a normal exit: never hide an exception
+        _Deferral.pending = False
+        raise Terminated()
 
 
 @contextmanager
 def sigterm_allowed() -> Iterator[None]:
-    """Within the block a SIGTERM, pending or new, is delivered (as `Terminated` under
-    `sigterm_raises`); after it, held back again."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    """Within a deferred block, the part a SIGTERM may interrupt: one remembered is raised on
+    entry, a new one at once."""
+    previous, _Deferral.held = _Deferral.held, False
     try:
+        if _Deferral.pending:
+            _Deferral.pending = False
+            raise Terminated()
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        _Deferral.held = previous
 
 
 def die_with_parent(parent_pid: int) -> None:
