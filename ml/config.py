@@ -32,7 +32,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from ml.common.tasks import CLASSIFICATION, REGRESSION, Task
+from ml.common.tasks import CLASSIFICATION, REGRESSION, Task, TaskChoice
 from ml.families import (
     all_families,
     FAMILIES,
@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     data: str = Field("demo", description="CSV/Parquet path, SQLAlchemy URL, or 'demo'")
     data_table: str | None = Field(None, description="table name when `data` is a SQL URL")
     target: str | None = Field(None, description="target column ('target' for the demo)")
-    task: Literal["auto", "classification", "regression"] = Field(
+    task: TaskChoice = Field(
         "auto",
         description="auto: classification for text/boolean targets and integer targets with at "
         "most max_classes values, regression for other numbers (ml/data.py infer_task)",

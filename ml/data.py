@@ -21,11 +21,10 @@ from pydantic import BaseModel
 from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 
-from ml.common.tasks import CLASSIFICATION, REGRESSION
+from ml.common.tasks import CLASSIFICATION, REGRESSION, TaskChoice
 from ml.common.values import short_repr, some
 
 FeatureType = Literal["numeric", "categorical", "boolean"]
-TaskChoice = Literal["auto", "classification", "regression"]
 DEMO_SOURCE = "demo"
 DEMO_TARGET = "target"
 SQL_SCHEMES = ("sqlite:", "postgresql", "postgres:", "mysql")

@@ -8,3 +8,4 @@ from typing import Literal
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 Task = Literal["classification", "regression"]
+TaskChoice = Literal["auto", "classification", "regression"]  # auto: inferred from the target
