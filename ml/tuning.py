@@ -401,14 +401,13 @@ def tune(  # pylint: disable=too-many-arguments,too-many-positional-arguments
         # OpenBLAS, so it is set once here, and forked workers inherit it.
         with threadpool_limits(1, user_api="blas"):
             if settings.n_jobs == 1:
-                with sigterm_deferred():  # a SIGTERM fails the running trial, as in the workers
-                    study.optimize(
-                        _interruptible(objective),
-                        n_trials=settings.trials,
-                        timeout=settings.timeout_s,
-                        callbacks=callbacks or [],
-                        catch=CATCH,
-                    )
+                optimize_interruptibly(
+                    study,
+                    objective,
+                    n_trials=settings.trials,
+                    timeout=settings.timeout_s,
+                    callbacks=callbacks or [],
+                )
             else:
                 optimize_in_processes(study, objective, settings, callbacks or [])
     finally:
@@ -501,16 +500,15 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
             sampler=tpe_sampler(seed),
             pruner=FoldGapPruner(),
         )
-        with sigterm_deferred():
-            while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
-                study.optimize(
-                    _interruptible(objective),
-                    n_trials=1,
-                    catch=CATCH,
-                    # The finished trial itself: reading it back here would cost the tuning
-                    # process a storage query per trial, on the cores the workers need.
-                    callbacks=[lambda _study, trial: finished.put((trial, None))],
-                )
+        while (deadline is None or time.monotonic() < deadline) and _claim(unclaimed):
+            optimize_interruptibly(
+                study,
+                objective,
+                n_trials=1,
+                # The finished trial itself: reading it back here would cost the tuning
+                # process a storage query per trial, on the cores the workers need.
+                callbacks=[lambda _study, trial: finished.put((trial, None))],
+            )
         finished.put((None, None))
     except Terminated:
         finished.put((None, f"{FORK.current_process().name}: terminated by SIGTERM"))
@@ -521,16 +519,21 @@ def _trial_worker(  # pylint: disable=too-many-arguments,too-many-positional-arg
         raise
 
 
-def _interruptible(objective: Objective) -> Callable[[optuna.Trial], float]:
-    """The objective as the one place a deferred SIGTERM is raised. Optuna records a trial its
-    objective leaves by an exception as FAIL; one interrupted in `ask` (the trial created, the
-    sampler proposing) or in `tell` (its state being written) would stay RUNNING for good."""
+def optimize_interruptibly(
+    study: optuna.Study, objective: Callable[[optuna.Trial], float], **options: Any
+) -> None:
+    """`study.optimize` (with `CATCH`) taking SIGTERM only inside the objective, in the main
+    process and in each worker alike. Optuna records a trial its objective leaves by an
+    exception as FAIL; one interrupted in `ask` (the trial created, the sampler proposing) or
+    in `tell` (its state being written) would stay RUNNING for good. A SIGTERM that came
+    between trials is raised at the next objective, or as the study ends."""
 
     def run(trial: optuna.Trial) -> float:
         with sigterm_allowed():
             return objective(trial)
 
-    return run
+    with sigterm_deferred():
+        study.optimize(run, catch=CATCH, **options)
 
 
 def _claim(unclaimed: Any) -> bool:

@@ -16,7 +16,7 @@ import optuna
 import pytest
 
 from ml.common.signals import Terminated, sigterm_allowed, sigterm_deferred, sigterm_raises
-from ml.tuning import _interruptible
+from ml.tuning import optimize_interruptibly
 
 FORK = multiprocessing.get_context("fork")
 
@@ -54,7 +54,7 @@ def _in_child(work: Callable[[], None]) -> int:
 def test_a_sigterm_while_the_trial_starts_fails_it_only_when_deferred(
     tmp_path: Path, deferred: bool, state: str
 ) -> None:
-    """Deferred (as `ml.tuning` runs trials, in-process or in workers), the trial is FAIL;
+    """Through `optimize_interruptibly` (as `ml.tuning` runs trials), the trial is FAIL;
     without it the same SIGTERM leaves it RUNNING: the control shows the test tells them apart."""
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.create_study(study_name="s", storage=url)
@@ -64,8 +64,7 @@ def test_a_sigterm_while_the_trial_starts_fails_it_only_when_deferred(
         if not deferred:
             study.optimize(_objective, n_trials=1)
             return
-        with sigterm_deferred():
-            study.optimize(_interruptible(_objective), n_trials=1)
+        optimize_interruptibly(study, _objective, n_trials=1)
 
     assert _in_child(one_trial) == 143
     [trial] = optuna.load_study(study_name="s", storage=url).trials
