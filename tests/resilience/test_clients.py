@@ -170,6 +170,7 @@ def _flood(base_url: str, body: bytes, tmp_path: Path) -> subprocess.Popen[str]:
     )
 
 
+@pytest.mark.serial
 def test_a_flooding_client_does_not_starve_another(
     serve_app: ServeApp, record: bytes, tmp_path: Path
 ) -> None:
@@ -225,6 +226,7 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
+@pytest.mark.serial
 def test_slowloris_connections_do_not_block_other_clients(
     serve_app: ServeApp, record: bytes
 ) -> None:
