@@ -37,7 +37,7 @@ from tests.fixtures.mlflow_server import MlflowServer
 from tests.fixtures.ray_serve import ServeApp
 from tests.fixtures.trained_model import RegisteredModel, train_into
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "decide-churn"
 
 

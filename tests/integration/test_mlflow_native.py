@@ -47,7 +47,7 @@ from tests.fixtures.mlflow_server import MlflowServer, free_port, stop_process, 
 from tests.fixtures.ray_serve import ServeApp
 from tests.fixtures.trained_model import RegisteredModel, train_into
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 MODEL = "churn-native"
 
 

@@ -36,7 +36,7 @@ from tests.resilience.chain_support import (
     run_mlops,
 )
 
-pytestmark = [pytest.mark.resilience, pytest.mark.integration]
+pytestmark = [pytest.mark.resilience, pytest.mark.integration, pytest.mark.slow]
 
 LONG_TUNING = ["pipeline", "--trials", "500", "--timeout", "120", "--n-jobs", "2"]
 SHORT = ["pipeline", "--trials", "2", "--n-jobs", "2"]

@@ -30,7 +30,7 @@ from tests.resilience.serving_load import (
     wait_for_replicas,
 )
 
-pytestmark = pytest.mark.resilience
+pytestmark = [pytest.mark.resilience, pytest.mark.slow]
 
 KILL_CONCURRENCY = 16
 KILL_AFTER_S = 4
