@@ -65,7 +65,8 @@ TEST_WORKERS ?= 2
 test: setup filebeat elastalert ## Every test tier (unit, contracts, integration, e2e, slow, resilience); CI runs this
 	@mkdir -p $(REPORTS_DIR)
 	@rm -f .coverage; status=0; \
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" --cov --cov-report= \
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial" \
+		--cov --cov-report= \
 		--junitxml=$(REPORTS_DIR)/junit.xml $(PYTEST_ARGS) || status=$$?; \
 	$(BIN)/pytest -m serial --cov --cov-append --cov-report=xml:$(REPORTS_DIR)/coverage.xml \
 		--cov-report=term --junitxml=$(REPORTS_DIR)/junit-serial.xml $(PYTEST_ARGS) || status=$$?; \

@@ -159,8 +159,8 @@ class Settings(BaseSettings):
     )
     optuna_storage: str = Field(
         "",
-        description="a journal file path (one host) or an RDB URL (machines share it); "
-        "default: the MLflow database, or a journal file beside it (ml/storage.py)",
+        description="an RDB URL (machines share it) or a journal file path (one host); "
+        "default: a SQLite file beside a SQLite tracking file, else var/optuna.db (ml/storage.py)",
     )
     study_name: str | None = Field(
         None, description="default: one study per objective (ml/study.py), so changes restart"
@@ -402,8 +402,8 @@ class Settings(BaseSettings):
         return copied
 
     def _default_optuna_storage(self) -> str:
-        """Follow the tracking store, so two registries never share studies: a journal beside
-        it when it is a SQLite file, else a local journal under var/ (`unshared_study_storage`).
+        """Follow the tracking store, so two registries never share studies: a SQLite file beside
+        it when it is a SQLite file, else var/optuna.db (`unshared_study_storage`).
         Never the tracking database itself: MLflow and Optuna both keep their schema version in
         an `alembic_version` table, so Optuna refuses a database MLflow set up; machines share
         studies through a database of their own in MLOPS_OPTUNA_STORAGE."""
