@@ -30,16 +30,6 @@ pytest_plugins = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (`make test`), the files with slow tests first: each worker takes a
-    file at a time, and a slow one handed out last runs alone while the other worker idles.
-    Stable, so every file's tests stay together and in order."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
-
-
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for a fast run with all state in a temporary directory (local SQLite MLflow)."""
