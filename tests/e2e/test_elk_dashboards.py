@@ -104,6 +104,7 @@ def populated(
 ) -> Populated:
     es = elasticsearch_server.client()
     install_templates(es)
+    elasticsearch_server.forget_events()  # the counts below are of this fixture's events only
     tmp = tmp_path_factory.mktemp("elk-e2e")
     model = serve_app.model
     settings = model.settings.model_copy(
