@@ -30,6 +30,30 @@ pytest_plugins = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--serial`: which side of the `serial` marker a run takes."""
+    parser.addoption(
+        "--serial",
+        choices=("only", "skip"),
+        help="`make test`'s two phases: only the `serial` tests, or all but them. Not `-m`, so "
+        "that a -m in PYTEST_ARGS narrows both phases instead of replacing the split",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep one side of the `serial` marker when `--serial` is given."""
+    phase = config.getoption("--serial")
+    if phase is None:
+        return
+    kept: list[pytest.Item] = []
+    dropped: list[pytest.Item] = []
+    for item in items:
+        serial = item.get_closest_marker("serial") is not None
+        (kept if serial == (phase == "only") else dropped).append(item)
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = kept
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Settings for a fast run with all state in a temporary directory (local SQLite MLflow)."""
