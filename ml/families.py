@@ -181,10 +181,23 @@ def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
     return RandomForestRegressor(**_forest_arguments(params, seed))
 
 
+def _hist_gb_regressor_space(trial: optuna.Trial) -> Params:
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+        "max_iter": trial.suggest_int("max_iter", 50, 600, step=25),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 63, log=True),
+        # its own name: the forest's `min_samples_leaf` has another range in the same study
+        "hgb_min_samples_leaf": trial.suggest_int("hgb_min_samples_leaf", 2, 128, log=True),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
+    }
+
+
 def _hist_gb_regressor(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    return HistGradientBoostingRegressor(**_boosting_arguments(params, seed))
+    return HistGradientBoostingRegressor(
+        **_boosting_arguments(params, seed), min_samples_leaf=params["hgb_min_samples_leaf"]
+    )
 
 
 # The search's choice of a log1p target (a regression family's parameter when the target is
@@ -277,12 +290,13 @@ REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
             ),
             ModelFamily(
                 name="hist_gb_regressor",
-                search_space=_boosting_space,
+                search_space=_hist_gb_regressor_space,
                 build=_hist_gb_regressor,
                 cheap_defaults={
                     "learning_rate": 0.1,
                     "max_iter": 100,
                     "max_leaf_nodes": 31,
+                    "hgb_min_samples_leaf": 20,
                     "l2_regularization": 1e-6,
                 },
                 skops_trusted_types=(
