@@ -93,8 +93,6 @@ TRAINING = DataView(
 LOGS = DataView("mlops-logs", "MLOps logs", (APP_DATASET,))
 DATA_VIEWS = (SYSTEM, SERVING, TRAINING, LOGS)
 
-PCT = {"percent": True}
-
 
 def live_quality_panel(kind: str, title: str) -> Panel:
     """Live accuracy, F1 and ROC AUC of one window kind (`mlops.quality`), a regressor's RMSE
@@ -129,7 +127,7 @@ DASHBOARDS = (
                 "CPU busy per host",
                 SYSTEM,
                 "system.cpu",
-                (Metric("average", "system.cpu.total.norm.pct", "CPU busy", **PCT),),
+                (Metric("average", "system.cpu.total.norm.pct", "CPU busy", percent=True),),
                 split="host.name",
             ),
             Panel(
@@ -137,7 +135,7 @@ DASHBOARDS = (
                 "Memory used per host",
                 SYSTEM,
                 "system.memory",
-                (Metric("average", "system.memory.actual.used.pct", "Memory used", **PCT),),
+                (Metric("average", "system.memory.actual.used.pct", "Memory used", percent=True),),
                 split="host.name",
             ),
             Panel(
@@ -153,7 +151,7 @@ DASHBOARDS = (
                 "Disk used per mount",
                 SYSTEM,
                 "system.filesystem",
-                (Metric("max", "system.filesystem.used.pct", "Disk used", **PCT),),
+                (Metric("max", "system.filesystem.used.pct", "Disk used", percent=True),),
                 split="system.filesystem.mount_point",
             ),
             Panel(
@@ -172,7 +170,7 @@ DASHBOARDS = (
                 "CPU of our processes by role",
                 SYSTEM,
                 "system.process",
-                (Metric("sum", "system.process.cpu.total.norm.pct", "CPU", **PCT),),
+                (Metric("sum", "system.process.cpu.total.norm.pct", "CPU", percent=True),),
                 split="labels.role",
             ),
             Panel(
@@ -188,7 +186,7 @@ DASHBOARDS = (
                 "Container CPU",
                 SYSTEM,
                 "docker.container",
-                (Metric("average", "docker.cpu.total.pct", "CPU", **PCT),),
+                (Metric("average", "docker.cpu.total.pct", "CPU", percent=True),),
                 split="container.name",
             ),
             Panel(
@@ -196,7 +194,7 @@ DASHBOARDS = (
                 "Container memory",
                 SYSTEM,
                 "docker.container",
-                (Metric("average", "docker.memory.usage.pct", "Memory", **PCT),),
+                (Metric("average", "docker.memory.usage.pct", "Memory", percent=True),),
                 split="container.name",
             ),
         ),

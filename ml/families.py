@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ml.common.tasks import CLASSIFICATION, REGRESSION
 
@@ -61,7 +61,7 @@ def _class_weight(trial: optuna.Trial) -> str | None:
     """None (every row counts once) or "balanced" (each class weighs as much in total): on a
     table with few positives the second often finds them better, at every family's cost of
     nothing. scikit-learn's default, None, is the first choice."""
-    return trial.suggest_categorical("class_weight", [None, "balanced"])
+    return cast(str | None, trial.suggest_categorical("class_weight", [None, "balanced"]))
 
 
 def _logreg_space(trial: optuna.Trial) -> Params:
