@@ -29,7 +29,7 @@ def untuned_params(name: str) -> dict[str, Any]:
     entry = family(name)
     searched = entry.cheap_defaults or {}
     library = type(entry.build(searched, 0))().get_params()
-    return {"family": name, **{key: library[key] for key in searched}}
+    return {"family": name, **{key: library[entry.argument(key)] for key in searched}}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ anything (importing scikit-learn costs seconds).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +43,14 @@ class ModelFamily:
     skops_trusted_types: tuple[str, ...]
     scale_numeric: bool = True  # StandardScaler after imputing numeric columns
     task: str = CLASSIFICATION  # what its estimator predicts: classes, or a number
+    # Searched names that are not the estimator's argument names (search name -> argument):
+    # a study holds one distribution per name, so a family whose range differs from another
+    # family's under the same argument name searches it under its own name.
+    renamed: Mapping[str, str] = field(default_factory=dict)
+
+    def argument(self, searched: str) -> str:
+        """The estimator's argument for a searched hyperparameter's name."""
+        return self.renamed.get(searched, searched)
 
 
 class UnknownFamilyError(ValueError):
@@ -181,13 +189,16 @@ def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
     return RandomForestRegressor(**_forest_arguments(params, seed))
 
 
+# the booster's `min_samples_leaf`, named apart: the forest's has another range in a study
+HGB_MIN_SAMPLES_LEAF = "hgb_min_samples_leaf"
+
+
 def _hist_gb_regressor_space(trial: optuna.Trial) -> Params:
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
         "max_iter": trial.suggest_int("max_iter", 50, 600, step=25),
         "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 63, log=True),
-        # its own name: the forest's `min_samples_leaf` has another range in the same study
-        "hgb_min_samples_leaf": trial.suggest_int("hgb_min_samples_leaf", 2, 128, log=True),
+        HGB_MIN_SAMPLES_LEAF: trial.suggest_int(HGB_MIN_SAMPLES_LEAF, 2, 128, log=True),
         "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
     }
 
@@ -196,7 +207,7 @@ def _hist_gb_regressor(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     return HistGradientBoostingRegressor(
-        **_boosting_arguments(params, seed), min_samples_leaf=params["hgb_min_samples_leaf"]
+        **_boosting_arguments(params, seed), min_samples_leaf=params[HGB_MIN_SAMPLES_LEAF]
     )
 
 
@@ -296,9 +307,10 @@ REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
                     "learning_rate": 0.1,
                     "max_iter": 100,
                     "max_leaf_nodes": 31,
-                    "hgb_min_samples_leaf": 20,
+                    HGB_MIN_SAMPLES_LEAF: 20,
                     "l2_regularization": 1e-6,
                 },
+                renamed={HGB_MIN_SAMPLES_LEAF: "min_samples_leaf"},
                 skops_trusted_types=(
                     "numpy.dtype",
                     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",

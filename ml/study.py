@@ -141,7 +141,8 @@ def space_definition(entry: ModelFamily) -> dict[str, Any]:
     finally:
         optuna.logging.set_verbosity(verbosity)
     estimator = entry.build(entry.search_space(trial), 0)
-    fixed = {key: value for key, value in estimator.get_params().items() if key not in trial.params}
+    searched = {entry.argument(name) for name in trial.params}
+    fixed = {key: value for key, value in estimator.get_params().items() if key not in searched}
     return {
         "distributions": {
             param: optuna.distributions.distribution_to_json(distribution)

@@ -8,6 +8,7 @@ from ml.baselines import keep_tuned_or_baseline, untuned_params
 from ml.data import load_dataset, split
 from ml.decision import with_threshold
 from ml.evaluation import score
+from ml.families import all_families, family
 from ml.features import build_pipeline
 
 
@@ -21,6 +22,18 @@ def test_untuned_params_are_scikit_learns_defaults_even_outside_the_space() -> N
     assert untuned_params("logreg") == {"family": "logreg", "C": 1.0, "class_weight": None}
     assert untuned_params("random_forest")["max_depth"] is None  # the space stops at 20
     assert untuned_params("hist_gb")["l2_regularization"] == 0.0  # the space is log-scaled
+
+
+@pytest.mark.parametrize("name", list(all_families()))
+def test_every_familys_untuned_params_build_the_librarys_default_estimator(name: str) -> None:
+    """Searched names the estimator calls otherwise (the booster's `hgb_min_samples_leaf`)
+    are translated: a KeyError here once failed every regression pipeline's train stage."""
+    entry = family(name)
+    searched = {k: v for k, v in untuned_params(name).items() if k != "family"}
+    built = entry.build(searched, 0).get_params()
+    library = type(entry.build(searched, 0))().get_params()
+    arguments = [entry.argument(key) for key in searched]
+    assert {arg: built[arg] for arg in arguments} == {arg: library[arg] for arg in arguments}
 
 
 def test_a_baseline_that_beats_the_tuned_model_on_the_holdout_is_kept(demo) -> None:
