@@ -30,8 +30,8 @@ def test_every_familys_untuned_params_build_the_librarys_default_estimator(name:
     are translated: a KeyError here once failed every regression pipeline's train stage."""
     entry = family(name)
     searched = {k: v for k, v in untuned_params(name).items() if k != "family"}
-    built = entry.build(searched, 0).get_params()
-    library = type(entry.build(searched, 0))().get_params()
+    estimator = entry.build(searched, 0)
+    built, library = estimator.get_params(), type(estimator)().get_params()
     arguments = [entry.argument(key) for key in searched]
     assert {arg: built[arg] for arg in arguments} == {arg: library[arg] for arg in arguments}
 
