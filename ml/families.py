@@ -43,9 +43,10 @@ class ModelFamily:
     skops_trusted_types: tuple[str, ...]
     scale_numeric: bool = True  # StandardScaler after imputing numeric columns
     task: str = CLASSIFICATION  # what its estimator predicts: classes, or a number
-    # Searched names that are not the estimator's argument names (search name -> argument):
-    # a study holds one distribution per name, so a family whose range differs from another
-    # family's under the same argument name searches it under its own name.
+    # Searched names that are not the estimator's argument names (search name -> argument).
+    # Names are study-wide: Optuna refuses one name on two scales, and TPE pools what it
+    # learns about a name across families, so a family whose parameter is not another
+    # family's (its range or scale differ) searches it under its own name.
     renamed: Mapping[str, str] = field(default_factory=dict)
 
     def argument(self, searched: str) -> str:
@@ -189,7 +190,7 @@ def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
     return RandomForestRegressor(**_forest_arguments(params, seed))
 
 
-# the booster's `min_samples_leaf`, named apart: the forest's has another range in a study
+# the booster's `min_samples_leaf`, named apart from the forest's (1-10, linear)
 HGB_MIN_SAMPLES_LEAF = "hgb_min_samples_leaf"
 
 
