@@ -13,11 +13,15 @@ from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ml.common.sqlite import close_before_fork
+
 FORK = multiprocessing.get_context("fork")
 
 
 def start(process: BaseProcess) -> None:
-    """Start a forked child; flush first, or the child prints an unflushed buffer again."""
+    """Start a forked child, with no SQLite file open (`close_before_fork`); flush first, or
+    the child prints an unflushed buffer again."""
+    close_before_fork()
     sys.stdout.flush()
     sys.stderr.flush()
     process.start()

@@ -172,10 +172,11 @@ class TrialTracker:  # pylint: disable=too-many-instance-attributes
 def _client_after_fork(tracking_uri: str) -> MlflowClient:
     """A client whose database connections are this process's own.
 
-    MLflow caches one store per URI, and a database store's connection pool came across the
-    fork still holding the parent's connections; two processes must never share one. SQLAlchemy's
-    `dispose(close=False)` forgets them without closing them under the parent. (HTTP stores
-    need nothing: MLflow keys its request sessions by process id.)
+    MLflow caches one store per URI, and a server database's connection pool (PostgreSQL,
+    MySQL) came across the fork still holding the parent's connections; two processes must
+    never share one. SQLAlchemy's `dispose(close=False)` forgets them without closing them under
+    the parent. (SQLite's were closed before the fork, `ml.forking.start`; HTTP stores need
+    nothing: MLflow keys its request sessions by process id.)
     """
     client = MlflowClient(tracking_uri)
     engine = tracking_store_engine(client)

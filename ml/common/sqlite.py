@@ -3,17 +3,43 @@
 A commit then no longer waits for an fsync, and readers run beside one writer. The mode stays
 with the file, so this is for local files only (WAL needs every process on one host). Used by
 the Optuna storage, the MLflow tracking writer and the predictions/outcomes store.
+
+A SQLite file must not be open in a process that forks (sqlite.org/howtocorrupt.html,
+"Carrying an open database connection across a fork()"). SQLite keeps its POSIX locks'
+bookkeeping per process and a child inherits the parent's copy, so the child's own connections
+never took the shared lock that tells others it is there. The parent, closing its last
+connection, then took the file for its own: it checkpointed and deleted the WAL under the
+child, whose commits were lost (and whose writers met "database is locked"). So
+`close_before_fork` closes every pooled SQLite connection first.
 """
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import weakref
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, Engine, event
 
 log = logging.getLogger(__name__)
+
+# Every SQLAlchemy engine on a SQLite file this process has connected, MLflow's and Optuna's too.
+_file_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@event.listens_for(Engine, "engine_connect")
+def _remember_file_engine(connection: Connection) -> None:
+    url = connection.engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        _file_engines.add(connection.engine)
+
+
+def close_before_fork() -> None:
+    """Close the pooled connections of every SQLite file engine (they reopen on next use),
+    so none crosses the fork. An in-memory database would not survive it, and is left."""
+    for engine in list(_file_engines):
+        engine.dispose()
 
 
 def use_wal(engine: Any) -> None:
