@@ -31,7 +31,10 @@ def test_a_child_s_commits_survive_the_parent_closing_its_last_connection(
     """Before `start` closed the parent's pooled SQLite connections, the child inherited
     SQLite's lock bookkeeping and never took a real shared lock: the parent, closing its last
     connection, thought itself the file's only user and deleted the WAL with the child's
-    commits in it (this test then read 1 row, not 51)."""
+    commits in it (this test then read 1 row, not 51). In CI the close was a SIGTERM landing in
+    the tuning process's progress callback (`study.best_value`): SQLAlchemy invalidates, so
+    closes, a connection an exit exception interrupts, and a trial worker met "database is
+    locked" while the WAL was being deleted."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
     engine = sa.create_engine(url)
     use_wal(engine)
