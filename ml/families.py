@@ -129,14 +129,18 @@ def _random_forest(params: Params, seed: int) -> BaseEstimator:
 
 # --- histogram gradient boosting ---------------------------------------------------------
 
+# the booster's `min_samples_leaf`, named apart from the forest's (1-10, linear)
+HGB_MIN_SAMPLES_LEAF = "hgb_min_samples_leaf"
+
 
 def _boosting_space(trial: optuna.Trial) -> Params:
     """Histogram gradient boosting's space, the same for both tasks."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
-        "max_iter": trial.suggest_int("max_iter", 50, 300, step=25),
-        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 7, 63),
-        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 1.0, log=True),
+        "max_iter": trial.suggest_int("max_iter", 50, 600, step=25),
+        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 63, log=True),
+        HGB_MIN_SAMPLES_LEAF: trial.suggest_int(HGB_MIN_SAMPLES_LEAF, 2, 128, log=True),
+        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
     }
 
 
@@ -145,6 +149,7 @@ def _boosting_arguments(params: Params, seed: int) -> Params:
         "learning_rate": params["learning_rate"],
         "max_iter": params["max_iter"],
         "max_leaf_nodes": params["max_leaf_nodes"],
+        "min_samples_leaf": params[HGB_MIN_SAMPLES_LEAF],
         "l2_regularization": params["l2_regularization"],
         "early_stopping": False,
         "random_state": seed,
@@ -190,26 +195,10 @@ def _random_forest_regressor(params: Params, seed: int) -> BaseEstimator:
     return RandomForestRegressor(**_forest_arguments(params, seed))
 
 
-# the booster's `min_samples_leaf`, named apart from the forest's (1-10, linear)
-HGB_MIN_SAMPLES_LEAF = "hgb_min_samples_leaf"
-
-
-def _hist_gb_regressor_space(trial: optuna.Trial) -> Params:
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
-        "max_iter": trial.suggest_int("max_iter", 50, 600, step=25),
-        "max_leaf_nodes": trial.suggest_int("max_leaf_nodes", 4, 63, log=True),
-        HGB_MIN_SAMPLES_LEAF: trial.suggest_int(HGB_MIN_SAMPLES_LEAF, 2, 128, log=True),
-        "l2_regularization": trial.suggest_float("l2_regularization", 1e-6, 10.0, log=True),
-    }
-
-
 def _hist_gb_regressor(params: Params, seed: int) -> BaseEstimator:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
-    return HistGradientBoostingRegressor(
-        **_boosting_arguments(params, seed), min_samples_leaf=params[HGB_MIN_SAMPLES_LEAF]
-    )
+    return HistGradientBoostingRegressor(**_boosting_arguments(params, seed))
 
 
 # The search's choice of a log1p target (a regression family's parameter when the target is
@@ -259,10 +248,12 @@ FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
                     "learning_rate": 0.1,
                     "max_iter": 100,
                     "max_leaf_nodes": 31,
+                    HGB_MIN_SAMPLES_LEAF: 20,
                     # scikit-learn's 0.0, at the floor of the log-scaled range
                     "l2_regularization": 1e-6,
                     "class_weight": None,
                 },
+                renamed={HGB_MIN_SAMPLES_LEAF: "min_samples_leaf"},
                 skops_trusted_types=(
                     "numpy.dtype",
                     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -302,7 +293,7 @@ REGRESSION_FAMILIES: Mapping[str, ModelFamily] = MappingProxyType(
             ),
             ModelFamily(
                 name="hist_gb_regressor",
-                search_space=_hist_gb_regressor_space,
+                search_space=_boosting_space,
                 build=_hist_gb_regressor,
                 cheap_defaults={
                     "learning_rate": 0.1,

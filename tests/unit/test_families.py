@@ -14,6 +14,16 @@ from ml.families import FAMILIES, UnknownFamilyError, all_families, family
 # The search spaces as they are: a change here changes which models a study can find, and so
 # its results for a given seed (class_weight joined every family for issue 23).
 CLASS_WEIGHT = CategoricalDistribution([None, "balanced"])
+# The booster's, for both tasks: small trees with many iterations and small leaves are in reach
+# (FLAML's best had 4 leaves, 300-630 iterations and 6-25 rows per leaf on shop_sales; on
+# churn_like this space took our median holdout ROC AUC from 0.9412 to 0.9416, every seed up).
+BOOSTING = {
+    "learning_rate": FloatDistribution(0.01, 0.3, log=True),
+    "max_iter": IntDistribution(50, 600, step=25),
+    "max_leaf_nodes": IntDistribution(4, 63, log=True),
+    "hgb_min_samples_leaf": IntDistribution(2, 128, log=True),
+    "l2_regularization": FloatDistribution(1e-6, 10.0, log=True),
+}
 SEARCH_SPACES = {
     "logreg": {"C": FloatDistribution(1e-3, 1e2, log=True), "class_weight": CLASS_WEIGHT},
     "random_forest": {
@@ -23,13 +33,7 @@ SEARCH_SPACES = {
         "max_features": CategoricalDistribution(["sqrt", "log2"]),
         "class_weight": CLASS_WEIGHT,
     },
-    "hist_gb": {
-        "learning_rate": FloatDistribution(0.01, 0.3, log=True),
-        "max_iter": IntDistribution(50, 300, step=25),
-        "max_leaf_nodes": IntDistribution(7, 63),
-        "l2_regularization": FloatDistribution(1e-6, 1.0, log=True),
-        "class_weight": CLASS_WEIGHT,
-    },
+    "hist_gb": {**BOOSTING, "class_weight": CLASS_WEIGHT},
     "ridge": {"alpha": FloatDistribution(1e-3, 1e3, log=True)},
     "random_forest_regressor": {
         "n_estimators": IntDistribution(50, 300, step=25),
@@ -37,15 +41,7 @@ SEARCH_SPACES = {
         "min_samples_leaf": IntDistribution(1, 10),
         "max_features": CategoricalDistribution([1.0, "sqrt", 0.5]),
     },
-    # small trees with many iterations and small leaves are in reach (shop_sales: FLAML's best
-    # had 4 leaves, 300-630 iterations, 6-25 rows per leaf)
-    "hist_gb_regressor": {
-        "learning_rate": FloatDistribution(0.01, 0.3, log=True),
-        "max_iter": IntDistribution(50, 600, step=25),
-        "max_leaf_nodes": IntDistribution(4, 63, log=True),
-        "hgb_min_samples_leaf": IntDistribution(2, 128, log=True),
-        "l2_regularization": FloatDistribution(1e-6, 10.0, log=True),
-    },
+    "hist_gb_regressor": BOOSTING,
 }
 
 
@@ -72,10 +68,12 @@ def test_search_space_is_unchanged(name: str) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_sampled_trial_builds_a_seeded_classifier_with_those_params(name: str, seed: int) -> None:
     params, _ = sampled(name, seed)
-    estimator = family(name).build(params, seed)
+    entry = family(name)
+    estimator = entry.build(params, seed)
     assert is_classifier(estimator) and isinstance(estimator, ClassifierMixin)
     assert estimator.get_params()["random_state"] == seed
-    assert params.items() <= estimator.get_params().items()
+    arguments = {entry.argument(searched): value for searched, value in params.items()}
+    assert arguments.items() <= estimator.get_params().items()
 
 
 @pytest.mark.parametrize("name", [name for name, entry in FAMILIES.items() if entry.cheap_defaults])

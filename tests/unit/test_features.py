@@ -29,6 +29,7 @@ PARAMS = {
         "learning_rate": 0.1,
         "max_iter": 50,
         "max_leaf_nodes": 7,
+        "hgb_min_samples_leaf": 20,
         "l2_regularization": 1e-6,
         "class_weight": None,
     },
