@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -66,12 +67,30 @@ class SearchTrace:
         return None
 
 
+CLASS_WEIGHTS = [None, "balanced"]
+
+
+class LogInt:  # pylint: disable=too-few-public-methods
+    """An integer drawn log-uniformly from [low, high], as Optuna's `suggest_int(log=True)`
+    draws it (the log of [low - 0.5, high + 0.5], rounded); scipy has no such distribution."""
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+        self.widened = loguniform(low - 0.5, high + 0.5)
+
+    def rvs(self, random_state: Any = None) -> int:
+        drawn = round(float(self.widened.rvs(random_state=random_state)))
+        return min(max(drawn, self.low), self.high)
+
+
 def random_search_space(seed: int) -> list[dict]:
-    """The space ml.tuning.suggest_params searches, as RandomizedSearchCV sub-spaces."""
+    """Our classification families' space (ml/families.py) as RandomizedSearchCV sub-spaces
+    (tests/unit/test_bench_training.py keeps the two the same)."""
     return [
         {
             "model": [LogisticRegression(max_iter=2000, random_state=seed)],
             "model__C": loguniform(1e-3, 1e2),
+            "model__class_weight": CLASS_WEIGHTS,
         },
         {
             "model": [RandomForestClassifier(n_jobs=1, random_state=seed)],
@@ -79,13 +98,16 @@ def random_search_space(seed: int) -> list[dict]:
             "model__max_depth": randint(2, 21),
             "model__min_samples_leaf": randint(1, 11),
             "model__max_features": ["sqrt", "log2"],
+            "model__class_weight": CLASS_WEIGHTS,
         },
         {
             "model": [HistGradientBoostingClassifier(early_stopping=False, random_state=seed)],
             "model__learning_rate": loguniform(0.01, 0.3),
-            "model__max_iter": list(range(50, 301, 25)),
-            "model__max_leaf_nodes": randint(7, 64),
-            "model__l2_regularization": loguniform(1e-6, 1.0),
+            "model__max_iter": list(range(50, 601, 25)),
+            "model__max_leaf_nodes": LogInt(4, 63),
+            "model__min_samples_leaf": LogInt(2, 128),
+            "model__l2_regularization": loguniform(1e-6, 10.0),
+            "model__class_weight": CLASS_WEIGHTS,
         },
     ]
 
