@@ -30,9 +30,9 @@ _file_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 @event.listens_for(Engine, "engine_connect")
 def _remember_file_engine(connection: Connection) -> None:
-    url = connection.engine.url
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        _file_engines.add(connection.engine)
+    engine = connection.engine
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        _file_engines.add(engine)
 
 
 def close_before_fork() -> None:
