@@ -16,7 +16,7 @@ from ml.families import FAMILIES, UnknownFamilyError, all_families, family
 CLASS_WEIGHT = CategoricalDistribution([None, "balanced"])
 # The booster's, for both tasks: small trees with many iterations and small leaves are in reach
 # (FLAML's best had 4 leaves, 300-630 iterations and 6-25 rows per leaf on shop_sales; on
-# churn_like this space took our median holdout ROC AUC from 0.9412 to 0.9416, every seed up).
+# churn_like, 60 trials per seed, our holdout ROC AUC rose on every seed, median 0.9409 -> 0.9421).
 BOOSTING = {
     "learning_rate": FloatDistribution(0.01, 0.3, log=True),
     "max_iter": IntDistribution(50, 600, step=25),

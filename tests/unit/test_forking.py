@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ml.common.sqlite import use_wal
-from ml.forking import FORK, join_reading, start
+from ml.forking import FORK, start
 
 CHILD_ROWS = 50
 
@@ -41,7 +41,7 @@ def test_a_child_s_commits_survive_the_parent_closing_its_last_connection(
     with engine.begin() as connection:  # pooled, and open, when the child is forked
         connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
         connection.exec_driver_sql("INSERT INTO t VALUES (1)")
-    ready, parent_closed, messages = FORK.Event(), FORK.Event(), FORK.Queue()
+    ready, parent_closed = FORK.Event(), FORK.Event()
     child = FORK.Process(target=_write_after_the_parent_closed, args=(url, ready, parent_closed))
     start(child)
     assert ready.wait(timeout=30), "the child did not open the file"
@@ -49,7 +49,7 @@ def test_a_child_s_commits_survive_the_parent_closing_its_last_connection(
         connection.exec_driver_sql("SELECT count(*) FROM t").scalar()
     engine.dispose()
     parent_closed.set()
-    join_reading([child], messages)
+    child.join(timeout=60)
     assert child.exitcode == 0
 
     with sa.create_engine(url).connect() as connection:
