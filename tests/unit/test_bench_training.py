@@ -4,22 +4,22 @@ compares two ways of searching one space, not two spaces."""
 
 from __future__ import annotations
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, json_to_distribution
 from sklearn.model_selection import ParameterSampler
 
 from benchmarks.training import random_search_space
 from ml.families import FAMILIES, ModelFamily
+from ml.study import space_definition
 
 DRAWS = 300
 
 
-def our_distributions(entry: ModelFamily) -> dict[str, optuna.distributions.BaseDistribution]:
-    """The family's space, keyed by the estimator's argument names."""
-    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-    entry.search_space(trial)
-    return {entry.argument(name): dist for name, dist in trial.distributions.items()}
+def our_distributions(entry: ModelFamily) -> dict[str, BaseDistribution]:
+    """The family's space as the study identity traces it, keyed by the estimator's argument
+    names."""
+    traced = space_definition(entry)["distributions"]
+    return {entry.argument(name): json_to_distribution(text) for name, text in traced.items()}
 
 
 def the_family_of(sub_space: dict) -> ModelFamily:
